@@ -1,0 +1,148 @@
+"""The default consistent-hashing ring: murmur3 points and a slot table in front."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from types import MappingProxyType
+
+import mmh3
+
+from distpat.core.ring.base import Key, NodesArg, Ring, normalize_nodes
+from distpat.core.ring.continuum import Continuum
+from distpat.errors import RingError
+
+__all__ = ["HashRing", "DEFAULT_VNODES"]
+
+DEFAULT_VNODES = 1024
+"""Points per unit of weight. 1024 keeps ten equal nodes within about 10% of
+their mean share (peak/mean 1.046 median, 1.096 at the 99th percentile over
+random node names); 160, ketama's figure, gives 1.12 median and 1.24 worst."""
+
+_MASK32 = 0xFFFFFFFF
+
+
+def node_points(name: str, count: int) -> Iterator[int]:
+    """The first ``count`` ring points of node ``name``.
+
+    Point ``k`` is 32-bit word ``k % 4`` of ``murmur3_x64_128(name + "#" +
+    str(k // 4))``. A node's points depend on its name alone, and raising its
+    count only appends points, so a weight change moves only that node's keys.
+    """
+    base = name.encode("utf-8") + b"#"
+    hash128 = mmh3.hash128
+    for j in range((count + 3) // 4):
+        h = hash128(base + str(j).encode("ascii"), 0, True, False)
+        for w in range(min(4, count - 4 * j)):
+            yield (h >> (32 * w)) & _MASK32
+
+
+def _identity(name: str) -> str:
+    return name
+
+
+def _locator(continuum: Continuum) -> Callable[[Key], str]:
+    """``get_node`` for a continuum of murmur3 points: the hot path of every sharded request."""
+    table, names, shift, resolve = continuum.table, continuum.slot_names, continuum.shift, continuum.resolve
+
+    def get_node(key: Key, _hash: Callable[[Key], int] = mmh3.hash) -> str:
+        """The node that owns ``key`` (``str`` is hashed as UTF-8)."""
+        # mmh3.hash returns a signed 32-bit value; shifting it right keeps the
+        # sign, and a negative index counts from the table's end, which is
+        # exactly the slot of the unsigned value.
+        h = _hash(key)
+        i = table[h >> shift]
+        if i:
+            return names[i]  # type: ignore[return-value]
+        return resolve(h & _MASK32)  # a split slot, or a ring with no table
+
+    return get_node
+
+
+class HashRing(Ring):
+    """A consistent-hashing ring of murmur3 points.
+
+    ``nodes`` is an iterable of names (weight 1 each) or a mapping of name to
+    a positive weight. Each node gets ``round(vnodes * weight)`` points (at
+    least one). A key (``str`` as UTF-8, or ``bytes``) belongs to the node of
+    the first point at or after ``mmh3.hash(key)`` as an unsigned 32-bit
+    number, wrapping past the top. Equal points are ordered by node name, so
+    placement depends only on the membership, never on how it was reached.
+    """
+
+    __slots__ = ("_continuum", "_counts", "_vnodes", "_weights", "get_node")
+
+    _weights: dict[str, float]
+    _counts: dict[str, int]
+
+    def __init__(self, nodes: NodesArg, *, vnodes: int = DEFAULT_VNODES) -> None:
+        if isinstance(vnodes, bool) or not isinstance(vnodes, int) or vnodes < 1:
+            raise RingError(f"vnodes must be a whole number of at least 1, not {vnodes!r}")
+        self._vnodes = vnodes
+        self._weights = normalize_nodes(nodes)
+        self._counts = {name: self._count(w) for name, w in self._weights.items()}
+        self._set(
+            Continuum.build([(name, node_points(name, c)) for name, c in self._counts.items()], _identity)
+        )
+
+    def _count(self, weight: float) -> int:
+        return max(1, round(self._vnodes * weight))
+
+    def _set(self, continuum: Continuum) -> None:
+        self._continuum = continuum
+        self.get_node = _locator(continuum)
+
+    @property
+    def vnodes(self) -> int:
+        """Points per unit of weight."""
+        return self._vnodes
+
+    @property
+    def weights(self) -> Mapping[str, float]:
+        return MappingProxyType(self._weights)
+
+    def points(self) -> dict[str, int]:
+        """How many points each node has on the ring."""
+        return dict(self._counts)
+
+    def shares(self) -> dict[str, float]:
+        """Each node's exact fraction of the hash space (the keys it would get on average)."""
+        return self._continuum.shares()
+
+    def key_hash(self, key: Key) -> int:
+        """The unsigned 32-bit position of ``key`` on the ring."""
+        return mmh3.hash(key) & _MASK32
+
+    def iter_nodes(self, key: Key) -> Iterator[str]:
+        return self._continuum.distinct(mmh3.hash(key) & _MASK32, self._weights)
+
+    def _derive(self, weights: dict[str, float]) -> HashRing:
+        """A ring over ``weights``, built from this one by moving only the points that change."""
+        old_weights, old = self._weights, self._counts
+        counts = {
+            name: old[name] if old_weights.get(name) == w else self._count(w) for name, w in weights.items()
+        }
+        remove: list[tuple[str, list[int]]] = []
+        add: list[tuple[str, list[int]]] = []
+        for name, c in old.items():
+            target = counts.get(name, 0)
+            if target < c:
+                remove.append((name, list(node_points(name, c))[target:]))
+        for name, c in counts.items():
+            have = old.get(name, 0)
+            if c > have:
+                add.append((name, list(node_points(name, c))[have:]))
+        out = HashRing.__new__(HashRing)
+        out._vnodes = self._vnodes
+        out._weights = weights
+        out._counts = counts
+        moved = sum(len(p) for _, p in remove) + sum(len(p) for _, p in add)
+        if moved * 4 > len(self._continuum):
+            members = [(name, node_points(name, c)) for name, c in counts.items()]
+            out._set(Continuum.build(members, _identity))
+        else:
+            gone = [name for name in old if name not in counts]
+            out._set(self._continuum.change(remove, add, gone))
+        return out
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f" vnodes={self._vnodes}>"
