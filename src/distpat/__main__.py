@@ -1,0 +1,5 @@
+"""``python -m distpat``: the same as the ``distpat`` command."""
+
+from distpat.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,46 @@
+"""The ``distpat`` command.
+
+Each subcommand lives in its own module with a ``register(subparsers)``
+function; this module only assembles them and turns distpat's errors into a
+one-line message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from distpat import __version__
+from distpat.cli import ring
+from distpat.errors import DistpatError
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="distpat",
+        description=(
+            "Serving patterns of Designing Distributed Systems (Burns, 2018), natively in asyncio "
+            "Python: consistent-hash sharding, and (in later releases) sidecars, ambassadors, "
+            "caching and scatter/gather."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"distpat {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    ring.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except DistpatError as exc:
+        print(f"distpat: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `distpat ring locate ... | head`
+        sys.stderr.close()
+        return 0
