@@ -147,58 +147,78 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 def big_ring(args: argparse.Namespace) -> None:
-    nodes = [f"node{i}" for i in range(1000)]
     print(
-        "\n## A 1000-node ring: build, and add or remove one node "
+        "\n## A 1000-node ring: build, and add or remove one node, at equal points per node "
         f"(median of {args.big_rounds} alternating rounds)"
     )
-    ours = HashRing(nodes)
-    ours160 = HashRing(nodes, vnodes=160)
-    theirs = UHashRing(nodes=nodes)
+    for points in (160, 1024):  # uhashring's default, and distpat's
+        big_ring_at(points, args)
+
+
+def big_ring_at(points: int, args: argparse.Namespace) -> None:
+    nodes = [f"node{i}" for i in range(1000)]
+    ours = HashRing(nodes, vnodes=points)
+    theirs = UHashRing(nodes=nodes, vnodes=points)
     counter = iter(range(10**9))
 
-    def uh_add() -> float:
+    def ours_build() -> float:
+        return timed(lambda: HashRing(nodes, vnodes=points))
+
+    def theirs_build() -> float:
+        return timed(lambda: UHashRing(nodes=nodes, vnodes=points))
+
+    def ours_add() -> float:
+        name = f"extra{next(counter)}"
+        return timed(lambda: ours.add(name))
+
+    def ours_remove() -> float:
+        return timed(lambda: ours.remove("node500"))
+
+    def theirs_add() -> float:
         name = f"extra{next(counter)}"
         t = timed(lambda: theirs.add_node(name))
-        theirs.remove_node(name)  # uhashring mutates in place: undo, untimed
+        theirs.remove_node(name)  # uhashring changes in place: undo, untimed
         return t
 
-    def uh_remove() -> float:
+    def theirs_remove() -> float:
         t = timed(lambda: theirs.remove_node("node500"))
         theirs.add_node("node500")
         return t
 
-    contenders = {
-        "distpat HashRing build (1024 pts/node)": lambda: timed(lambda: HashRing(nodes)),
-        "distpat HashRing build (160 pts/node)": lambda: timed(lambda: HashRing(nodes, vnodes=160)),
-        "uhashring build (160 pts/node)": lambda: timed(lambda: UHashRing(nodes=nodes)),
-        "distpat add (1024 pts/node)": lambda: timed(lambda: ours.add(f"extra{next(counter)}")),
-        "distpat remove (1024 pts/node)": lambda: timed(lambda: ours.remove("node500")),
-        "distpat add (160 pts/node)": lambda: timed(lambda: ours160.add(f"extra{next(counter)}")),
-        "distpat remove (160 pts/node)": lambda: timed(lambda: ours160.remove("node500")),
-        "uhashring add_node (160 pts/node)": uh_add,
-        "uhashring remove_node (160 pts/node)": uh_remove,
-    }
-    med = rounds(contenders, args.big_rounds)
-    for name, s in med.items():
-        print(f"{name:40s} {s * 1e3:9.2f} ms")
-    for pts in (1024, 160):
-        r = med["uhashring add_node (160 pts/node)"] / med[f"distpat add ({pts} pts/node)"]
-        r2 = med["uhashring remove_node (160 pts/node)"] / med[f"distpat remove ({pts} pts/node)"]
-        print(
-            f"incremental add, {pts} pts/node vs uhashring add_node: {r:5.1f}x faster "
-            f"(goal >= 10x: {verdict(r >= 10)}); remove: {r2:5.1f}x"
-        )
-    keys = [f"user:{i}" for i in range(20_000)]
-    lk = rounds(
+    med = rounds(
         {
-            "distpat HashRing 1000 nodes": lambda: per_call_ns(ours.get_node, keys),
-            "uhashring 1000 nodes": lambda: per_call_ns(theirs.get_node, keys),
+            "distpat HashRing build": ours_build,
+            "uhashring build": theirs_build,
+            "distpat add": ours_add,
+            "uhashring add_node": theirs_add,
+            "distpat remove": ours_remove,
+            "uhashring remove_node": theirs_remove,
         },
-        args.rounds,
+        args.big_rounds,
     )
-    for name, ns in lk.items():
-        print(f"{name:40s} {ns:9.0f} ns/lookup")
+    print(f"{points} points per node ({len(nodes) * points:,} points):")
+    for name, sec in med.items():
+        print(f"  {name:28s} {sec * 1e3:10.2f} ms")
+    add = med["uhashring add_node"] / med["distpat add"]
+    rm = med["uhashring remove_node"] / med["distpat remove"]
+    build = med["uhashring build"] / med["distpat HashRing build"]
+    print(
+        f"  incremental add {add:5.1f}x faster than uhashring's add_node "
+        f"(goal >= 10x: {verdict(add >= 10)}); remove {rm:5.1f}x; build {build:4.2f}x"
+    )
+    if points == 1024:
+        sample = [f"user:{i}" for i in range(20_000)]
+        lk = rounds(
+            {
+                "distpat HashRing": lambda: per_call_ns(ours.get_node, sample),
+                "uhashring": lambda: per_call_ns(theirs.get_node, sample),
+            },
+            args.rounds,
+        )
+        print(
+            f"  lookups on this ring: distpat {lk['distpat HashRing']:.0f} ns, "
+            f"uhashring {lk['uhashring']:.0f} ns (no slot table past 2**17 points: a binary search)"
+        )
 
 
 def main() -> None:
