@@ -12,8 +12,13 @@ __all__ = [
     "ConfigError",
     "DistpatError",
     "EmptyRingError",
+    "LocalProtocolError",
+    "ProtocolError",
+    "RemoteProtocolError",
     "RingError",
     "UnknownHashError",
+    "UpstreamError",
+    "UpstreamTimeoutError",
 ]
 
 
@@ -43,3 +48,30 @@ class ConfigError(DistpatError, ValueError):
     The message names where the problem is (file, pool, key) and what was
     expected, so an operator can fix it without reading the source.
     """
+
+
+class ProtocolError(DistpatError):
+    """A protocol was broken; ``status`` is the HTTP status that reports it (400 when unsure).
+
+    Like h11's, the two subclasses say whose fault it was.
+    """
+
+    def __init__(self, message: str, *, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RemoteProtocolError(ProtocolError, ValueError):
+    """The peer sent something the protocol forbids (a smuggling attempt, a bad chunk size, ...)."""
+
+
+class LocalProtocolError(ProtocolError, ValueError):
+    """distpat was asked to send something the protocol forbids (a bug in a hook or in distpat)."""
+
+
+class UpstreamError(DistpatError, ConnectionError):
+    """An upstream could not be reached or broke the exchange (reported to the client as 502)."""
+
+
+class UpstreamTimeoutError(UpstreamError, TimeoutError):
+    """An upstream did not answer within its timeout (reported to the client as 504)."""
