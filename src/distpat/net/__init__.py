@@ -1,0 +1,1 @@
+"""asyncio I/O: servers, the HTTP engine, upstream pools, the admin listener."""

@@ -1,0 +1,762 @@
+"""The client side of the HTTP/1.1 proxy engine: one protocol object per connection.
+
+:class:`ClientConnection` parses requests with httptools and turns each into
+an :class:`Exchange`, which finds an upstream connection, streams the request
+body to it and the response back. Everything is driven by protocol callbacks
+and loop timers: no task runs per request (one runs per *new* upstream
+connection, while it connects). Pipelined requests queue behind the one in
+flight and are answered in order; their bodies are buffered up to a limit,
+past which the client is no longer read.
+
+Backpressure runs both ways: when the upstream's socket buffer fills, the
+client stops being read, and when the client's fills, the upstream stops
+being read, so a slow peer on either side holds memory at a few socket
+buffers whatever the size of the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httptools
+
+from distpat.core.http import (
+    LAST_CHUNK,
+    BodyKind,
+    Framing,
+    chunk,
+    error_response,
+    forward_request_headers,
+    forward_response_headers,
+    request_framing,
+    request_head,
+    response_framing,
+    response_head,
+)
+from distpat.errors import RemoteProtocolError
+from distpat.net.upstream import Upstream, UpstreamConnection, UpstreamGroup
+
+__all__ = ["ClientConnection", "EngineSettings", "EngineState", "Exchange"]
+
+log = logging.getLogger("distpat.proxy")
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    """Limits and timeouts of the engine (seconds and bytes). See docs/proxy.md."""
+
+    max_header_bytes: int = 64 * 1024
+    max_body_bytes: int = 1 << 30
+    max_connections: int = 20_000
+    max_pipelined: int = 32
+    pipeline_buffer_bytes: int = 1 << 20
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 75.0
+    connect_timeout: float = 5.0
+    response_timeout: float = 60.0
+    scheme: str = "http"
+    forwarded: bool = False
+    via: bytes = b"1.1 distpat"
+
+
+@dataclass(slots=True)
+class EngineState:
+    """What every connection of one server shares."""
+
+    settings: EngineSettings
+    upstreams: UpstreamGroup
+    connections: set[ClientConnection] = field(default_factory=set)
+    draining: bool = False
+    on_request_done: Callable[[Exchange], None] | None = None
+    on_connection_change: Callable[[int], None] | None = None
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    """Upstream connects in progress (one task per new upstream connection, not per request)."""
+
+
+def _other_codings(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The transfer codings of a response other than its final ``chunked``, comma-joined."""
+    codings = [
+        c.strip() for n, v in headers if n.lower() == b"transfer-encoding" for c in v.split(b",") if c.strip()
+    ]
+    if codings and codings[-1].lower() == b"chunked":
+        codings.pop()
+    return b", ".join(codings)
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Exchange:
+    """One request and its response, linking a client connection to an upstream connection."""
+
+    __slots__ = (
+        "client",
+        "method",
+        "target",
+        "http10",
+        "keep_alive",
+        "head",
+        "framing",
+        "body_sent",
+        "body_done",
+        "pending",
+        "pending_bytes",
+        "upstream",
+        "conn",
+        "reused",
+        "tried",
+        "status",
+        "response_started",
+        "informational",
+        "rechunk",
+        "close_after",
+        "upstream_reusable",
+        "sent_bytes",
+        "started",
+        "upstream_started",
+        "finished",
+        "timer",
+        "last_io",
+        "to_client",
+        "to_upstream",
+        "request_line",
+        "user_agent",
+        "referer",
+    )
+
+    def __init__(
+        self,
+        client: ClientConnection,
+        method: bytes,
+        target: bytes,
+        http10: bool,
+        keep_alive: bool,
+        head: bytes,
+        framing: Framing,
+    ) -> None:
+        self.client = client
+        self.method = method
+        self.target = target
+        self.http10 = http10
+        self.keep_alive = keep_alive
+        self.head = head
+        self.framing = framing
+        self.body_sent = 0
+        self.body_done = framing.kind is BodyKind.NONE
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self.upstream: Upstream | None = None
+        self.conn: UpstreamConnection | None = None
+        self.reused = False
+        self.tried: frozenset[Upstream] = frozenset()
+        self.status = 0
+        self.response_started = False
+        self.informational = False
+        self.rechunk = False
+        self.close_after = False
+        self.upstream_reusable = False
+        self.sent_bytes = 0
+        self.started = client.loop.time()
+        self.upstream_started = 0.0
+        self.finished = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.last_io = 0.0
+        self.to_client: list[bytes] = []  # coalesced: one write per upstream read
+        self.to_upstream: list[bytes] = []  # coalesced: one write per client read
+        self.request_line = b""
+        self.user_agent = b""
+        self.referer = b""
+
+    # -- finding an upstream ------------------------------------------------------
+
+    def start(self) -> None:
+        state = self.client.state
+        upstream = state.upstreams.choose(self.tried)
+        if upstream is None:
+            self.fail_local(502, "no upstream available")
+            return
+        self.upstream = upstream
+        self.tried = self.tried | {upstream}
+        conn = upstream.take_idle()
+        if conn is not None:
+            self.reused = True
+            self.attach(conn)
+            return
+        self.reused = False
+        task = asyncio.ensure_future(self._connect(upstream))
+        tasks = self.client.state.tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def _connect(self, upstream: Upstream) -> None:
+        loop = self.client.loop
+        timeout = self.client.state.settings.connect_timeout
+        try:
+            conn = await upstream.connect(timeout)
+        except (OSError, TimeoutError) as exc:
+            upstream.record_connect_failure(loop.time())
+            if self.finished:
+                return
+            reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+            log.warning("upstream %s: connect failed: %s", upstream.name, reason)
+            if self.method in IDEMPOTENT and self.body_sent == 0 and self._another_upstream():
+                self.start()  # nothing reached the upstream: try the next one
+            else:
+                self.fail_local(502, f"upstream {upstream.name} unreachable: {reason}")
+            return
+        upstream.record_success()
+        if self.finished:  # the client went away while we connected: keep the connection
+            conn.release(reuse=True)
+            return
+        self.attach(conn)
+
+    def _another_upstream(self) -> bool:
+        ups = self.client.state.upstreams.upstreams
+        return any(u not in self.tried for u in ups)
+
+    def attach(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+        conn.handler = self
+        upstream = conn.upstream
+        upstream.outstanding += 1
+        self.upstream_started = self.client.loop.time()
+        if self.client.write_paused:
+            conn.pause_reading()
+        conn.head_request = self.method == b"HEAD"
+        self.to_upstream.append(self.head)
+        if self.pending:
+            data = b"".join(self.pending)
+            self.pending.clear()
+            self.pending_bytes = 0
+            self._send_body(data)
+            self.client.resume_reading("buffer")
+        if self.body_done and self.framing.kind is BodyKind.CHUNKED:
+            self.to_upstream.append(LAST_CHUNK)
+        self._arm(self.client.state.settings.response_timeout)
+        if not self.client.feeding:  # else the client's read handler flushes once at its end
+            self.flush_upstream()
+
+    def flush_upstream(self) -> None:
+        if self.to_upstream and self.conn is not None:
+            data = b"".join(self.to_upstream) if len(self.to_upstream) > 1 else self.to_upstream[0]
+            self.to_upstream.clear()
+            self.conn.write(data)
+
+    def flush(self) -> None:
+        """Write what the upstream's last read produced for the client, in one write."""
+        out = self.to_client
+        if out:
+            self.client.write(b"".join(out) if len(out) > 1 else out[0])
+            out.clear()
+
+    # -- the request body ----------------------------------------------------------
+
+    def _send_body(self, data: bytes) -> None:
+        assert self.conn is not None
+        self.body_sent += len(data)
+        self.last_io = self.client.loop.time()
+        self.to_upstream.append(chunk(data) if self.framing.kind is BodyKind.CHUNKED else data)
+
+    def feed_body(self, data: bytes) -> None:
+        if self.conn is not None:
+            self._send_body(data)
+            return
+        self.pending.append(data)
+        self.pending_bytes += len(data)
+        if self.pending_bytes > self.client.state.settings.pipeline_buffer_bytes:
+            self.client.pause_reading("buffer")
+
+    def end_body(self) -> None:
+        self.body_done = True
+        if self.conn is not None and self.framing.kind is BodyKind.CHUNKED:
+            self.to_upstream.append(LAST_CHUNK)
+
+    # -- the response (UpstreamHandler) ----------------------------------------------------
+
+    def on_response_head(self, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
+        client = self.client
+        if status < 200:
+            if status == 101:
+                self._upstream_broken(ConnectionError("upstream switched protocols"))
+                return
+            self.informational = True
+            if not self.http10:
+                self.to_client.append(
+                    response_head(status, forward_response_headers(headers, via=client.via))
+                )
+            return
+        self.status = status
+        try:
+            framing = response_framing(self.method, status, headers)
+        except RemoteProtocolError as exc:
+            self._upstream_broken(ConnectionError(str(exc)))
+            return
+        out = forward_response_headers(headers, via=client.via)
+        kind = framing.kind
+        if kind is BodyKind.CHUNKED or kind is BodyKind.UNTIL_CLOSE:
+            # The body is re-framed: any Content-Length no longer describes it, and
+            # codings other than chunked (gzip, ...) must still be declared.
+            out = [(n, v) for n, v in out if n.lower() != b"content-length"]
+            codings = _other_codings(headers)
+            if self.http10:
+                self.close_after = True
+                if codings:
+                    out.append((b"Content-Encoding", codings))  # HTTP/1.0 has no transfer codings
+            else:
+                self.rechunk = True
+                out.append((b"Transfer-Encoding", codings + b", chunked" if codings else b"chunked"))
+        if not self.keep_alive or self.close_after or client.state.draining:
+            out.append((b"Connection", b"close"))
+            self.close_after = True
+        elif self.http10:
+            out.append((b"Connection", b"keep-alive"))
+        self.upstream_reusable = keep_alive and kind is not BodyKind.UNTIL_CLOSE
+        self.response_started = True
+        self.to_client.append(response_head(status, out))
+        self._arm(client.state.settings.response_timeout)
+
+    def on_response_body(self, data: bytes) -> None:
+        self.sent_bytes += len(data)
+        self.last_io = self.client.loop.time()
+        self.to_client.append(chunk(data) if self.rechunk else data)
+
+    def on_response_complete(self) -> None:
+        if self.informational and not self.response_started:
+            self.informational = False
+            return
+        if self.rechunk:
+            self.to_client.append(LAST_CHUNK)
+        self.flush()
+        self._release(reuse=self.upstream_reusable and self.body_done)
+        self.finish()
+
+    def on_upstream_lost(self, exc: Exception | None) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None and self.upstream is not None:
+            self.upstream.outstanding -= 1
+        if self.finished:
+            return
+        if self.response_started:
+            if exc is None and not self.upstream_reusable and self.status:
+                # a close-delimited response ends with the connection
+                if self.rechunk:
+                    self.to_client.append(LAST_CHUNK)
+                self.flush()
+                self.finish()
+            else:
+                self.flush()
+                self.client.abort("upstream closed mid-response")
+            return
+        self._upstream_broken(exc or ConnectionError("upstream closed the connection"))
+
+    def on_upstream_pause_writing(self) -> None:
+        self.client.pause_reading("upstream")
+
+    def on_upstream_resume_writing(self) -> None:
+        self.client.resume_reading("upstream")
+
+    # -- failure and completion ---------------------------------------------------------
+
+    def _upstream_broken(self, exc: Exception) -> None:
+        retry = (
+            self.reused
+            and self.method in IDEMPOTENT
+            and self.framing.kind is BodyKind.NONE
+            and not self.response_started
+        )
+        self._release(reuse=False)
+        if retry:
+            # A pooled connection the upstream had already closed: the request
+            # never reached it. Try again on a fresh connection.
+            self.tried = self.tried - {self.upstream} if self.upstream else self.tried
+            self.reused = False
+            self.start()
+            return
+        name = self.upstream.name if self.upstream else "?"
+        self.fail_local(502, f"upstream {name} failed: {exc}")
+
+    def _release(self, *, reuse: bool) -> None:
+        self._disarm()
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            if self.upstream is not None:
+                self.upstream.outstanding -= 1
+            conn.release(reuse=reuse)
+
+    def _arm(self, delay: float) -> None:
+        self._disarm()
+        self.last_io = self.client.loop.time()
+        self.timer = self.client.loop.call_later(delay, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        if self.finished:
+            return
+        # Re-armed lazily: bytes moving either way since the timer was set
+        # push the deadline on, without a timer call per body chunk.
+        timeout = self.client.state.settings.response_timeout
+        idle = self.client.loop.time() - self.last_io
+        if idle < timeout:
+            self.timer = self.client.loop.call_later(timeout - idle, self._timed_out)
+            return
+        if self.response_started:
+            self._release(reuse=False)
+            self.client.abort("upstream stopped sending")
+            return
+        name = self.upstream.name if self.upstream else "?"
+        self._release(reuse=False)
+        self.fail_local(
+            504, f"upstream {name} did not answer in {self.client.state.settings.response_timeout:g}s"
+        )
+
+    def fail_local(self, status: int, message: str) -> None:
+        """Answer the client ourselves (the upstream is unreachable, slow or broken)."""
+        if self.finished:
+            return
+        self._release(reuse=False)
+        self.to_client.clear()
+        self.status = status
+        self.close_after = self.close_after or not self.keep_alive or not self.body_done
+        self.client.write(error_response(status, message, close=self.close_after))
+        self.response_started = True
+        self.finish()
+
+    def finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._disarm()
+        callback = self.client.state.on_request_done
+        if callback is not None:
+            callback(self)
+        self.client.exchange_finished(self)
+
+    def abandon(self) -> None:
+        """The client went away: drop the upstream connection and everything pending."""
+        if self.finished:
+            return
+        self.finished = True
+        self._release(reuse=False)
+        self.pending.clear()
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection: parses requests and answers them in order."""
+
+    __slots__ = (
+        "state",
+        "loop",
+        "transport",
+        "parser",
+        "peer",
+        "via",
+        "url",
+        "headers",
+        "header_bytes",
+        "parsing",
+        "queue",
+        "pauses",
+        "timer",
+        "closing",
+        "write_paused",
+        "reject",
+        "in_head",
+        "eof",
+        "feeding",
+    )
+
+    def __init__(self, state: EngineState) -> None:
+        self.state = state
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer = "-"
+        self.via = state.settings.via
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.header_bytes = 0
+        self.parsing: Exchange | None = None
+        self.queue: deque[Exchange] = deque()
+        self.pauses: set[str] = set()
+        self.timer: asyncio.TimerHandle | None = None
+        self.closing = False
+        self.write_paused = False
+        self.reject: _Reject | None = None
+        self.in_head = False
+        self.eof = False
+        self.feeding = False
+
+    # -- asyncio.Protocol ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer:
+            self.peer = str(peer[0])
+        state = self.state
+        if len(state.connections) >= state.settings.max_connections:
+            self.closing = True
+            self.write(error_response(503, "too many connections", close=True))
+            self._close()
+            return
+        state.connections.add(self)
+        if state.on_connection_change is not None:
+            state.on_connection_change(1)
+        self._arm(state.settings.header_timeout, self._header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self._disarm()
+        for ex in self.queue:
+            ex.abandon()
+        self.queue.clear()
+        if self.parsing is not None:
+            self.parsing.abandon()
+            self.parsing = None
+        if self in self.state.connections:
+            self.state.connections.discard(self)
+            if self.state.on_connection_change is not None:
+                self.state.on_connection_change(-1)
+
+    def eof_received(self) -> bool | None:
+        # A client that half-closes after sending its request still gets its
+        # answer; one that closes between requests is simply done.
+        if not self.queue and self.parsing is None:
+            return None  # close the transport
+        self.eof = True
+        return True
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self.feeding = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._protocol_error(501, "protocol upgrades (Upgrade, CONNECT) are not supported")
+        except httptools.HttpParserError as exc:
+            reject = self.reject
+            if reject is None and isinstance(exc.__context__, _Reject):
+                reject = exc.__context__
+            if reject is not None:
+                self._protocol_error(reject.status, str(reject))
+            else:
+                self._protocol_error(400, f"malformed request: {exc}")
+        finally:
+            self.feeding = False
+        # one write to the upstream for everything this read produced
+        if self.queue:
+            self.queue[0].flush_upstream()
+        if self.parsing is not None and self.parsing.conn is not None:
+            self.parsing.flush_upstream()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.queue and self.queue[0].conn is not None:
+            self.queue[0].conn.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.queue and self.queue[0].conn is not None:
+            self.queue[0].conn.resume_reading()
+
+    # -- httptools callbacks ----------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.header_bytes = 0
+        self.in_head = True
+        # From the first byte of a request its head must arrive within the
+        # header timeout, however slowly it trickles in (slowloris).
+        self._arm(self.state.settings.header_timeout, self._header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.header_bytes += len(url)
+        if self.header_bytes > self.state.settings.max_header_bytes:
+            self.reject = _Reject(431, "request header fields too large")
+            raise self.reject
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > self.state.settings.max_header_bytes:
+            self.reject = _Reject(431, "request header fields too large")
+            raise self.reject
+
+    def on_headers_complete(self) -> None:
+        parser, settings = self.parser, self.state.settings
+        self.in_head = False
+        self._disarm()
+        method = parser.get_method()
+        http10 = parser.get_http_version() == "1.0"
+        headers = self.headers
+        try:
+            framing = request_framing(headers, version=(1, 0) if http10 else (1, 1))
+        except RemoteProtocolError as exc:
+            self.reject = _Reject(exc.status, str(exc))
+            raise self.reject from None
+        if framing.kind is BodyKind.LENGTH and (framing.length or 0) > settings.max_body_bytes:
+            self.reject = _Reject(413, f"request body larger than {settings.max_body_bytes} bytes")
+            raise self.reject
+        expect_continue = False
+        kept: list[tuple[bytes, bytes]] = []
+        user_agent = referer = b""
+        for name, value in headers:
+            lower = name.lower()
+            if lower == b"expect":
+                if value.strip().lower() == b"100-continue":
+                    expect_continue = True
+                    continue  # answered here, as nginx does, so the upstream never waits on it
+                self.reject = _Reject(417, "only 'Expect: 100-continue' is supported")
+                raise self.reject
+            if lower == b"user-agent":
+                user_agent = value
+            elif lower == b"referer":
+                referer = value
+            kept.append((name, value))
+        try:
+            out = forward_request_headers(
+                kept,
+                client_addr=self.peer,
+                scheme=settings.scheme,
+                via=self.via,
+                forwarded=settings.forwarded,
+            )
+        except RemoteProtocolError as exc:  # e.g. two Host headers
+            self.reject = _Reject(exc.status, str(exc))
+            raise self.reject from None
+        if framing.kind is BodyKind.CHUNKED:
+            out.append((b"Transfer-Encoding", b"chunked"))
+        keep_alive = parser.should_keep_alive() and not self.state.draining
+        ex = Exchange(
+            self, method, self.url, http10, keep_alive, request_head(method, self.url, out), framing
+        )
+        ex.request_line = b"%s %s HTTP/%s" % (method, self.url, b"1.0" if http10 else b"1.1")
+        ex.user_agent, ex.referer = user_agent, referer
+        self.parsing = ex
+        self.queue.append(ex)
+        if len(self.queue) == 1:
+            if expect_continue and not http10:
+                self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            ex.start()
+        elif len(self.queue) >= settings.max_pipelined:
+            self.pause_reading("pipeline")
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        if ex is None:
+            return
+        if ex.body_sent + ex.pending_bytes + len(body) > self.state.settings.max_body_bytes:
+            self.reject = _Reject(413, f"request body larger than {self.state.settings.max_body_bytes} bytes")
+            raise self.reject
+        ex.feed_body(body)
+
+    def on_message_complete(self) -> None:
+        ex, self.parsing = self.parsing, None
+        if ex is not None:
+            ex.end_body()
+            if not ex.keep_alive:
+                self.pause_reading("closing")  # nothing after this request will be read
+
+    # -- flow control and writing ---------------------------------------------------------
+
+    def pause_reading(self, reason: str) -> None:
+        if not self.pauses and self.transport is not None and not self.closing:
+            self.transport.pause_reading()
+        self.pauses.add(reason)
+
+    def resume_reading(self, reason: str) -> None:
+        if reason in self.pauses:
+            self.pauses.discard(reason)
+            if not self.pauses and self.transport is not None and not self.closing:
+                self.transport.resume_reading()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    # -- the request queue ------------------------------------------------------------------
+
+    def exchange_finished(self, ex: Exchange) -> None:
+        if self.queue and self.queue[0] is ex:
+            self.queue.popleft()
+        if ex.close_after or self.closing:
+            self._close()
+            return
+        self.resume_reading("pipeline")
+        if self.queue:
+            self.queue[0].start()
+        elif self.parsing is not None or self.in_head:
+            pass  # the next request is arriving; its own timer runs
+        elif self.eof or self.state.draining:
+            self._close()
+        else:
+            self._arm(self.state.settings.keepalive_timeout, self._idle_timeout)
+
+    def drain(self) -> None:
+        """Shutdown: close now if idle, else after the requests in flight are answered."""
+        if not self.queue and self.parsing is None:
+            self._close()
+
+    def abort(self, reason: str) -> None:
+        log.info("client %s: connection aborted: %s", self.peer, reason)
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _close(self) -> None:
+        self.closing = True
+        self._disarm()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _protocol_error(self, status: int, message: str) -> None:
+        if self.parsing is not None and self.queue and self.queue[-1] is self.parsing:
+            self.queue.pop().abandon()
+            self.parsing = None
+        if self.queue:  # answer what came before in order, then give up on this connection
+            self.queue[-1].close_after = True
+            self.pause_reading("error")
+            return
+        self.closing = True
+        self._disarm()
+        self.write(error_response(status, message, close=True))
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- timers ------------------------------------------------------------------------------
+
+    def _arm(self, delay: float, callback: Callable[[], None]) -> None:
+        self._disarm()
+        self.timer = self.loop.call_later(delay, callback)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _header_timeout(self) -> None:
+        self.timer = None
+        if self.in_head or not self.queue:
+            self._protocol_error(408, "request headers not received in time")
+
+    def _idle_timeout(self) -> None:
+        self.timer = None
+        if not self.queue and self.parsing is None and not self.in_head:
+            self._close()

@@ -1,0 +1,348 @@
+"""Upstream servers: keep-alive connection pools, balancing and passive health.
+
+An :class:`Upstream` is one ``http://host:port`` server with its idle
+keep-alive connections. :class:`UpstreamGroup` balances requests over several
+(round robin or least outstanding), skipping ejected ones. An
+:class:`UpstreamConnection` is the asyncio protocol of one connection: it
+parses responses with httptools and hands every event to the exchange that
+currently owns it, so no task runs per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import httptools
+
+from distpat.errors import ConfigError
+
+__all__ = [
+    "Upstream",
+    "UpstreamConnection",
+    "UpstreamGroup",
+    "UpstreamHandler",
+    "UpstreamPolicy",
+    "parse_upstream_url",
+]
+
+
+class UpstreamHandler(Protocol):
+    """What an upstream connection reports to the exchange that owns it."""
+
+    def on_response_head(self, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None: ...
+    def on_response_body(self, data: bytes) -> None: ...
+    def on_response_complete(self) -> None: ...
+    def on_upstream_lost(self, exc: Exception | None) -> None: ...
+    def on_upstream_pause_writing(self) -> None: ...
+    def on_upstream_resume_writing(self) -> None: ...
+    def flush(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamPolicy:
+    """Pool limits and passive health, shared by every upstream of a group."""
+
+    max_idle: int = 64
+    """Idle keep-alive connections kept per upstream (nginx's ``keepalive``)."""
+    max_connections: int = 0
+    """Open connections allowed per upstream, 0 for no limit."""
+    max_fails: int = 2
+    """Consecutive connect failures that eject an upstream."""
+    fail_timeout: float = 10.0
+    """Seconds an ejected upstream sits out before it is tried again."""
+
+
+def parse_upstream_url(url: str) -> tuple[str, int]:
+    """``http://host:port`` -> (host, port); raises :class:`ConfigError` for anything else."""
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        raise ConfigError(f"upstream {url!r}: only http:// upstreams are supported")
+    if not parts.hostname:
+        raise ConfigError(f"upstream {url!r}: no host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ConfigError(f"upstream {url!r}: give scheme, host and port only")
+    try:
+        port = parts.port or 80
+    except ValueError:
+        raise ConfigError(f"upstream {url!r}: invalid port") from None
+    return parts.hostname, port
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One connection to an upstream; owned by at most one exchange at a time."""
+
+    __slots__ = (
+        "upstream",
+        "transport",
+        "parser",
+        "handler",
+        "headers",
+        "closed",
+        "reusable",
+        "head_request",
+        "_lost",
+    )
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.handler: UpstreamHandler | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.closed = False
+        self.reusable = False
+        self.head_request = False
+        self._lost = asyncio.get_running_loop().create_future()
+
+    # -- asyncio.Protocol ---------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
+
+    def data_received(self, data: bytes) -> None:
+        if self.handler is None:  # bytes from an idle upstream: it is broken
+            self.close()
+            return
+        handler = self.handler
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(ConnectionError("upstream switched protocols, which is not supported"))
+        except httptools.HttpParserError as exc:
+            self._fail(ConnectionError(f"upstream sent an invalid response: {exc}"))
+        else:
+            if self.handler is handler:  # still mid-response: send what this read produced
+                handler.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.upstream.forget(self)
+        handler, self.handler = self.handler, None
+        if handler is not None:
+            handler.on_upstream_lost(exc)
+        if not self._lost.done():
+            self._lost.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self.handler is not None:
+            self.handler.on_upstream_pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.handler is not None:
+            self.handler.on_upstream_resume_writing()
+
+    # -- httptools callbacks ---------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.headers = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        handler = self.handler
+        if handler is None:
+            return
+        status = self.parser.get_status_code()
+        handler.on_response_head(status, self.headers, self.parser.should_keep_alive())
+        if self.head_request and status >= 200 and self.handler is handler:
+            # llhttp cannot be told the request was HEAD, and would wait for the
+            # Content-Length bytes that never come: the response ends here, and
+            # a fresh parser reads the next one.
+            self.head_request = False
+            self.parser = httptools.HttpResponseParser(self)
+            handler.on_response_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if self.handler is not None:
+            self.handler.on_response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.handler is not None:
+            self.handler.on_response_complete()
+
+    # -- use by the exchange --------------------------------------------------------
+
+    def _fail(self, exc: Exception) -> None:
+        handler, self.handler = self.handler, None
+        self.close()
+        if handler is not None:
+            handler.on_upstream_lost(exc)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def release(self, *, reuse: bool) -> None:
+        """The exchange is done with this connection: keep it idle in the pool, or close it."""
+        self.handler = None
+        if reuse and not self.closed and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+            self.upstream.keep_idle(self)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+        self.upstream.forget(self)
+
+    async def wait_closed(self) -> None:
+        await self._lost
+
+
+class Upstream:
+    """One upstream server: its address, idle connections and passive health."""
+
+    __slots__ = (
+        "name",
+        "host",
+        "port",
+        "policy",
+        "idle",
+        "open",
+        "outstanding",
+        "fails",
+        "ejected_until",
+        "on_health_change",
+    )
+
+    def __init__(self, url: str, policy: UpstreamPolicy | None = None) -> None:
+        self.host, self.port = parse_upstream_url(url)
+        self.name = f"{self.host}:{self.port}"
+        self.policy = policy or UpstreamPolicy()
+        self.idle: list[UpstreamConnection] = []
+        self.open: set[UpstreamConnection] = set()
+        self.outstanding = 0
+        self.fails = 0
+        self.ejected_until = 0.0
+        self.on_health_change: Callable[[Upstream, bool], None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Upstream {self.name} open={len(self.open)} idle={len(self.idle)} fails={self.fails}>"
+
+    # -- health (the clock comes in as ``now``) --------------------------------------
+
+    def available(self, now: float) -> bool:
+        return self.ejected_until <= now
+
+    def record_connect_failure(self, now: float) -> None:
+        self.fails += 1
+        if self.fails >= self.policy.max_fails and self.ejected_until <= now:
+            self.ejected_until = now + self.policy.fail_timeout
+            if self.on_health_change is not None:
+                self.on_health_change(self, False)
+
+    def record_success(self) -> None:
+        was_ejected = self.ejected_until > 0.0
+        self.fails = 0
+        self.ejected_until = 0.0
+        if was_ejected and self.on_health_change is not None:
+            self.on_health_change(self, True)
+
+    # -- the pool -----------------------------------------------------------------
+
+    def take_idle(self) -> UpstreamConnection | None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+                return conn
+        return None
+
+    def keep_idle(self, conn: UpstreamConnection) -> None:
+        if len(self.idle) < self.policy.max_idle:
+            self.idle.append(conn)
+        else:
+            conn.close()
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        self.open.discard(conn)
+        if conn in self.idle:
+            self.idle.remove(conn)
+
+    def at_limit(self) -> bool:
+        limit = self.policy.max_connections
+        return bool(limit) and len(self.open) >= limit
+
+    async def connect(self, timeout: float) -> UpstreamConnection:
+        """A new connection, or ``OSError``/``TimeoutError`` within ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        conn = UpstreamConnection(self)
+        async with asyncio.timeout(timeout):
+            await loop.create_connection(lambda: conn, self.host, self.port)
+        self.open.add(conn)
+        return conn
+
+    async def close(self) -> None:
+        conns = list(self.open | set(self.idle))
+        for conn in conns:
+            conn.close()
+        for conn in conns:
+            await conn.wait_closed()
+
+
+class UpstreamGroup:
+    """Several upstreams, balanced round robin or by fewest outstanding requests."""
+
+    __slots__ = ("upstreams", "balance", "_cycle", "clock")
+
+    def __init__(
+        self,
+        upstreams: list[Upstream],
+        *,
+        balance: str = "round_robin",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not upstreams:
+            raise ConfigError("at least one upstream is needed")
+        if balance not in ("round_robin", "least_outstanding"):
+            raise ConfigError(f"balance must be round_robin or least_outstanding, not {balance!r}")
+        self.upstreams = upstreams
+        self.balance = balance
+        self._cycle = itertools.cycle(range(len(upstreams)))
+        self.clock = clock
+
+    def healthy(self) -> list[Upstream]:
+        now = self.clock()
+        return [u for u in self.upstreams if u.available(now)]
+
+    def choose(self, exclude: frozenset[Upstream] = frozenset()) -> Upstream | None:
+        """The next upstream to try, or None when every one is ejected or excluded."""
+        now = self.clock()
+        if self.balance == "least_outstanding":
+            candidates = [u for u in self.upstreams if u not in exclude and u.available(now)]
+            if not candidates:
+                return self._least_recently_ejected(exclude)
+            return min(candidates, key=lambda u: u.outstanding)
+        for _ in range(len(self.upstreams)):
+            u = self.upstreams[next(self._cycle)]
+            if u not in exclude and u.available(now):
+                return u
+        return self._least_recently_ejected(exclude)
+
+    def _least_recently_ejected(self, exclude: frozenset[Upstream]) -> Upstream | None:
+        # When every upstream is ejected, refusing all traffic until one's
+        # timeout ends would turn a blip into an outage: try the one whose
+        # ejection ends first (nginx likewise ignores max_fails then).
+        rest = [u for u in self.upstreams if u not in exclude]
+        return min(rest, key=lambda u: u.ejected_until) if rest else None
+
+    async def close(self) -> None:
+        for u in self.upstreams:
+            await u.close()
