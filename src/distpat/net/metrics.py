@@ -1,0 +1,214 @@
+"""The proxy's Prometheus metrics, kept in a registry of its own.
+
+:class:`ProxyMetrics` owns a private :class:`prometheus_client.CollectorRegistry`,
+never the process-wide default one, so several proxies (or tests) in one process
+each count their own traffic and never collide on metric names.
+
+The engine calls the recording methods on every request and connection, so they
+are kept cheap: label children are bound once per label set and cached in plain
+dicts, and the health count is kept alongside the gauge instead of being read
+back from it.
+
+Metrics (all names as they appear in the text exposition):
+
+``distpat_http_requests_total{status, upstream}`` (counter)
+    Requests answered to clients, by response status code and by the upstream
+    that answered (``upstream=""`` when the proxy answered by itself: an error
+    page, a redirect, a cache hit).
+``distpat_upstream_response_seconds{upstream}`` (histogram)
+    Time from sending a request to an upstream until its response head was
+    received, in seconds. Buckets span 0.5 ms to 30 s.
+``distpat_open_connections`` (gauge)
+    Client connections open now.
+``distpat_connections_total`` (counter)
+    Client connections accepted since start.
+``distpat_upstream_healthy{upstream}`` (gauge)
+    1 while the upstream is considered healthy, 0 while it is not.
+``distpat_upstream_in_flight{upstream}`` (gauge)
+    Requests sent to the upstream and not yet finished.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+__all__ = ["UPSTREAM_LATENCY_BUCKETS", "ProxyMetrics"]
+
+UPSTREAM_LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+"""Upper bounds (seconds) of ``distpat_upstream_response_seconds``; ``+Inf`` is added after 30 s."""
+
+
+class ProxyMetrics:
+    """The metrics of one proxy, in a registry that belongs to it alone.
+
+    Upstreams are named by the caller (``"10.0.0.5:8080"``, or a pool member's
+    name); the name becomes the ``upstream`` label value as given.
+    """
+
+    __slots__ = (
+        "_connections_total",
+        "_healthy",
+        "_in_flight",
+        "_in_flight_children",
+        "_open_connections",
+        "_registry",
+        "_request_children",
+        "_requests",
+        "_response_seconds",
+        "_response_seconds_children",
+        "_upstream_healthy",
+        "_upstream_healthy_children",
+    )
+
+    def __init__(self) -> None:
+        self._registry = CollectorRegistry(auto_describe=True)
+        registry = self._registry
+        self._requests = Counter(
+            "distpat_http_requests",
+            "Requests answered to clients, by status code and answering upstream "
+            '(upstream="" when the proxy answered by itself).',
+            ("status", "upstream"),
+            registry=registry,
+        )
+        self._response_seconds = Histogram(
+            "distpat_upstream_response_seconds",
+            "Seconds from sending a request to an upstream until its response head arrived.",
+            ("upstream",),
+            buckets=UPSTREAM_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._open_connections = Gauge(
+            "distpat_open_connections",
+            "Client connections open now.",
+            registry=registry,
+        )
+        self._connections_total = Counter(
+            "distpat_connections",
+            "Client connections accepted since start.",
+            registry=registry,
+        )
+        self._upstream_healthy = Gauge(
+            "distpat_upstream_healthy",
+            "1 while the upstream is considered healthy, 0 while it is not.",
+            ("upstream",),
+            registry=registry,
+        )
+        self._in_flight = Gauge(
+            "distpat_upstream_in_flight",
+            "Requests sent to the upstream and not yet finished.",
+            ("upstream",),
+            registry=registry,
+        )
+        # Bound label children, created on first use of each label set.
+        self._request_children: dict[tuple[int, str], Counter] = {}
+        self._response_seconds_children: dict[str, Histogram] = {}
+        self._upstream_healthy_children: dict[str, Gauge] = {}
+        self._in_flight_children: dict[str, Gauge] = {}
+        # upstream -> healthy, so healthy_upstreams() never reads the gauge back.
+        self._healthy: dict[str, bool] = {}
+
+    def __repr__(self) -> str:
+        return f"<ProxyMetrics upstreams={len(self._healthy)} healthy={self.healthy_upstreams()}>"
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The registry holding this proxy's metrics (to add collectors, or to scrape it another way)."""
+        return self._registry
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def request_finished(self, *, status: int, upstream: str | None, upstream_seconds: float | None) -> None:
+        """Count one answered request; observe the upstream's response time when there was one.
+
+        ``upstream`` is None when the proxy answered by itself (counted with ``upstream=""``);
+        ``upstream_seconds`` is None when no upstream response head was received.
+        """
+        name = upstream or ""
+        key = (status, name)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._requests.labels(str(status), name)
+            self._request_children[key] = child
+        child.inc()
+        if upstream_seconds is not None:
+            histogram = self._response_seconds_children.get(name)
+            if histogram is None:
+                histogram = self._response_seconds.labels(name)
+                self._response_seconds_children[name] = histogram
+            histogram.observe(upstream_seconds)
+
+    # -- client connections ---------------------------------------------------------------------
+
+    def connection_opened(self) -> None:
+        """A client connection was accepted."""
+        self._open_connections.inc()
+        self._connections_total.inc()
+
+    def connection_closed(self) -> None:
+        """A client connection was closed (by either side)."""
+        self._open_connections.dec()
+
+    # -- upstreams ------------------------------------------------------------------------------
+
+    def set_upstream_health(self, upstream: str, healthy: bool) -> None:
+        """Record whether ``upstream`` is healthy now (first call also makes it known)."""
+        gauge = self._upstream_healthy_children.get(upstream)
+        if gauge is None:
+            gauge = self._upstream_healthy.labels(upstream)
+            self._upstream_healthy_children[upstream] = gauge
+        gauge.set(1 if healthy else 0)
+        self._healthy[upstream] = healthy
+
+    def healthy_upstreams(self) -> int:
+        """How many known upstreams were last reported healthy."""
+        return sum(self._healthy.values())
+
+    def upstream_request_started(self, upstream: str) -> None:
+        """A request was sent to ``upstream``; pair with :meth:`upstream_request_finished`."""
+        self._in_flight_child(upstream).inc()
+
+    def upstream_request_finished(self, upstream: str) -> None:
+        """A request to ``upstream`` ended (answered, failed or cancelled)."""
+        self._in_flight_child(upstream).dec()
+
+    def remove_upstream(self, upstream: str) -> None:
+        """Forget an upstream that left the configuration: drop its health and in-flight series.
+
+        Its request counts and response-time histogram stay, as counters should; unknown names
+        are ignored.
+        """
+        self._healthy.pop(upstream, None)
+        if self._upstream_healthy_children.pop(upstream, None) is not None:
+            self._upstream_healthy.remove(upstream)
+        if self._in_flight_children.pop(upstream, None) is not None:
+            self._in_flight.remove(upstream)
+
+    def _in_flight_child(self, upstream: str) -> Gauge:
+        gauge = self._in_flight_children.get(upstream)
+        if gauge is None:
+            gauge = self._in_flight.labels(upstream)
+            self._in_flight_children[upstream] = gauge
+        return gauge
+
+    # -- exposition -----------------------------------------------------------------------------
+
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition of these metrics, and the Content-Type to send it with."""
+        return generate_latest(self._registry), CONTENT_TYPE_LATEST
