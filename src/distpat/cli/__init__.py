@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from distpat import __version__
-from distpat.cli import ring
+from distpat.cli import proxy, ring
 from distpat.errors import DistpatError
 
 __all__ = ["build_parser", "main"]
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"distpat {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     ring.register(sub)
+    proxy.register(sub)
     return parser
 
 

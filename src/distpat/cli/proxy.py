@@ -1,0 +1,119 @@
+"""``distpat proxy``: the HTTP/1.1 reverse proxy as a standalone process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from distpat.config.proxy import OPTIONS, build_config, env_name
+from distpat.errors import ConfigError
+from distpat.net.proxy import ProxyConfig, ProxyServer
+
+__all__ = ["loop_factory", "register", "run_workers"]
+
+log = logging.getLogger("distpat.proxy")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "proxy",
+        help="HTTP/1.1 reverse proxy: keep-alive pools, streaming, limits, health, metrics",
+        description=(
+            "Forward HTTP/1.1 requests to upstream servers. Every flag can also be given as a "
+            "DISTPAT_<FLAG> environment variable or as a key of the TOML file named by --config "
+            "(flags win over the environment, which wins over the file)."
+        ),
+    )
+    p.add_argument("--config", metavar="FILE", help="a TOML file of options (keys as the flags, with _)")
+    for option in OPTIONS:
+        flag = "--" + option.name.replace("_", "-")
+        default_text = "" if option.default in (None, ()) else f" (default {option.default})"
+        help_text = f"{option.help}{default_text}; env {env_name(option)}"
+        if option.repeat:
+            p.add_argument(flag, action="append", metavar=option.metavar, help=help_text, dest=option.name)
+        else:
+            p.add_argument(flag, metavar=option.metavar, help=help_text, dest=option.name)
+    p.set_defaults(run=_run)
+
+
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The event loop factory for ``--loop``: uvloop when asked for (or available, for auto)."""
+    if name in ("uvloop", "auto"):
+        try:
+            import uvloop
+        except ImportError:
+            if name == "uvloop":
+                raise ConfigError("--loop uvloop: uvloop is not installed") from None
+        else:
+            return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
+def _serve(config: ProxyConfig, loop_name: str) -> None:
+    with asyncio.Runner(loop_factory=loop_factory(loop_name)) as runner:
+        runner.run(ProxyServer(config).serve_until_signalled())
+
+
+def run_workers(config: ProxyConfig, workers: int, loop_name: str) -> int:
+    """Fork ``workers`` processes sharing the port (SO_REUSEPORT); forward SIGTERM/SIGINT to them.
+
+    Only the first worker serves the admin listener.
+    """
+    children: list[int] = []
+    for i in range(workers):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            code = 0
+            try:
+                child = config if i == 0 else _without_admin(config)
+                _serve(child, loop_name)
+            except BaseException:
+                log.exception("worker %d failed", i)
+                code = 1
+            os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, _frame: Any) -> None:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    for pid in children:
+        _, code = os.waitpid(pid, 0)
+        status = status or os.waitstatus_to_exitcode(code)
+    return status
+
+
+def _without_admin(config: ProxyConfig) -> ProxyConfig:
+    from dataclasses import replace
+
+    return replace(config, admin=None)
+
+
+def _run(args: argparse.Namespace) -> int:
+    flags = {option.name: getattr(args, option.name) for option in OPTIONS}
+    config, values = build_config(flags, config_file=args.config)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr
+    )
+    access = logging.getLogger("distpat.access")
+    if config.access_log is not None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access.addHandler(handler)
+        access.propagate = False
+    workers: int = values["workers"]
+    if workers == 1:
+        _serve(config, values["loop"])
+        return 0
+    return run_workers(config, workers, values["loop"])

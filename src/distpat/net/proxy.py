@@ -1,0 +1,196 @@
+"""The reverse-proxy server: listener, upstreams, admin endpoint, access log and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+
+from distpat.net.admin import AdminServer, create_admin_app
+from distpat.net.metrics import ProxyMetrics
+from distpat.net.server import ClientConnection, EngineSettings, EngineState, Exchange
+from distpat.net.upstream import Upstream, UpstreamGroup, UpstreamPolicy
+
+__all__ = ["ProxyConfig", "ProxyServer"]
+
+log = logging.getLogger("distpat.proxy")
+access_log = logging.getLogger("distpat.access")
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    """Everything one proxy process needs; built by the CLI/config layer, or by hand."""
+
+    listen: tuple[str, int]
+    upstreams: tuple[str, ...]
+    admin: tuple[str, int] | None = None
+    balance: str = "round_robin"
+    access_log: str | None = None  # None, "combined" or "json"
+    shutdown_timeout: float = 30.0
+    backlog: int = 1024
+    reuse_port: bool = False
+    settings: EngineSettings = field(default_factory=EngineSettings)
+    policy: UpstreamPolicy = field(default_factory=UpstreamPolicy)
+
+
+class ProxyServer:
+    """One proxy listener with its upstream pools; several may run in one process."""
+
+    def __init__(self, config: ProxyConfig, *, metrics: ProxyMetrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics if metrics is not None else ProxyMetrics()
+        upstreams = [Upstream(url, config.policy) for url in config.upstreams]
+        for u in upstreams:
+            u.on_health_change = self._health_changed
+            self.metrics.set_upstream_health(u.name, True)
+        self.group = UpstreamGroup(upstreams, balance=config.balance)
+        self.state = EngineState(
+            settings=config.settings,
+            upstreams=self.group,
+            on_request_done=self._request_done,
+            on_connection_change=self._connection_change,
+        )
+        self._server: asyncio.base_events.Server | None = None
+        self._admin: AdminServer | None = None
+        self._stopped = asyncio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        host, port = self.config.listen
+        self._server = await loop.create_server(
+            lambda: ClientConnection(self.state),
+            host,
+            port,
+            backlog=self.config.backlog,
+            reuse_port=self.config.reuse_port or None,
+            family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+        )
+        if self.config.admin is not None:
+            app = create_admin_app(
+                metrics=self.metrics, ready=self.ready, draining=lambda: self.state.draining
+            )
+            self._admin = AdminServer(app)
+            await self._admin.start(*self.config.admin)
+        log.info(
+            "listening on %s:%d, upstreams %s",
+            host,
+            self.port,
+            ", ".join(u.name for u in self.group.upstreams),
+        )
+
+    @property
+    def port(self) -> int:
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("the proxy is not listening; call start() first")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def admin_port(self) -> int | None:
+        return self._admin.port if self._admin is not None else None
+
+    def ready(self) -> bool:
+        """Ready while at least one upstream is not ejected (the readiness probe)."""
+        return bool(self.group.healthy())
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Stop accepting, let requests in flight finish (up to ``timeout``), then close everything."""
+        if self.state.draining:
+            await self._stopped.wait()
+            return
+        self.state.draining = True
+        timeout = self.config.shutdown_timeout if timeout is None else timeout
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.state.connections):
+            conn.drain()
+        deadline = time.monotonic() + timeout
+        while self.state.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.state.connections):
+            conn.abort("shutdown timeout")
+        if self._server is not None:
+            await self._server.wait_closed()
+        for task in list(self.state.tasks):
+            task.cancel()
+        await self.group.close()
+        if self._admin is not None:
+            await self._admin.close()
+        self._stopped.set()
+
+    async def serve_until_signalled(self) -> None:
+        """Run until SIGTERM or SIGINT, then shut down gracefully."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        try:
+            await stop.wait()
+            log.info("signal received: draining %d connections", len(self.state.connections))
+            await self.shutdown()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    # -- observation --------------------------------------------------------------------
+
+    def _health_changed(self, upstream: Upstream, healthy: bool) -> None:
+        self.metrics.set_upstream_health(upstream.name, healthy)
+        if healthy:
+            log.warning("upstream %s readmitted", upstream.name)
+        else:
+            log.warning(
+                "upstream %s ejected for %gs after %d failures",
+                upstream.name,
+                upstream.policy.fail_timeout,
+                upstream.fails,
+            )
+
+    def _connection_change(self, delta: int) -> None:
+        if delta > 0:
+            self.metrics.connection_opened()
+        else:
+            self.metrics.connection_closed()
+
+    def _request_done(self, ex: Exchange) -> None:
+        now = ex.client.loop.time()
+        upstream = ex.upstream.name if ex.upstream is not None and ex.upstream_started else None
+        self.metrics.request_finished(
+            status=ex.status,
+            upstream=upstream,
+            upstream_seconds=now - ex.upstream_started if upstream is not None else None,
+        )
+        fmt = self.config.access_log
+        if fmt is not None and access_log.isEnabledFor(logging.INFO):
+            if fmt == "json":
+                access_log.info(
+                    json.dumps(
+                        {
+                            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                            "remote_addr": ex.client.peer,
+                            "request": ex.request_line.decode("latin-1"),
+                            "status": ex.status,
+                            "body_bytes_sent": ex.sent_bytes,
+                            "upstream": upstream,
+                            "request_time": round(now - ex.started, 6),
+                            "user_agent": ex.user_agent.decode("latin-1"),
+                        }
+                    )
+                )
+            else:
+                access_log.info(
+                    '%s - - [%s] "%s" %d %d "%s" "%s"',
+                    ex.client.peer,
+                    time.strftime("%d/%b/%Y:%H:%M:%S %z"),
+                    ex.request_line.decode("latin-1"),
+                    ex.status,
+                    ex.sent_bytes,
+                    ex.referer.decode("latin-1") or "-",
+                    ex.user_agent.decode("latin-1") or "-",
+                )
