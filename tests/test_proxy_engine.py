@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 
+from distpat.core.hooks import LocalResponse, RequestView
 from distpat.net.proxy import ProxyConfig, ProxyServer
 from distpat.net.server import EngineSettings
 from tests.httpkit import Backend, RawClient, Reply, Request, echo, exchange
@@ -315,3 +316,52 @@ async def test_shutdown_finishes_requests_in_flight() -> None:
         assert [r.status for [r] in results] == [200] * 5
         with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection("127.0.0.1", port)
+
+
+class Gate:
+    """A hook: answers /blocked itself, routes /b to the second upstream, tags both directions."""
+
+    def __init__(self, second: str) -> None:
+        self.second = second
+        self.seen: list[tuple[bytes, int]] = []
+
+    def on_request(self, request: RequestView, now: float) -> LocalResponse | None:
+        assert now > 0
+        if request.target == b"/blocked":
+            return LocalResponse(403, b"blocked by policy\n", headers=((b"X-Gate", b"local"),))
+        if request.target.startswith(b"/b"):
+            request.upstream = self.second
+        request.headers.append((b"X-Gate", b"in"))
+        return None
+
+    def on_response(
+        self, request: RequestView, status: int, headers: list[tuple[bytes, bytes]], now: float
+    ) -> None:
+        self.seen.append((request.target, status))
+        headers.append((b"X-Gate-Out", b"%d" % status))
+
+
+async def test_hooks_answer_locally_route_and_change_headers() -> None:
+    async with Backend() as first, Backend() as second:
+        gate = Gate(f"127.0.0.1:{second.port}")
+        server = ProxyServer(
+            ProxyConfig(listen=("127.0.0.1", 0), upstreams=(first.url, second.url)), hooks=[gate]
+        )
+        await server.start()
+        try:
+            responses = await exchange(
+                server.port,
+                b"GET /blocked HTTP/1.1\r\nHost: h\r\n\r\n"
+                b"GET /b1 HTTP/1.1\r\nHost: h\r\n\r\nGET /b2 HTTP/1.1\r\nHost: h\r\n\r\n",
+                count=3,
+            )
+        finally:
+            await server.shutdown(1)
+        assert [r.status for r in responses] == [403, 200, 200]
+        assert responses[0].body == b"blocked by policy\n"
+        assert responses[0].header(b"x-gate") == b"local"
+        assert [r.header(b"x-gate-out") for r in responses] == [b"403", b"200", b"200"]
+        assert first.requests == []  # /blocked reached nobody, /b* went to the second upstream
+        assert [r.target for r in second.requests] == [b"/b1", b"/b2"]
+        assert all(r.header(b"x-gate") == b"in" for r in second.requests)
+        assert gate.seen == [(b"/blocked", 403), (b"/b1", 200), (b"/b2", 200)]

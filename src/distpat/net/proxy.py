@@ -8,8 +8,10 @@ import logging
 import signal
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from distpat.core.hooks import ProxyHook
 from distpat.net.admin import AdminServer, create_admin_app
 from distpat.net.metrics import ProxyMetrics
 from distpat.net.server import ClientConnection, EngineSettings, EngineState, Exchange
@@ -40,7 +42,13 @@ class ProxyConfig:
 class ProxyServer:
     """One proxy listener with its upstream pools; several may run in one process."""
 
-    def __init__(self, config: ProxyConfig, *, metrics: ProxyMetrics | None = None) -> None:
+    def __init__(
+        self,
+        config: ProxyConfig,
+        *,
+        metrics: ProxyMetrics | None = None,
+        hooks: Sequence[ProxyHook] = (),
+    ) -> None:
         self.config = config
         self.metrics = metrics if metrics is not None else ProxyMetrics()
         upstreams = [Upstream(url, config.policy) for url in config.upstreams]
@@ -53,6 +61,7 @@ class ProxyServer:
             upstreams=self.group,
             on_request_done=self._request_done,
             on_connection_change=self._connection_change,
+            hooks=tuple(hooks),
         )
         self._server: asyncio.base_events.Server | None = None
         self._admin: AdminServer | None = None

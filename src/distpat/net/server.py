@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import httptools
 
+from distpat.core.hooks import LocalResponse, ProxyHook, RequestView
 from distpat.core.http import (
     LAST_CHUNK,
     BodyKind,
@@ -37,7 +38,7 @@ from distpat.core.http import (
     response_framing,
     response_head,
 )
-from distpat.errors import RemoteProtocolError
+from distpat.errors import LocalProtocolError, RemoteProtocolError
 from distpat.net.upstream import Upstream, UpstreamConnection, UpstreamGroup
 
 __all__ = ["ClientConnection", "EngineSettings", "EngineState", "Exchange"]
@@ -77,6 +78,8 @@ class EngineState:
     on_connection_change: Callable[[int], None] | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     """Upstream connects in progress (one task per new upstream connection, not per request)."""
+    hooks: tuple[ProxyHook, ...] = ()
+    """Components acting on each request and response (see distpat.core.hooks)."""
 
 
 def _other_codings(headers: list[tuple[bytes, bytes]]) -> bytes:
@@ -128,6 +131,8 @@ class Exchange:
         "last_io",
         "to_client",
         "to_upstream",
+        "view",
+        "local",
         "request_line",
         "user_agent",
         "referer",
@@ -172,6 +177,8 @@ class Exchange:
         self.last_io = 0.0
         self.to_client: list[bytes] = []  # coalesced: one write per upstream read
         self.to_upstream: list[bytes] = []  # coalesced: one write per client read
+        self.view: RequestView | None = None  # set when hooks run
+        self.local: LocalResponse | None = None  # a hook's answer
         self.request_line = b""
         self.user_agent = b""
         self.referer = b""
@@ -180,7 +187,16 @@ class Exchange:
 
     def start(self) -> None:
         state = self.client.state
-        upstream = state.upstreams.choose(self.tried)
+        if self.local is not None:
+            self._answer_locally(self.local)
+            return
+        if self.view is not None and self.view.upstream is not None and not self.tried:
+            upstream = state.upstreams.by_name(self.view.upstream)
+            if upstream is None:
+                self.fail_local(500, f"a hook chose upstream {self.view.upstream!r}, which is not configured")
+                return
+        else:
+            upstream = state.upstreams.choose(self.tried)
         if upstream is None:
             self.fail_local(502, "no upstream available")
             return
@@ -301,6 +317,8 @@ class Exchange:
             self._upstream_broken(ConnectionError(str(exc)))
             return
         out = forward_response_headers(headers, via=client.via)
+        if self.view is not None:
+            self._run_response_hooks(status, out)
         kind = framing.kind
         if kind is BodyKind.CHUNKED or kind is BodyKind.UNTIL_CLOSE:
             # The body is re-framed: any Content-Length no longer describes it, and
@@ -422,6 +440,29 @@ class Exchange:
         self.fail_local(
             504, f"upstream {name} did not answer in {self.client.state.settings.response_timeout:g}s"
         )
+
+    def _answer_locally(self, local: LocalResponse) -> None:
+        self.status = local.status
+        headers = [*local.headers, (b"Content-Type", local.content_type)]
+        self._run_response_hooks(local.status, headers)
+        body = b"" if self.method == b"HEAD" else local.body
+        headers.append((b"Content-Length", b"%d" % len(local.body)))
+        self.close_after = self.close_after or not self.keep_alive or not self.body_done
+        if self.close_after:
+            headers.append((b"Connection", b"close"))
+        elif self.http10:
+            headers.append((b"Connection", b"keep-alive"))
+        self.sent_bytes = len(body)
+        self.response_started = True
+        self.client.write(response_head(local.status, headers) + body)
+        self.finish()
+
+    def _run_response_hooks(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        view = self.view
+        if view is not None:
+            now = self.client.loop.time()
+            for hook in self.client.state.hooks:
+                hook.on_response(view, status, headers, now)
 
     def fail_local(self, status: int, message: str) -> None:
         """Answer the client ourselves (the upstream is unreachable, slow or broken)."""
@@ -641,12 +682,26 @@ class ClientConnection(asyncio.Protocol):
         except RemoteProtocolError as exc:  # e.g. two Host headers
             self.reject = _Reject(exc.status, str(exc))
             raise self.reject from None
+        view: RequestView | None = None
+        local: LocalResponse | None = None
+        if self.state.hooks:
+            view = RequestView(method, self.url, out, self.peer, settings.scheme)
+            now = self.loop.time()
+            for hook in self.state.hooks:
+                local = hook.on_request(view, now)
+                if local is not None:
+                    break
+            out = view.headers
         if framing.kind is BodyKind.CHUNKED:
             out.append((b"Transfer-Encoding", b"chunked"))
         keep_alive = parser.should_keep_alive() and not self.state.draining
-        ex = Exchange(
-            self, method, self.url, http10, keep_alive, request_head(method, self.url, out), framing
-        )
+        try:
+            head = request_head(method, self.url, out)
+        except LocalProtocolError as exc:  # a hook set a header value with CR or LF in it
+            self.reject = _Reject(500, f"a hook produced an invalid request head: {exc}")
+            raise self.reject from None
+        ex = Exchange(self, method, self.url, http10, keep_alive, head, framing)
+        ex.view, ex.local = view, local
         ex.request_line = b"%s %s HTTP/%s" % (method, self.url, b"1.0" if http10 else b"1.1")
         ex.user_agent, ex.referer = user_agent, referer
         self.parsing = ex

@@ -318,6 +318,13 @@ class UpstreamGroup:
         self._cycle = itertools.cycle(range(len(upstreams)))
         self.clock = clock
 
+    def by_name(self, name: str) -> Upstream | None:
+        """The upstream called ``name`` (``host:port``), or None."""
+        for u in self.upstreams:
+            if u.name == name:
+                return u
+        return None
+
     def healthy(self) -> list[Upstream]:
         now = self.clock()
         return [u for u in self.upstreams if u.available(now)]
