@@ -5,8 +5,9 @@ never the process-wide default one, so several proxies (or tests) in one process
 each count their own traffic and never collide on metric names.
 
 The engine calls the recording methods on every request and connection, so they
-are kept cheap: label children are bound once per label set and cached in plain
-dicts, and the health count is kept alongside the gauge instead of being read
+are kept cheap: requests, latencies and connections are tallied in plain
+numbers, and a collector turns them into metric families only when /metrics is
+scraped; the health count is kept alongside the gauge instead of being read
 back from it.
 
 Metrics (all names as they appear in the text exposition):
@@ -16,8 +17,8 @@ Metrics (all names as they appear in the text exposition):
     that answered (``upstream=""`` when the proxy answered by itself: an error
     page, a redirect, a cache hit).
 ``distpat_upstream_response_seconds{upstream}`` (histogram)
-    Time from sending a request to an upstream until its response head was
-    received, in seconds. Buckets span 0.5 ms to 30 s.
+    Time from sending a request to an upstream until its response was
+    complete, in seconds. Buckets span 0.5 ms to 30 s.
 ``distpat_open_connections`` (gauge)
     Client connections open now.
 ``distpat_connections_total`` (counter)
@@ -30,7 +31,12 @@ Metrics (all names as they appear in the text exposition):
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from bisect import bisect_left
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 __all__ = ["UPSTREAM_LATENCY_BUCKETS", "ProxyMetrics"]
@@ -55,6 +61,49 @@ UPSTREAM_LATENCY_BUCKETS: tuple[float, ...] = (
 """Upper bounds (seconds) of ``distpat_upstream_response_seconds``; ``+Inf`` is added after 30 s."""
 
 
+class _TrafficCollector:
+    """Exposes the plain-number tallies of :class:`ProxyMetrics` at scrape time.
+
+    Counting a request is then a dict update (well under a microsecond)
+    rather than a prometheus_client child's locked increment and histogram
+    walk; the families are built only when /metrics is read.
+    """
+
+    def __init__(self, metrics: ProxyMetrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._metrics
+        requests = CounterMetricFamily(
+            "distpat_http_requests",
+            "Requests answered to clients, by status code and answering upstream "
+            '(upstream="" when the proxy answered by itself).',
+            labels=("status", "upstream"),
+        )
+        for (status, upstream), count in sorted(m._requests.items()):
+            requests.add_metric((str(status), upstream), count)
+        yield requests
+        latency = HistogramMetricFamily(
+            "distpat_upstream_response_seconds",
+            "Seconds from sending a request to an upstream until its response was complete.",
+            labels=("upstream",),
+        )
+        for upstream, (counts, total) in sorted(m._latency.items()):
+            cumulative, running = [], 0
+            for bound, count in zip((*UPSTREAM_LATENCY_BUCKETS, float("inf")), counts, strict=True):
+                running += count
+                cumulative.append(("+Inf" if bound == float("inf") else repr(bound), running))
+            latency.add_metric((upstream,), cumulative, total)
+        yield latency
+        yield GaugeMetricFamily("distpat_open_connections", "Client connections open now.", value=m._open)
+        yield CounterMetricFamily(
+            "distpat_connections", "Client connections accepted since start.", value=m._accepted
+        )
+
+
 class ProxyMetrics:
     """The metrics of one proxy, in a registry that belongs to it alone.
 
@@ -63,16 +112,14 @@ class ProxyMetrics:
     """
 
     __slots__ = (
-        "_connections_total",
+        "_accepted",
         "_healthy",
         "_in_flight",
         "_in_flight_children",
-        "_open_connections",
+        "_latency",
+        "_open",
         "_registry",
-        "_request_children",
         "_requests",
-        "_response_seconds",
-        "_response_seconds_children",
         "_upstream_healthy",
         "_upstream_healthy_children",
     )
@@ -80,30 +127,12 @@ class ProxyMetrics:
     def __init__(self) -> None:
         self._registry = CollectorRegistry(auto_describe=True)
         registry = self._registry
-        self._requests = Counter(
-            "distpat_http_requests",
-            "Requests answered to clients, by status code and answering upstream "
-            '(upstream="" when the proxy answered by itself).',
-            ("status", "upstream"),
-            registry=registry,
-        )
-        self._response_seconds = Histogram(
-            "distpat_upstream_response_seconds",
-            "Seconds from sending a request to an upstream until its response head arrived.",
-            ("upstream",),
-            buckets=UPSTREAM_LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self._open_connections = Gauge(
-            "distpat_open_connections",
-            "Client connections open now.",
-            registry=registry,
-        )
-        self._connections_total = Counter(
-            "distpat_connections",
-            "Client connections accepted since start.",
-            registry=registry,
-        )
+        # Hot-path tallies: plain numbers, turned into metric families at scrape time.
+        self._requests: dict[tuple[int, str], int] = {}
+        self._latency: dict[str, list[Any]] = {}  # upstream -> [bucket counts, sum]
+        self._open = 0
+        self._accepted = 0
+        registry.register(_TrafficCollector(self))
         self._upstream_healthy = Gauge(
             "distpat_upstream_healthy",
             "1 while the upstream is considered healthy, 0 while it is not.",
@@ -116,9 +145,6 @@ class ProxyMetrics:
             ("upstream",),
             registry=registry,
         )
-        # Bound label children, created on first use of each label set.
-        self._request_children: dict[tuple[int, str], Counter] = {}
-        self._response_seconds_children: dict[str, Histogram] = {}
         self._upstream_healthy_children: dict[str, Gauge] = {}
         self._in_flight_children: dict[str, Gauge] = {}
         # upstream -> healthy, so healthy_upstreams() never reads the gauge back.
@@ -138,32 +164,29 @@ class ProxyMetrics:
         """Count one answered request; observe the upstream's response time when there was one.
 
         ``upstream`` is None when the proxy answered by itself (counted with ``upstream=""``);
-        ``upstream_seconds`` is None when no upstream response head was received.
+        ``upstream_seconds`` is None when no upstream response was received.
         """
         name = upstream or ""
         key = (status, name)
-        child = self._request_children.get(key)
-        if child is None:
-            child = self._requests.labels(str(status), name)
-            self._request_children[key] = child
-        child.inc()
+        requests = self._requests
+        requests[key] = requests.get(key, 0) + 1
         if upstream_seconds is not None:
-            histogram = self._response_seconds_children.get(name)
-            if histogram is None:
-                histogram = self._response_seconds.labels(name)
-                self._response_seconds_children[name] = histogram
-            histogram.observe(upstream_seconds)
+            tally = self._latency.get(name)
+            if tally is None:
+                tally = self._latency[name] = [[0] * (len(UPSTREAM_LATENCY_BUCKETS) + 1), 0.0]
+            tally[0][bisect_left(UPSTREAM_LATENCY_BUCKETS, upstream_seconds)] += 1
+            tally[1] += upstream_seconds
 
     # -- client connections ---------------------------------------------------------------------
 
     def connection_opened(self) -> None:
         """A client connection was accepted."""
-        self._open_connections.inc()
-        self._connections_total.inc()
+        self._open += 1
+        self._accepted += 1
 
     def connection_closed(self) -> None:
         """A client connection was closed (by either side)."""
-        self._open_connections.dec()
+        self._open -= 1
 
     # -- upstreams ------------------------------------------------------------------------------
 

@@ -127,7 +127,6 @@ class Exchange:
         "started",
         "upstream_started",
         "finished",
-        "timer",
         "last_io",
         "to_client",
         "to_upstream",
@@ -173,8 +172,7 @@ class Exchange:
         self.started = client.loop.time()
         self.upstream_started = 0.0
         self.finished = False
-        self.timer: asyncio.TimerHandle | None = None
-        self.last_io = 0.0
+        self.last_io = 0.0  # the client connection's tick times the exchange out from here
         self.to_client: list[bytes] = []  # coalesced: one write per upstream read
         self.to_upstream: list[bytes] = []  # coalesced: one write per client read
         self.view: RequestView | None = None  # set when hooks run
@@ -403,7 +401,6 @@ class Exchange:
         self.fail_local(502, f"upstream {name} failed: {exc}")
 
     def _release(self, *, reuse: bool) -> None:
-        self._disarm()
         conn, self.conn = self.conn, None
         if conn is not None:
             if self.upstream is not None:
@@ -411,25 +408,13 @@ class Exchange:
             conn.release(reuse=reuse)
 
     def _arm(self, delay: float) -> None:
-        self._disarm()
+        # No timer per request: the client connection's tick compares the
+        # clock with ``last_io`` (moved on by traffic either way).
         self.last_io = self.client.loop.time()
-        self.timer = self.client.loop.call_later(delay, self._timed_out)
 
-    def _disarm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    def _timed_out(self) -> None:
-        self.timer = None
+    def timed_out(self) -> None:
+        """Called by the client connection's tick once ``last_io`` is a response timeout old."""
         if self.finished:
-            return
-        # Re-armed lazily: bytes moving either way since the timer was set
-        # push the deadline on, without a timer call per body chunk.
-        timeout = self.client.state.settings.response_timeout
-        idle = self.client.loop.time() - self.last_io
-        if idle < timeout:
-            self.timer = self.client.loop.call_later(timeout - idle, self._timed_out)
             return
         if self.response_started:
             self._release(reuse=False)
@@ -480,7 +465,6 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
-        self._disarm()
         callback = self.client.state.on_request_done
         if callback is not None:
             callback(self)
@@ -518,6 +502,11 @@ class ClientConnection(asyncio.Protocol):
         "in_head",
         "eof",
         "feeding",
+        "in_head_or_new",
+        "head_started",
+        "idle_since",
+        "tick_at",
+        "tick_every",
     )
 
     def __init__(self, state: EngineState) -> None:
@@ -540,6 +529,12 @@ class ClientConnection(asyncio.Protocol):
         self.in_head = False
         self.eof = False
         self.feeding = False
+        self.in_head_or_new = False  # a fresh connection owes a request head too
+        self.head_started = 0.0
+        self.idle_since = 0.0
+        self.tick_at = 0.0
+        settings = state.settings
+        self.tick_every = min(settings.header_timeout, settings.keepalive_timeout, settings.response_timeout)
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -557,11 +552,14 @@ class ClientConnection(asyncio.Protocol):
         state.connections.add(self)
         if state.on_connection_change is not None:
             state.on_connection_change(1)
-        self._arm(state.settings.header_timeout, self._header_timeout)
+        now = self.loop.time()
+        self.head_started = self.idle_since = now  # the first request's head is due from now
+        self.in_head_or_new = True
+        self._ensure_tick(now + self.tick_every)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        self._disarm()
+        self._cancel_tick()
         for ex in self.queue:
             ex.abandon()
         self.queue.clear()
@@ -622,9 +620,11 @@ class ClientConnection(asyncio.Protocol):
         self.headers = []
         self.header_bytes = 0
         self.in_head = True
-        # From the first byte of a request its head must arrive within the
-        # header timeout, however slowly it trickles in (slowloris).
-        self._arm(self.state.settings.header_timeout, self._header_timeout)
+        # A request's head must arrive within the header timeout, however
+        # slowly it trickles in (slowloris): counted from its first byte, or
+        # for a connection's first request from the connection's start.
+        if not self.in_head_or_new:
+            self.head_started = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -643,7 +643,7 @@ class ClientConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         parser, settings = self.parser, self.state.settings
         self.in_head = False
-        self._disarm()
+        self.in_head_or_new = False
         method = parser.get_method()
         http10 = parser.get_http_version() == "1.0"
         headers = self.headers
@@ -762,7 +762,7 @@ class ClientConnection(asyncio.Protocol):
         elif self.eof or self.state.draining:
             self._close()
         else:
-            self._arm(self.state.settings.keepalive_timeout, self._idle_timeout)
+            self.idle_since = self.loop.time()
 
     def drain(self) -> None:
         """Shutdown: close now if idle, else after the requests in flight are answered."""
@@ -777,7 +777,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _close(self) -> None:
         self.closing = True
-        self._disarm()
+        self._cancel_tick()
         if self.transport is not None:
             self.transport.close()
 
@@ -790,28 +790,56 @@ class ClientConnection(asyncio.Protocol):
             self.pause_reading("error")
             return
         self.closing = True
-        self._disarm()
+        self._cancel_tick()
         self.write(error_response(status, message, close=True))
         if self.transport is not None:
             self.transport.close()
 
-    # -- timers ------------------------------------------------------------------------------
+    # -- timeouts ----------------------------------------------------------------------------
+    #
+    # One timer per connection, not one per request: state changes only note
+    # the time (head_started, idle_since, the exchange's last_io), and a tick
+    # that fires at least every ``tick_every`` seconds (the shortest timeout)
+    # compares them with the clock and re-arms itself for the next deadline.
 
-    def _arm(self, delay: float, callback: Callable[[], None]) -> None:
-        self._disarm()
-        self.timer = self.loop.call_later(delay, callback)
+    def _ensure_tick(self, when: float) -> None:
+        if self.timer is None or when < self.tick_at:
+            self._cancel_tick()
+            self.tick_at = when
+            self.timer = self.loop.call_at(when, self._tick)
 
-    def _disarm(self) -> None:
+    def _cancel_tick(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
 
-    def _header_timeout(self) -> None:
+    def _tick(self) -> None:
         self.timer = None
-        if self.in_head or not self.queue:
-            self._protocol_error(408, "request headers not received in time")
-
-    def _idle_timeout(self) -> None:
-        self.timer = None
-        if not self.queue and self.parsing is None and not self.in_head:
-            self._close()
+        if self.closing:
+            return
+        settings = self.state.settings
+        now = self.loop.time()
+        due = now + self.tick_every
+        if self.in_head or self.in_head_or_new:
+            deadline = self.head_started + settings.header_timeout
+            if now >= deadline:
+                self._protocol_error(408, "request headers not received in time")
+                return
+            due = min(due, deadline)
+        if self.queue:
+            ex = self.queue[0]
+            if ex.conn is not None or ex.upstream_started:
+                deadline = ex.last_io + settings.response_timeout
+                if now >= deadline:
+                    ex.timed_out()
+                    if self.closing:
+                        return
+                else:
+                    due = min(due, deadline)
+        elif not self.in_head and self.parsing is None:
+            deadline = self.idle_since + settings.keepalive_timeout
+            if now >= deadline:
+                self._close()
+                return
+            due = min(due, deadline)
+        self._ensure_tick(due)
