@@ -41,13 +41,16 @@ def test_locate_from_a_twemproxy_pool_prints_names_or_host_port(capsys: pytest.C
 
 
 def test_locate_reads_keys_from_stdin(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    capsysbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sys, "stdin", io.StringIO("a\nb b\r\n\nlast"))
-    code, out, _ = run(capsys, "ring", "locate", "--nodes", "x,y=2,z", "--algorithm", "maglev")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"a\nb b\r\n\nlast\n\xff\xfe")))
+    code = main(["ring", "locate", "--nodes", "x,y=2,z", "--algorithm", "maglev"])
+    out = capsysbinary.readouterr().out
     ring = MaglevRing({"x": 1, "y": 2, "z": 1})
     assert code == 0
-    assert out.splitlines() == [f"{k}\t{ring.get_node(k)}" for k in ["a", "b b", "", "last"]]
+    # any bytes are a key, echoed as they came
+    keys = [b"a", b"b b", b"", b"last", b"\xff\xfe"]
+    assert out.splitlines() == [k + b"\t" + ring.get_node(k).encode() for k in keys]
 
 
 def test_locate_defaults_to_hashring(capsys: pytest.CaptureFixture[str]) -> None:
@@ -124,3 +127,23 @@ def test_the_installed_command_and_python_m(tmp_path: Path) -> None:
         assert [line.split("\t")[0] for line in done.stdout.splitlines()] == ["k1", "k2"]
         helped = subprocess.run([*argv, "--help"], capture_output=True, text=True, check=True)
         assert "ring" in helped.stdout
+
+
+def test_keys_that_are_not_utf8_are_placed_not_crashed_on(capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    # os.fsdecode turns the byte 0xff into a lone surrogate, which mmh3 5.x would crash on
+    for algorithm in ("hashring", "maglev", "rendezvous", "jump", "ketama", "modula"):
+        code = main(["ring", "locate", "--nodes", "a,b", "--algorithm", algorithm, "\udcff"])
+        out = capsysbinary.readouterr().out
+        assert code == 0
+        assert out in (b"\xff\ta\n", b"\xff\tb\n")
+
+
+def test_flags_that_do_not_apply_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(
+        capsys, "ring", "locate", "--twemproxy-config", str(EXAMPLE), "--pool", "alpha", "--hash", "md5", "k"
+    )
+    assert code == 2
+    assert "--hash applies to --nodes" in err
+    code, _, err = run(capsys, "ring", "locate", "--nodes", "a", "--pool", "alpha", "k")
+    assert code == 2
+    assert "--pool applies to --twemproxy-config" in err

@@ -15,6 +15,7 @@ from distpat.ring import (
     KetamaRing,
     MaglevRing,
     RandomRing,
+    jump_hash,
     make_ring,
 )
 
@@ -73,7 +74,7 @@ def test_options() -> None:
         HashRing(["a"], vnodes=0)
     with pytest.raises(RingError, match="whole number"):
         KetamaRing({"a": 1.5})  # type: ignore[dict-item]
-    with pytest.raises(RingError, match="hash_tag must be two characters"):
+    with pytest.raises(RingError, match="hash_tag must be two bytes"):
         KetamaRing({"a": 1}, hash_tag="{")
     with pytest.raises(RingError, match="prime"):
         MaglevRing(["a"], table_size=1000)
@@ -83,9 +84,9 @@ def test_options() -> None:
         JumpRing({"a": 2})
     with pytest.raises(RingError, match="draw"):
         RandomRing({"a": 1}, draw=None)  # type: ignore[arg-type]
-    with pytest.raises(RingError, match="balance_factor must be at least 1"):
+    with pytest.raises(RingError, match="balance_factor must be from 1"):
         BoundedLoads(HashRing(["a"]), balance_factor=0.9)
-    with pytest.raises(RingError, match="load must not be negative"):
+    with pytest.raises(RingError, match="load must be a whole number of at least 0"):
         BoundedLoads(HashRing(["a"])).get_node("k", {"a": -1})
 
 
@@ -106,3 +107,36 @@ def test_ketama_refuses_names_twemproxy_would_overflow_on() -> None:
     with pytest.raises(RingError, match="too long for ketama"):
         KetamaRing({"x" * 90: 1})
     KetamaRing({"x" * 80: 1})  # 80 + len("-39") fits in twemproxy's 86-byte buffer
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: HashRing({"a": 1e308}), "above the largest allowed"),
+        (lambda: HashRing({"a": 10**400}), "above the largest allowed"),
+        (lambda: HashRing({"a": 5000}), "points"),  # 1024 x 5000 points for one node
+        (lambda: HashRing(["a"], vnodes=10**10), "vnodes must be"),
+        (lambda: MaglevRing(["a"], table_size=2**61 - 1), "table_size must be"),
+        (lambda: BoundedLoads(HashRing(["a"]), balance_factor=10**400), "balance_factor"),
+        (lambda: BoundedLoads(HashRing(["a", "b"])).get_node("k", {"a": 0.5}), "load must be a whole number"),
+        (lambda: jump_hash(-1, 3), "unsigned 64-bit"),
+        (lambda: jump_hash(5, 0), "at least 1"),
+        (lambda: HashRing(["\ud800"]), "not valid Unicode"),
+        (lambda: HashRing(["a"]).get_node("\ud800"), "not valid Unicode"),
+        (lambda: KetamaRing({"a": 1}).get_node("\udcff"), "not valid Unicode"),
+    ],
+)
+def test_out_of_range_input_is_refused_quickly(make: object, message: str) -> None:
+    with pytest.raises(RingError, match=message):
+        make()  # type: ignore[operator]
+
+
+def test_maglev_with_extreme_weights_still_fills_its_table() -> None:
+    ring = MaglevRing({"big": 1_000_000, "small": 0.000001}, table_size=1009)
+    assert sum(ring.entries().values()) == 1009
+    assert ring.entries()["small"] >= 1
+
+
+def test_group_refuses_a_single_key() -> None:
+    with pytest.raises(TypeError, match="single key"):
+        HashRing(["a"]).group("abc")  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable
+from fractions import Fraction
 
 import pytest
 from hypothesis import assume, given
@@ -232,7 +233,7 @@ def test_jump_spreads_keys_evenly(count: int) -> None:
 
 @given(
     nodes=st.lists(names, min_size=1, max_size=10, unique=True),
-    factor=st.sampled_from([1.0, 1.1, 1.25, 1.5, 2.0]),
+    factor=st.sampled_from([1.0, 1.1, 1.1234567, 1.25, 1.5, 2.0]),
     keys=st.lists(st.sampled_from(["hot", "warm", "a", "b", "c"]), min_size=1, max_size=200),
     data=st.data(),
 )
@@ -242,7 +243,7 @@ def test_bounded_loads_never_exceed_the_cap(
     ring = BoundedLoads(HashRing(nodes, vnodes=16), balance_factor=factor)
     loads = {n: data.draw(st.integers(0, 5)) for n in nodes}
     for key in keys:
-        cap = math.ceil(factor * (sum(loads.values()) + 1) / len(nodes) - 1e-9)
+        cap = math.ceil(Fraction(factor) * (sum(loads.values()) + 1) / len(nodes))  # exact, as documented
         node = ring.get_node(key, loads)
         loads[node] += 1
         assert loads[node] <= cap
@@ -257,3 +258,16 @@ def test_bounded_loads_follow_the_ring_while_under_the_cap(nodes: list[str]) -> 
     bounded = BoundedLoads(ring, balance_factor=1.25)
     for key in SAMPLE[:50]:
         assert bounded.get_node(key, {}) == ring.get_node(key)
+
+
+@given(servers=st.dictionaries(names, st.integers(1, 5), min_size=1, max_size=8), data=st.data())
+def test_twemproxy_rings_do_not_depend_on_the_order_servers_are_given(
+    servers: dict[str, int], data: st.DataObject
+) -> None:
+    shuffled = dict(data.draw(st.permutations(list(servers.items()))))
+    for cls in (KetamaRing, ModulaRing):
+        a, b = cls(servers, hash="md5"), cls(shuffled, hash="md5")
+        assert a.nodes == b.nodes  # nutcracker's order: by name length, then bytes
+        assert placements(a) == placements(b)
+    grown = ModulaRing(servers, hash="md5").add("zz-new", 2)
+    assert placements(grown) == placements(ModulaRing({**servers, "zz-new": 2}, hash="md5"))

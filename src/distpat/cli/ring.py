@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -66,7 +67,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="NODE=WEIGHT",
         help="change a node's weight (repeatable)",
     )
-    stats.add_argument("--width", type=int, default=40, metavar="COLUMNS", help="bar width (default 40)")
+    stats.add_argument(
+        "--width", type=int, default=40, metavar="COLUMNS", help="bar width, 1 to 500 (default 40)"
+    )
     stats.set_defaults(run=_stats)
 
 
@@ -137,6 +140,11 @@ def _source(args: argparse.Namespace) -> _Source:
     if bool(args.twemproxy_config) == bool(args.nodes):
         raise ConfigError("give exactly one of --twemproxy-config FILE or --nodes A,B,...")
     if args.twemproxy_config:
+        for flag, value in (("--vnodes", args.vnodes), ("--hash", args.hash), ("--hash-tag", args.hash_tag)):
+            if value is not None:
+                raise ConfigError(f"{flag} applies to --nodes; a twemproxy pool sets its own")
+        if args.algorithm != "hashring":
+            raise ConfigError("--algorithm applies to --nodes; a twemproxy pool sets its own distribution")
         pools = load_twemproxy(args.twemproxy_config)
         if args.pool is None:
             if len(pools) != 1:
@@ -157,6 +165,8 @@ def _source(args: argparse.Namespace) -> _Source:
                 file=sys.stderr,
             )
         return _Source(from_twemproxy(pool), {s.ring_name: s.label for s in pool.servers})
+    if args.pool is not None:
+        raise ConfigError("--pool applies to --twemproxy-config")
     nodes = parse_nodes(args.nodes)
     options: dict[str, object] = {}
     if args.vnodes is not None:
@@ -175,18 +185,20 @@ def _source(args: argparse.Namespace) -> _Source:
 # -- locate ------------------------------------------------------------------------
 
 
-def _stdin_keys() -> Iterator[str]:
-    for line in sys.stdin:
-        yield line[:-1] if line.endswith("\n") else line
+def _stdin_keys() -> Iterator[bytes]:
+    # Keys are bytes, as a proxy sees them: any byte sequence is a key, UTF-8 or not.
+    for line in sys.stdin.buffer:
+        yield line.removesuffix(b"\n").removesuffix(b"\r")
 
 
 def _locate(args: argparse.Namespace) -> int:
     source = _source(args)
-    keys: Iterable[str] = args.keys or _stdin_keys()
-    get, labels, out = source.ring.get_node, source.labels, sys.stdout
+    keys: Iterable[bytes] = [os.fsencode(k) for k in args.keys] if args.keys else _stdin_keys()
+    get, out = source.ring.get_node, sys.stdout.buffer
+    labels = {name: label.encode("utf-8", "backslashreplace") for name, label in source.labels.items()}
     for key in keys:
-        key = key.removesuffix("\r")
-        out.write(f"{key}\t{labels[get(key)]}\n")
+        out.write(key + b"\t" + labels[get(key)] + b"\n")
+    out.flush()
     return 0
 
 
@@ -198,6 +210,10 @@ _EIGHTHS = " ▏▎▍▌▋▊▉"
 def _bar(fraction: float, width: int) -> str:
     eighths = round(max(0.0, min(fraction, 1.0)) * width * 8)
     full, part = divmod(eighths, 8)
+    try:
+        "█".encode(sys.stdout.encoding or "ascii")
+    except (UnicodeEncodeError, LookupError):  # a terminal without block glyphs: plain ASCII bars
+        return ("#" * round(eighths / 8)).ljust(width)
     return ("█" * full + (_EIGHTHS[part] if part else "")).ljust(width)
 
 
@@ -211,6 +227,8 @@ def _counts(ring: Ring, keys: list[str]) -> dict[str, int]:
 def _stats(args: argparse.Namespace) -> int:
     if args.keys < 1 or args.keys > 10_000_000:
         raise RingError(f"--keys must be from 1 to 10000000, not {args.keys}")
+    if not 1 <= args.width <= 500:
+        raise RingError(f"--width must be from 1 to 500, not {args.width}")
     source = _source(args)
     ring, labels = source.ring, dict(source.labels)
     keys = [f"key:{i}" for i in range(args.keys)]

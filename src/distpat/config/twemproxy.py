@@ -623,6 +623,9 @@ def parse_twemproxy(text: str, *, source: str = "<string>") -> dict[str, Twempro
     return pools
 
 
+MAX_CONFIG_BYTES = 16 << 20
+
+
 def load_twemproxy(path: str | os.PathLike[str]) -> dict[str, TwemproxyPool]:
     """Read and parse the nutcracker YAML file at ``path``.
 
@@ -632,9 +635,12 @@ def load_twemproxy(path: str | os.PathLike[str]) -> dict[str, TwemproxyPool]:
     """
     source = os.fspath(path)
     try:
-        data = Path(path).read_bytes()
+        with Path(path).open("rb") as f:  # bounded: a device or an endless file is refused, not read forever
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: larger than {MAX_CONFIG_BYTES} bytes; not a twemproxy configuration")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -10,7 +10,10 @@ from typing import TypeVar
 
 from distpat.errors import EmptyRingError, RingError
 
-__all__ = ["Key", "Ring", "NodesArg", "normalize_nodes", "to_bytes"]
+__all__ = ["MAX_WEIGHT", "Key", "Ring", "NodesArg", "normalize_nodes", "safe_key", "to_bytes"]
+
+MAX_WEIGHT = 1_000_000
+"""The largest weight a node may have; the lightest may be as small as 1/MAX_WEIGHT of it."""
 
 Key = str | bytes
 """A key: ``str`` is hashed as its UTF-8 encoding, so ``"k"`` and ``b"k"`` place alike."""
@@ -23,12 +26,35 @@ R = TypeVar("R", bound="Ring")
 
 
 def to_bytes(key: Key) -> bytes:
-    """The bytes a key is hashed as; raise ``TypeError`` for anything but str/bytes."""
+    """The bytes a key is hashed as.
+
+    Raises ``TypeError`` for anything but str and bytes-like objects, and
+    :class:`RingError` for a str that is not valid Unicode (a lone surrogate,
+    as ``os.fsdecode`` makes of undecodable bytes).
+    """
     if isinstance(key, str):
-        return key.encode("utf-8")
+        try:
+            return key.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise RingError(f"key {key!r} is not valid Unicode: {exc.reason} at index {exc.start}") from None
     if isinstance(key, (bytes, bytearray, memoryview)):
         return bytes(key)
     raise TypeError(f"a ring key must be str or bytes, not {type(key).__name__}")
+
+
+def safe_key(key: Key) -> Key:
+    """``key`` itself when it is plain ASCII (any str or bytes hash function takes it), else its bytes.
+
+    mmh3 5.x crashes the interpreter when handed a str it cannot encode as
+    UTF-8; every str reaching it goes through here (or the same test inlined
+    on the hot path) first.
+    """
+    try:
+        if key.isascii():
+            return key
+    except AttributeError:
+        pass
+    return to_bytes(key)
 
 
 def _check_weight(name: str, weight: object, *, integral: bool) -> float:
@@ -36,8 +62,11 @@ def _check_weight(name: str, weight: object, *, integral: bool) -> float:
         raise RingError(f"node {name!r}: weight must be a number, not {type(weight).__name__}")
     if integral and not isinstance(weight, int):
         raise RingError(f"node {name!r}: weight must be a whole number, not {weight!r}")
-    if not math.isfinite(weight) or weight <= 0:
+    if (isinstance(weight, float) and not math.isfinite(weight)) or weight <= 0:
         raise RingError(f"node {name!r}: weight must be positive and finite, not {weight!r}")
+    if weight > MAX_WEIGHT:
+        shown = f"{weight:.3g}" if isinstance(weight, float) or weight < 10**15 else "past 10**15"
+        raise RingError(f"node {name!r}: weight {shown} is above the largest allowed, {MAX_WEIGHT}")
     return weight
 
 
@@ -46,6 +75,10 @@ def _check_name(name: object) -> str:
         raise RingError(f"node names must be str, not {type(name).__name__} ({name!r})")
     if not name:
         raise RingError("node names must not be empty")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RingError(f"node name {name!r} is not valid Unicode: {exc.reason}") from None
     return name
 
 
@@ -147,6 +180,8 @@ class Ring(ABC):
 
     def group(self, keys: Iterable[K]) -> dict[str, list[K]]:
         """Keys grouped by owning node, each group in input order (multi-key fan-out)."""
+        if isinstance(keys, (str, bytes)):
+            raise TypeError("group() takes an iterable of keys, not a single key")
         out: dict[str, list[K]] = {}
         get = self.get_node
         for key in keys:

@@ -29,13 +29,14 @@ class BoundedLoads:
     def __init__(self, ring: Ring, *, balance_factor: float = 1.25) -> None:
         if isinstance(balance_factor, bool) or not isinstance(balance_factor, (int, float)):
             raise RingError(f"balance_factor must be a number, not {balance_factor!r}")
-        if not math.isfinite(balance_factor) or balance_factor < 1:
+        if not 1 <= balance_factor <= 1_000_000:  # also refuses NaN
             raise RingError(
-                f"balance_factor must be at least 1 (1.25 allows 25% over the mean), not {balance_factor!r}"
+                "balance_factor must be from 1 to 1000000 (1.25 allows 25% over the mean), "
+                f"not {balance_factor!r}"
             )
         self.ring = ring
-        # Exact arithmetic, so that 1.1 means 11/10 and the cap has no rounding surprises.
-        self._factor = Fraction(balance_factor).limit_denominator(10_000)
+        # Exact arithmetic on the factor as given: the cap is never rounded up.
+        self._factor = Fraction(balance_factor)
 
     @property
     def balance_factor(self) -> float:
@@ -43,11 +44,13 @@ class BoundedLoads:
 
     def capacity(self, loads: Mapping[str, int]) -> int:
         """The most load any node may carry once one more request is placed."""
+        if not isinstance(loads, Mapping):
+            raise TypeError(f"loads must be a mapping of node name to load, not {type(loads).__name__}")
         total = 0
         for name in self.ring.nodes:
             load = loads.get(name, 0)
-            if load < 0:
-                raise RingError(f"node {name!r}: load must not be negative, not {load!r}")
+            if isinstance(load, bool) or not isinstance(load, int) or load < 0:
+                raise RingError(f"node {name!r}: load must be a whole number of at least 0, not {load!r}")
             total += load
         return math.ceil(self._factor * (total + 1) / len(self.ring))
 

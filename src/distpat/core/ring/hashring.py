@@ -7,11 +7,15 @@ from types import MappingProxyType
 
 import mmh3
 
-from distpat.core.ring.base import Key, NodesArg, Ring, normalize_nodes
+from distpat.core.ring.base import Key, NodesArg, Ring, normalize_nodes, safe_key, to_bytes
 from distpat.core.ring.continuum import Continuum
 from distpat.errors import RingError
 
-__all__ = ["HashRing", "DEFAULT_VNODES"]
+__all__ = ["DEFAULT_VNODES", "MAX_NODE_POINTS", "MAX_VNODES", "HashRing"]
+
+MAX_VNODES = 1 << 16
+MAX_NODE_POINTS = 1 << 22
+"""Points one node may have: enough for any sane weighting, and a ring a few seconds can build."""
 
 DEFAULT_VNODES = 1024
 """Points per unit of weight. 1024 keeps ten equal nodes within about 10% of
@@ -49,7 +53,12 @@ def _locator(continuum: Continuum) -> Callable[[Key], str]:
         # mmh3.hash returns a signed 32-bit value; shifting it right keeps the
         # sign, and a negative index counts from the table's end, which is
         # exactly the slot of the unsigned value.
-        h = _hash(key)
+        # mmh3 5.x crashes on a str it cannot encode as UTF-8: only ASCII
+        # goes to it as str (the test costs ~13 ns; the crash is worse).
+        try:
+            h = _hash(key) if key.isascii() else _hash(to_bytes(key))
+        except AttributeError:
+            raise TypeError(f"a ring key must be str or bytes, not {type(key).__name__}") from None
         i = table[h >> shift]
         if i:
             return names[i]  # type: ignore[return-value]
@@ -75,8 +84,8 @@ class HashRing(Ring):
     _counts: dict[str, int]
 
     def __init__(self, nodes: NodesArg, *, vnodes: int = DEFAULT_VNODES) -> None:
-        if isinstance(vnodes, bool) or not isinstance(vnodes, int) or vnodes < 1:
-            raise RingError(f"vnodes must be a whole number of at least 1, not {vnodes!r}")
+        if isinstance(vnodes, bool) or not isinstance(vnodes, int) or not 1 <= vnodes <= MAX_VNODES:
+            raise RingError(f"vnodes must be a whole number from 1 to {MAX_VNODES}, not {vnodes!r}")
         self._vnodes = vnodes
         self._weights = normalize_nodes(nodes)
         self._counts = {name: self._count(w) for name, w in self._weights.items()}
@@ -85,7 +94,13 @@ class HashRing(Ring):
         )
 
     def _count(self, weight: float) -> int:
-        return max(1, round(self._vnodes * weight))
+        count = max(1, round(self._vnodes * weight))
+        if count > MAX_NODE_POINTS:
+            raise RingError(
+                f"a node of weight {weight!r} would get {count} points (vnodes x weight); "
+                f"at most {MAX_NODE_POINTS} are allowed: lower vnodes or the weights"
+            )
+        return count
 
     def _set(self, continuum: Continuum) -> None:
         self._continuum = continuum
@@ -110,10 +125,10 @@ class HashRing(Ring):
 
     def key_hash(self, key: Key) -> int:
         """The unsigned 32-bit position of ``key`` on the ring."""
-        return mmh3.hash(key) & _MASK32
+        return mmh3.hash(safe_key(key)) & _MASK32
 
     def iter_nodes(self, key: Key) -> Iterator[str]:
-        return self._continuum.distinct(mmh3.hash(key) & _MASK32, self._weights)
+        return self._continuum.distinct(mmh3.hash(safe_key(key)) & _MASK32, self._weights)
 
     def _derive(self, weights: dict[str, float]) -> HashRing:
         """A ring over ``weights``, built from this one by moving only the points that change."""

@@ -7,7 +7,7 @@ from types import MappingProxyType
 
 import mmh3
 
-from distpat.core.ring.base import Key, NodesArg, Ring, normalize_nodes
+from distpat.core.ring.base import Key, NodesArg, Ring, normalize_nodes, safe_key
 from distpat.errors import RingError
 
 __all__ = ["JumpRing", "jump_hash"]
@@ -17,8 +17,10 @@ _MASK64 = (1 << 64) - 1
 
 def jump_hash(key: int, buckets: int) -> int:
     """The bucket in ``range(buckets)`` for 64-bit ``key``, as in the paper's listing."""
-    if buckets < 1:
-        raise RingError(f"jump hash needs at least one bucket, not {buckets}")
+    if isinstance(key, bool) or not isinstance(key, int) or not 0 <= key <= _MASK64:
+        raise RingError(f"jump hash key must be an unsigned 64-bit integer, not {key!r}")
+    if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
+        raise RingError(f"jump hash needs a whole number of buckets, at least 1, not {buckets!r}")
     b, j = -1, 0
     while j < buckets:
         b = j
@@ -51,14 +53,17 @@ class JumpRing(Ring):
         return MappingProxyType(self._weights)
 
     def get_node(self, key: Key) -> str:
-        return self._names[jump_hash(mmh3.hash64(key, 0, True, False)[0], len(self._names))]
+        return self._names[
+            jump_hash(mmh3.hash64(safe_key(key), 0, True, False)[0] & _MASK64, len(self._names))
+        ]
 
     def iter_nodes(self, key: Key) -> Iterator[str]:
         """Distinct shards for successive reseedings of the key, then the rest in shard order."""
         names = self._names
+        key = safe_key(key)
         seen: set[int] = set()
         for seed in range(8 * len(names)):
-            b = jump_hash(mmh3.hash64(key, seed, True, False)[0], len(names))
+            b = jump_hash(mmh3.hash64(key, seed, True, False)[0] & _MASK64, len(names))
             if b not in seen:
                 seen.add(b)
                 yield names[b]

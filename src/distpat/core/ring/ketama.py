@@ -5,7 +5,8 @@ the same pool, so a Redis or memcached deployment can move between the two
 without a key changing shards. Their inputs are what twemproxy hashes:
 ``servers`` maps each server's *ring name* (its ``name`` in the YAML file, or
 ``host:port`` when it has none, or ``host`` alone for port 11211; see
-:mod:`distpat.config.twemproxy`) to its integer weight, in the file's order.
+:mod:`distpat.config.twemproxy`) to its integer weight, in any order: the
+rings order servers as nutcracker does (by name length, then bytes).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from distpat.core.ring.base import Key, Ring, normalize_nodes
+from distpat.core.ring.base import Key, Ring, normalize_nodes, to_bytes
 from distpat.core.ring.continuum import Continuum
 from distpat.core.twemhash import hash_tag_key, twemproxy_hash
 from distpat.errors import RingError
@@ -69,8 +70,8 @@ def _server_points(name: str, count: int) -> list[int]:
         if len(host) >= KETAMA_MAX_HOSTLEN:
             raise RingError(
                 f"server name {name!r} is too long for ketama: twemproxy hashes "
-                f"'<name>-<n>' in a {KETAMA_MAX_HOSTLEN}-byte buffer, so names must "
-                f"stay under {KETAMA_MAX_HOSTLEN - len(str(count // 4 - 1)) - 2} bytes"
+                f"'<name>-<n>' in a {KETAMA_MAX_HOSTLEN}-byte buffer, so a name of this "
+                f"weight may have at most {KETAMA_MAX_HOSTLEN - len(str(count // 4 - 1)) - 3} bytes"
             )
         out.extend(struct.unpack("<4I", hashlib.md5(host).digest()))
     return out
@@ -79,11 +80,12 @@ def _server_points(name: str, count: int) -> list[int]:
 def _key_bytes(key: Key) -> bytes:
     if key.__class__ is bytes:
         return key
-    if isinstance(key, str):
-        return key.encode("utf-8")
-    if isinstance(key, (bytes, bytearray, memoryview)):
-        return bytes(key)
-    raise TypeError(f"a ring key must be str or bytes, not {type(key).__name__}")
+    return to_bytes(key)
+
+
+def _dispatch_order(item: tuple[str, float]) -> tuple[int, bytes]:
+    name = item[0].encode("utf-8")
+    return len(name), name
 
 
 def _locator(
@@ -95,9 +97,7 @@ def _locator(
     if md5 and not tag:
 
         def get_node_md5(key: Key, _md5: Callable[[bytes], Any] = _md5, _u32: Any = _u32_le) -> str:
-            if key.__class__ is str:
-                key = key.encode("utf-8")
-            elif key.__class__ is not bytes:
+            if key.__class__ is not bytes:
                 key = _key_bytes(key)
             h: int = _u32(_md5(key).digest())[0] if key else 0  # inlined: the hash is most of the cost
             i = table[h >> shift]
@@ -106,9 +106,7 @@ def _locator(
         return get_node_md5
 
     def get_node(key: Key) -> str:
-        if key.__class__ is str:
-            key = key.encode("utf-8")
-        elif key.__class__ is not bytes:
+        if key.__class__ is not bytes:
             key = _key_bytes(key)
         if tag:
             key = hash_tag_key(key, tag)
@@ -129,13 +127,16 @@ class _Twemproxy(Ring):
     def __init__(
         self, servers: Mapping[str, int], *, hash: str = "fnv1a_64", hash_tag: str | bytes | None = None
     ) -> None:
-        self._weights = normalize_nodes(servers, integral=True)
+        # nutcracker keeps a pool's servers sorted by name length, then bytes
+        # (it sorts them to find duplicates): modula's slots and ketama's ties
+        # follow that order, so the rings keep it whatever order they are given.
+        self._weights = dict(sorted(normalize_nodes(servers, integral=True).items(), key=_dispatch_order))
         self._hash_name = hash
         self._hash = twemproxy_hash(hash)
         if isinstance(hash_tag, str):
-            hash_tag = hash_tag.encode("utf-8")
+            hash_tag = to_bytes(hash_tag)
         if hash_tag is not None and hash_tag != b"" and len(hash_tag) != 2:
-            raise RingError(f"hash_tag must be two characters, such as '{{}}', not {hash_tag!r}")
+            raise RingError(f"hash_tag must be two bytes, such as '{{}}', not {hash_tag!r}")
         self._tag = hash_tag or b""
 
     @property
@@ -153,8 +154,10 @@ class _Twemproxy(Ring):
         return self._tag
 
     def key_hash(self, key: Key) -> int:
-        """The 32-bit value twemproxy dispatches ``key`` with (0 for an empty key or tag)."""
+        """The 32-bit value twemproxy dispatches ``key`` with (0 for an empty key or tag, or one server)."""
         data = _key_bytes(key)
+        if len(self._weights) == 1:
+            return 0
         if self._tag:
             data = hash_tag_key(data, self._tag)
         return self._hash(data) if data else 0

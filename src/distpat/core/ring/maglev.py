@@ -7,10 +7,12 @@ from types import MappingProxyType
 
 import mmh3
 
-from distpat.core.ring.base import Key, NodesArg, Ring, normalize_nodes
+from distpat.core.ring.base import Key, NodesArg, Ring, normalize_nodes, safe_key
 from distpat.errors import RingError
 
 __all__ = ["MaglevRing", "DEFAULT_TABLE_SIZE"]
+
+MAX_TABLE_SIZE = 1 << 24
 
 DEFAULT_TABLE_SIZE = 65537
 """A prime; Maglev wants the table at least ~100 times the number of nodes."""
@@ -52,8 +54,15 @@ class MaglevRing(Ring):
     __slots__ = ("_size", "_table", "_weights")
 
     def __init__(self, nodes: NodesArg, *, table_size: int = DEFAULT_TABLE_SIZE) -> None:
-        if isinstance(table_size, bool) or not isinstance(table_size, int) or not _is_prime(table_size):
-            raise RingError(f"table_size must be a prime number, not {table_size!r}")
+        if (
+            isinstance(table_size, bool)
+            or not isinstance(table_size, int)
+            or not 2 < table_size <= MAX_TABLE_SIZE
+            or not _is_prime(table_size)
+        ):
+            raise RingError(
+                f"table_size must be a prime number from 3 to {MAX_TABLE_SIZE}, not {table_size!r}"
+            )
         self._weights = normalize_nodes(nodes)
         if table_size < len(self._weights):
             raise RingError(
@@ -70,6 +79,7 @@ class MaglevRing(Ring):
         skips = [mmh3.hash(name, 0x2F1A6C2D, False) % (size - 1) + 1 for name in names]
         weights = [self._weights[name] for name in names]
         top = max(weights)
+        shares = [w / top for w in weights]  # in (0, 1]: no overflow whatever the weights
         nexts = [0] * len(names)
         counts = [0] * len(names)
         table: list[str | None] = [None] * size
@@ -78,7 +88,7 @@ class MaglevRing(Ring):
         while True:
             turn += 1
             for i, name in enumerate(names):
-                if counts[i] * top >= turn * weights[i]:
+                if counts[i] >= turn * shares[i]:
                     continue  # a lighter node sits this turn out
                 offset, skip, j = offsets[i], skips[i], nexts[i]
                 c = (offset + j * skip) % size
@@ -107,13 +117,13 @@ class MaglevRing(Ring):
             out[name] += 1
         return out
 
-    def get_node(self, key: Key, _hash: object = mmh3.hash) -> str:
-        return self._table[(_hash(key) & _MASK32) % self._size]  # type: ignore[operator]
+    def get_node(self, key: Key) -> str:
+        return self._table[(mmh3.hash(safe_key(key)) & _MASK32) % self._size]
 
     def iter_nodes(self, key: Key) -> Iterator[str]:
         """Distinct nodes in the order the table lists them from the key's entry onward."""
         size, table = self._size, self._table
-        start = (mmh3.hash(key) & _MASK32) % size
+        start = (mmh3.hash(safe_key(key)) & _MASK32) % size
         seen: set[str] = set()
         for i in range(size):
             name = table[(start + i) % size]

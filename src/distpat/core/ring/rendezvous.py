@@ -8,7 +8,7 @@ from types import MappingProxyType
 
 import mmh3
 
-from distpat.core.ring.base import Key, NodesArg, Ring, normalize_nodes
+from distpat.core.ring.base import Key, NodesArg, Ring, normalize_nodes, safe_key
 
 __all__ = ["RendezvousRing"]
 
@@ -40,11 +40,11 @@ class RendezvousRing(Ring):
 
     def scores(self, key: Key) -> dict[str, float]:
         """Every node's score for ``key`` (higher wins)."""
-        h, log = mmh3.hash, math.log
+        h, log, key = mmh3.hash, math.log, safe_key(key)
         return {name: -w / log((h(key, seed, False) + 0.5) * _SCALE) for name, seed, w in self._seeds}
 
     def get_node(self, key: Key) -> str:
-        h, log = mmh3.hash, math.log
+        h, log, key = mmh3.hash, math.log, safe_key(key)
         best_name = ""
         best = -1.0
         for name, seed, w in self._seeds:
