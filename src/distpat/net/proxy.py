@@ -177,18 +177,26 @@ class ProxyServer:
         )
         fmt = self.config.access_log
         if fmt is not None and access_log.isEnabledFor(logging.INFO):
+            request_line = b"%s %s HTTP/%s" % (ex.method, ex.target, b"1.0" if ex.http10 else b"1.1")
+            user_agent = referer = b""
+            for name, value in ex.request_headers:
+                lower = name.lower()
+                if lower == b"user-agent":
+                    user_agent = value
+                elif lower == b"referer":
+                    referer = value
             if fmt == "json":
                 access_log.info(
                     json.dumps(
                         {
                             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                             "remote_addr": ex.client.peer,
-                            "request": ex.request_line.decode("latin-1"),
+                            "request": request_line.decode("latin-1"),
                             "status": ex.status,
                             "body_bytes_sent": ex.sent_bytes,
                             "upstream": upstream,
                             "request_time": round(now - ex.started, 6),
-                            "user_agent": ex.user_agent.decode("latin-1"),
+                            "user_agent": user_agent.decode("latin-1"),
                         }
                     )
                 )
@@ -197,9 +205,9 @@ class ProxyServer:
                     '%s - - [%s] "%s" %d %d "%s" "%s"',
                     ex.client.peer,
                     time.strftime("%d/%b/%Y:%H:%M:%S %z"),
-                    ex.request_line.decode("latin-1"),
+                    request_line.decode("latin-1"),
                     ex.status,
                     ex.sent_bytes,
-                    ex.referer.decode("latin-1") or "-",
-                    ex.user_agent.decode("latin-1") or "-",
+                    referer.decode("latin-1") or "-",
+                    user_agent.decode("latin-1") or "-",
                 )

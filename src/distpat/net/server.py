@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import httptools
 
+from distpat.core.forward import ForwardedRequest, forward_request, forward_response
 from distpat.core.hooks import LocalResponse, ProxyHook, RequestView
 from distpat.core.http import (
     LAST_CHUNK,
@@ -132,9 +133,7 @@ class Exchange:
         "to_upstream",
         "view",
         "local",
-        "request_line",
-        "user_agent",
-        "referer",
+        "request_headers",
     )
 
     def __init__(
@@ -177,9 +176,7 @@ class Exchange:
         self.to_upstream: list[bytes] = []  # coalesced: one write per client read
         self.view: RequestView | None = None  # set when hooks run
         self.local: LocalResponse | None = None  # a hook's answer
-        self.request_line = b""
-        self.user_agent = b""
-        self.referer = b""
+        self.request_headers: list[tuple[bytes, bytes]] = []  # as received, for the access log
 
     # -- finding an upstream ------------------------------------------------------
 
@@ -309,6 +306,22 @@ class Exchange:
                 )
             return
         self.status = status
+        keep = self.keep_alive and not self.close_after and not client.state.draining
+        if self.view is None:  # no hooks: the one-pass form
+            try:
+                plan = forward_response(
+                    self.method, status, headers, via=client.via, http10=self.http10, keep_alive=keep
+                )
+            except RemoteProtocolError as exc:
+                self._upstream_broken(ConnectionError(str(exc)))
+                return
+            if plan is not None:
+                self.rechunk, self.close_after = plan.rechunk, plan.close
+                self.upstream_reusable = keep_alive and plan.framing.kind is not BodyKind.UNTIL_CLOSE
+                self.response_started = True
+                self.to_client.append(plan.head)
+                self._arm(client.state.settings.response_timeout)
+                return
         try:
             framing = response_framing(self.method, status, headers)
         except RemoteProtocolError as exc:
@@ -330,7 +343,7 @@ class Exchange:
             else:
                 self.rechunk = True
                 out.append((b"Transfer-Encoding", codings + b", chunked" if codings else b"chunked"))
-        if not self.keep_alive or self.close_after or client.state.draining:
+        if not keep:
             out.append((b"Connection", b"close"))
             self.close_after = True
         elif self.http10:
@@ -647,41 +660,65 @@ class ClientConnection(asyncio.Protocol):
         method = parser.get_method()
         http10 = parser.get_http_version() == "1.0"
         headers = self.headers
+        fast: ForwardedRequest | None = None
+        view: RequestView | None = None
+        local: LocalResponse | None = None
         try:
-            framing = request_framing(headers, version=(1, 0) if http10 else (1, 1))
+            if not self.state.hooks:  # the one-pass form; None leaves a rare case to the general one
+                fast = forward_request(
+                    method,
+                    self.url,
+                    headers,
+                    http10=http10,
+                    client_addr=self.peer,
+                    scheme=settings.scheme,
+                    via=self.via,
+                    forwarded=settings.forwarded,
+                )
+            if fast is not None:
+                framing, head, expect_continue = fast.framing, fast.head, fast.expect_continue
+            else:
+                framing, head, expect_continue, view, local = self._forward_general(method, http10, headers)
         except RemoteProtocolError as exc:
             self.reject = _Reject(exc.status, str(exc))
+            raise self.reject from None
+        except LocalProtocolError as exc:  # a hook set a header value with CR or LF in it
+            self.reject = _Reject(500, f"a hook produced an invalid request head: {exc}")
             raise self.reject from None
         if framing.kind is BodyKind.LENGTH and (framing.length or 0) > settings.max_body_bytes:
             self.reject = _Reject(413, f"request body larger than {settings.max_body_bytes} bytes")
             raise self.reject
+        keep_alive = parser.should_keep_alive() and not self.state.draining
+        ex = Exchange(self, method, self.url, http10, keep_alive, head, framing)
+        ex.view, ex.local = view, local
+        ex.request_headers = headers
+        self.parsing = ex
+        self.queue.append(ex)
+        if len(self.queue) == 1:
+            if expect_continue and not http10:
+                self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            ex.start()
+        elif len(self.queue) >= settings.max_pipelined:
+            self.pause_reading("pipeline")
+
+    def _forward_general(
+        self, method: bytes, http10: bool, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[Framing, bytes, bool, RequestView | None, LocalResponse | None]:
+        """The request through core/http's general functions, and the hooks, if any."""
+        settings = self.state.settings
+        framing = request_framing(headers, version=(1, 0) if http10 else (1, 1))
         expect_continue = False
         kept: list[tuple[bytes, bytes]] = []
-        user_agent = referer = b""
         for name, value in headers:
-            lower = name.lower()
-            if lower == b"expect":
-                if value.strip().lower() == b"100-continue":
-                    expect_continue = True
-                    continue  # answered here, as nginx does, so the upstream never waits on it
-                self.reject = _Reject(417, "only 'Expect: 100-continue' is supported")
-                raise self.reject
-            if lower == b"user-agent":
-                user_agent = value
-            elif lower == b"referer":
-                referer = value
+            if name.lower() == b"expect":
+                if value.strip().lower() != b"100-continue":
+                    raise RemoteProtocolError("only 'Expect: 100-continue' is supported", status=417)
+                expect_continue = True  # answered here, as nginx does, so the upstream never waits
+                continue
             kept.append((name, value))
-        try:
-            out = forward_request_headers(
-                kept,
-                client_addr=self.peer,
-                scheme=settings.scheme,
-                via=self.via,
-                forwarded=settings.forwarded,
-            )
-        except RemoteProtocolError as exc:  # e.g. two Host headers
-            self.reject = _Reject(exc.status, str(exc))
-            raise self.reject from None
+        out = forward_request_headers(
+            kept, client_addr=self.peer, scheme=settings.scheme, via=self.via, forwarded=settings.forwarded
+        )
         view: RequestView | None = None
         local: LocalResponse | None = None
         if self.state.hooks:
@@ -694,24 +731,7 @@ class ClientConnection(asyncio.Protocol):
             out = view.headers
         if framing.kind is BodyKind.CHUNKED:
             out.append((b"Transfer-Encoding", b"chunked"))
-        keep_alive = parser.should_keep_alive() and not self.state.draining
-        try:
-            head = request_head(method, self.url, out)
-        except LocalProtocolError as exc:  # a hook set a header value with CR or LF in it
-            self.reject = _Reject(500, f"a hook produced an invalid request head: {exc}")
-            raise self.reject from None
-        ex = Exchange(self, method, self.url, http10, keep_alive, head, framing)
-        ex.view, ex.local = view, local
-        ex.request_line = b"%s %s HTTP/%s" % (method, self.url, b"1.0" if http10 else b"1.1")
-        ex.user_agent, ex.referer = user_agent, referer
-        self.parsing = ex
-        self.queue.append(ex)
-        if len(self.queue) == 1:
-            if expect_continue and not http10:
-                self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            ex.start()
-        elif len(self.queue) >= settings.max_pipelined:
-            self.pause_reading("pipeline")
+        return framing, request_head(method, self.url, out), expect_continue, view, local
 
     def on_body(self, body: bytes) -> None:
         ex = self.parsing

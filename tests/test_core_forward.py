@@ -1,0 +1,230 @@
+"""The engine's one-pass forwarding equals the general rules of core/http.py, byte for byte."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from distpat.core.forward import forward_request, forward_response
+from distpat.core.http import (
+    BodyKind,
+    Framing,
+    Headers,
+    forward_request_headers,
+    forward_response_headers,
+    request_framing,
+    request_head,
+    response_framing,
+    response_head,
+)
+from distpat.errors import RemoteProtocolError
+
+NAMES = [
+    b"Host",
+    b"host",
+    b"Content-Length",
+    b"Transfer-Encoding",
+    b"Connection",
+    b"Keep-Alive",
+    b"TE",
+    b"Upgrade",
+    b"Proxy-Authorization",
+    b"X-Forwarded-For",
+    b"x-forwarded-proto",
+    b"X-Forwarded-Host",
+    b"Via",
+    b"Forwarded",
+    b"Expect",
+    b"Accept",
+    b"Cookie",
+    b"X-Custom",
+    b"Trailer",
+    b"Proxy-Connection",
+]
+VALUES = [
+    b"",
+    b" ",
+    b"1",
+    b"5",
+    b"05",
+    b"5, 5",
+    b"-1",
+    b"chunked",
+    b"gzip, chunked",
+    b"chunked, chunked",
+    b"close",
+    b"keep-alive",
+    b"keep-alive, TE",
+    b"X-Custom",
+    b"100-continue",
+    b"a, b",
+    b" 10.0.0.1 ",
+    b"1.1 proxy",
+    b"for=1.2.3.4",
+    b"example.test",
+    b"text/plain",
+]
+fields = st.lists(st.tuples(st.sampled_from(NAMES), st.sampled_from(VALUES)), max_size=8)
+
+
+def outcome(fn):  # type: ignore[no-untyped-def]
+    try:
+        return fn()
+    except RemoteProtocolError as exc:
+        return ("error", exc.status)
+
+
+def reference_request(headers: Headers, http10: bool, forwarded: bool):  # type: ignore[no-untyped-def]
+    framing = request_framing(headers, version=(1, 0) if http10 else (1, 1))
+    kept: Headers = []
+    expect = False
+    for name, value in headers:
+        if name.lower() == b"expect":
+            if value.strip(b" \t").lower() != b"100-continue":
+                raise RemoteProtocolError("expectation", status=417)
+            expect = True
+            continue
+        kept.append((name, value))
+    out = forward_request_headers(
+        kept, client_addr="10.9.8.7", scheme="https", via=b"1.1 t", forwarded=forwarded
+    )
+    if framing.kind is BodyKind.CHUNKED:
+        out.append((b"Transfer-Encoding", b"chunked"))
+    return framing, request_head(b"POST", b"/p?q", out), expect
+
+
+@given(headers=fields, http10=st.booleans(), forwarded=st.booleans())
+def test_forward_request_matches_the_general_rules(headers: Headers, http10: bool, forwarded: bool) -> None:
+    fast = outcome(
+        lambda: forward_request(
+            b"POST",
+            b"/p?q",
+            headers,
+            http10=http10,
+            client_addr="10.9.8.7",
+            scheme="https",
+            via=b"1.1 t",
+            forwarded=forwarded,
+        )
+    )
+    if fast is None:  # left to the general path: a Connection option names another field
+        assert any(n.lower() == b"connection" for n, _ in headers)
+        return
+    expected = outcome(lambda: reference_request(headers, http10, forwarded))
+    if isinstance(expected, tuple) and expected and expected[0] == "error":
+        # both refuse; the status may differ only where two problems meet (417 vs 400)
+        assert isinstance(fast, tuple)
+        assert fast[0] == "error"
+        return
+    assert not isinstance(fast, tuple), fast
+    assert (fast.framing, fast.head, fast.expect_continue) == expected
+
+
+def reference_response(method: bytes, status: int, headers: Headers, http10: bool, keep_alive: bool):  # type: ignore[no-untyped-def]
+    framing = response_framing(method, status, headers)
+    out = forward_response_headers(headers, via=b"1.1 t")
+    rechunk, close = False, not keep_alive
+    if framing.kind in (BodyKind.CHUNKED, BodyKind.UNTIL_CLOSE):
+        out = [(n, v) for n, v in out if n.lower() != b"content-length"]
+        codings = [
+            c.strip(b" \t")
+            for n, v in headers
+            if n.lower() == b"transfer-encoding"
+            for c in v.split(b",")
+            if c.strip(b" \t")
+        ]
+        if codings and codings[-1].lower() == b"chunked":
+            codings.pop()
+        other = b", ".join(codings)
+        if http10:
+            close = True
+            if other:
+                out.append((b"Content-Encoding", other))
+        else:
+            rechunk = True
+            out.append((b"Transfer-Encoding", other + b", chunked" if other else b"chunked"))
+    if close:
+        out.append((b"Connection", b"close"))
+    elif http10:
+        out.append((b"Connection", b"keep-alive"))
+    return framing, response_head(status, out), rechunk, close
+
+
+@given(
+    headers=fields,
+    method=st.sampled_from([b"GET", b"HEAD", b"POST", b"CONNECT"]),
+    status=st.sampled_from([100, 200, 204, 206, 301, 304, 404, 500, 599]),
+    http10=st.booleans(),
+    keep_alive=st.booleans(),
+)
+def test_forward_response_matches_the_general_rules(
+    headers: Headers, method: bytes, status: int, http10: bool, keep_alive: bool
+) -> None:
+    fast = outcome(
+        lambda: forward_response(method, status, headers, via=b"1.1 t", http10=http10, keep_alive=keep_alive)
+    )
+    if fast is None:
+        assert any(n.lower() == b"connection" for n, _ in headers)
+        return
+    expected = outcome(lambda: reference_response(method, status, headers, http10, keep_alive))
+    if isinstance(fast, tuple):
+        assert fast == expected
+        return
+    assert (fast.framing, fast.head, fast.rechunk, fast.close) == expected
+
+
+def test_the_common_cases_take_the_fast_path() -> None:
+    req = forward_request(
+        b"GET",
+        b"/",
+        [(b"Host", b"h"), (b"Connection", b"keep-alive")],
+        http10=False,
+        client_addr="127.0.0.1",
+        scheme="http",
+        via=b"1.1 distpat",
+    )
+    assert req is not None
+    assert req.framing == Framing(BodyKind.NONE)
+    assert req.head == (
+        b"GET / HTTP/1.1\r\nHost: h\r\nVia: 1.1 distpat\r\nX-Forwarded-For: 127.0.0.1\r\n"
+        b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\n\r\n"
+    )
+    resp = forward_response(
+        b"GET",
+        200,
+        [(b"Content-Length", b"2"), (b"Connection", b"keep-alive")],
+        via=b"1.1 distpat",
+        http10=False,
+        keep_alive=True,
+    )
+    assert resp is not None
+    assert resp.head == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nVia: 1.1 distpat\r\n\r\n"
+    assert (
+        forward_request(
+            b"GET",
+            b"/",
+            [(b"Connection", b"X-Secret"), (b"X-Secret", b"1")],
+            http10=False,
+            client_addr="a",
+            scheme="http",
+            via=b"v",
+        )
+        is None
+    )
+
+
+@pytest.mark.parametrize("value", [b"100-continue", b" 100-Continue "])
+def test_expect_continue_is_taken_out(value: bytes) -> None:
+    req = forward_request(
+        b"POST",
+        b"/",
+        [(b"Expect", value), (b"Content-Length", b"1")],
+        http10=False,
+        client_addr="a",
+        scheme="http",
+        via=b"v",
+    )
+    assert req is not None
+    assert req.expect_continue
+    assert b"expect" not in req.head.lower()
