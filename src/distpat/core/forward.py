@@ -60,6 +60,10 @@ _RESPONSE_FIELDS: Final[dict[bytes, int]] = {
 }
 # Connection options that name nothing beyond the fields already dropped.
 _PLAIN_OPTIONS: Final = HOP_BY_HOP | {b"close", b"keep-alive", b""}
+_COMMON_OPTIONS: Final = frozenset({b"keep-alive", b"close"})
+_STATUS_LINES: Final[dict[int, bytes]] = {
+    code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in _REASONS.items()
+}
 
 
 def _append(joined: bytes | None, value: bytes) -> bytes | None:
@@ -71,6 +75,8 @@ def _append(joined: bytes | None, value: bytes) -> bytes | None:
 
 
 def _options_are_plain(values: list[bytes]) -> bool:
+    if len(values) == 1 and values[0].lower() in _COMMON_OPTIONS:
+        return True
     for value in values:
         for token in value.lower().split(b","):
             if token.strip(_OWS) not in _PLAIN_OPTIONS:
@@ -204,8 +210,8 @@ def forward_response(
     Raises:
         RemoteProtocolError: status 502 for framing that cannot be trusted.
     """
-    reason = _REASONS.get(status, b"")
-    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+    line = _STATUS_LINES.get(status)
+    parts = [line if line is not None else b"HTTP/1.1 %d \r\n" % status]
     kinds = _RESPONSE_FIELDS
     body_fields: Headers | None = None
     connection: list[bytes] | None = None
@@ -230,7 +236,21 @@ def forward_response(
             vias = _append(vias, value)
     if connection is not None and not _options_are_plain(connection):
         return None
-    framing = response_framing(method, status, body_fields or ())
+    if (
+        body_fields is not None
+        and len(body_fields) == 1
+        and len(lengths) == 1
+        and status >= 200
+        and status != 204
+        and status != 304
+        and method != b"HEAD"
+        and method != b"CONNECT"
+        and body_fields[0][1].isdigit()
+        and len(body_fields[0][1]) <= 18
+    ):  # the usual case, one plain Content-Length: the same answer response_framing gives
+        framing = Framing(BodyKind.LENGTH, int(body_fields[0][1]))
+    else:
+        framing = response_framing(method, status, body_fields or ())
     parts += (b"Via: ", via if vias is None else vias + b", " + via, b"\r\n")
     rechunk = False
     close = not keep_alive

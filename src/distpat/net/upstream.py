@@ -331,6 +331,8 @@ class UpstreamGroup:
 
     def choose(self, exclude: frozenset[Upstream] = frozenset()) -> Upstream | None:
         """The next upstream to try, or None when every one is ejected or excluded."""
+        if len(self.upstreams) == 1 and not exclude:
+            return self.upstreams[0]  # the only one: ejected or not, it is the one to try
         now = self.clock()
         if self.balance == "least_outstanding":
             candidates = [u for u in self.upstreams if u not in exclude and u.available(now)]
