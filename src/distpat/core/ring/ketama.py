@@ -97,7 +97,12 @@ def _locator(
     if md5 and not tag:
 
         def get_node_md5(key: Key, _md5: Callable[[bytes], Any] = _md5, _u32: Any = _u32_le) -> str:
-            if key.__class__ is not bytes:
+            if key.__class__ is str:
+                try:
+                    key = key.encode("utf-8")
+                except UnicodeEncodeError:
+                    key = _key_bytes(key)  # raises RingError naming the bad key
+            elif key.__class__ is not bytes:
                 key = _key_bytes(key)
             h: int = _u32(_md5(key).digest())[0] if key else 0  # inlined: the hash is most of the cost
             i = table[h >> shift]
@@ -106,7 +111,12 @@ def _locator(
         return get_node_md5
 
     def get_node(key: Key) -> str:
-        if key.__class__ is not bytes:
+        if key.__class__ is str:
+            try:
+                key = key.encode("utf-8")
+            except UnicodeEncodeError:
+                key = _key_bytes(key)  # raises RingError naming the bad key
+        elif key.__class__ is not bytes:
             key = _key_bytes(key)
         if tag:
             key = hash_tag_key(key, tag)
