@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 from distpat.core.forward import forward_request, forward_response
 from distpat.core.http import (
     BodyKind,
-    Framing,
     Headers,
     forward_request_headers,
     forward_response_headers,
@@ -68,11 +67,24 @@ VALUES = [
 fields = st.lists(st.tuples(st.sampled_from(NAMES), st.sampled_from(VALUES)), max_size=8)
 
 
+class Refused:
+    """What a call that raised RemoteProtocolError returned, for comparing outcomes."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Refused) and other.status == self.status
+
+    def __repr__(self) -> str:
+        return f"Refused({self.status})"
+
+
 def outcome(fn):  # type: ignore[no-untyped-def]
     try:
         return fn()
     except RemoteProtocolError as exc:
-        return ("error", exc.status)
+        return Refused(exc.status)
 
 
 def reference_request(headers: Headers, http10: bool, forwarded: bool):  # type: ignore[no-untyped-def]
@@ -112,13 +124,13 @@ def test_forward_request_matches_the_general_rules(headers: Headers, http10: boo
         assert any(n.lower() == b"connection" for n, _ in headers)
         return
     expected = outcome(lambda: reference_request(headers, http10, forwarded))
-    if isinstance(expected, tuple) and expected and expected[0] == "error":
+    if isinstance(expected, Refused):
         # both refuse; the status may differ only where two problems meet (417 vs 400)
-        assert isinstance(fast, tuple)
-        assert fast[0] == "error"
+        assert isinstance(fast, Refused)
         return
-    assert not isinstance(fast, tuple), fast
-    assert (fast.framing, fast.head, fast.expect_continue) == expected
+    assert not isinstance(fast, Refused), fast
+    framing, head, expect = expected
+    assert fast == (framing.kind, -1 if framing.length is None else framing.length, head, expect)
 
 
 def reference_response(method: bytes, status: int, headers: Headers, http10: bool, keep_alive: bool):  # type: ignore[no-untyped-def]
@@ -168,10 +180,11 @@ def test_forward_response_matches_the_general_rules(
         assert any(n.lower() == b"connection" for n, _ in headers)
         return
     expected = outcome(lambda: reference_response(method, status, headers, http10, keep_alive))
-    if isinstance(fast, tuple):
+    if isinstance(fast, Refused):
         assert fast == expected
         return
-    assert (fast.framing, fast.head, fast.rechunk, fast.close) == expected
+    framing, head, rechunk, close = expected
+    assert fast == (framing.kind, head, rechunk, close)
 
 
 def test_the_common_cases_take_the_fast_path() -> None:
@@ -185,8 +198,9 @@ def test_the_common_cases_take_the_fast_path() -> None:
         via=b"1.1 distpat",
     )
     assert req is not None
-    assert req.framing == Framing(BodyKind.NONE)
-    assert req.head == (
+    kind, _, head, _ = req
+    assert kind is BodyKind.NONE
+    assert head == (
         b"GET / HTTP/1.1\r\nHost: h\r\nVia: 1.1 distpat\r\nX-Forwarded-For: 127.0.0.1\r\n"
         b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\n\r\n"
     )
@@ -199,7 +213,7 @@ def test_the_common_cases_take_the_fast_path() -> None:
         keep_alive=True,
     )
     assert resp is not None
-    assert resp.head == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nVia: 1.1 distpat\r\n\r\n"
+    assert resp[1] == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nVia: 1.1 distpat\r\n\r\n"
     assert (
         forward_request(
             b"GET",
@@ -226,5 +240,6 @@ def test_expect_continue_is_taken_out(value: bytes) -> None:
         via=b"v",
     )
     assert req is not None
-    assert req.expect_continue
-    assert b"expect" not in req.head.lower()
+    _, _, head, expect = req
+    assert expect
+    assert b"expect" not in head.lower()

@@ -109,7 +109,7 @@ class Exchange:
         "http10",
         "keep_alive",
         "head",
-        "framing",
+        "body",
         "body_sent",
         "body_done",
         "pending",
@@ -144,7 +144,7 @@ class Exchange:
         http10: bool,
         keep_alive: bool,
         head: bytes,
-        framing: Framing,
+        body: BodyKind,
     ) -> None:
         self.client = client
         self.method = method
@@ -152,9 +152,9 @@ class Exchange:
         self.http10 = http10
         self.keep_alive = keep_alive
         self.head = head
-        self.framing = framing
+        self.body = body  # how the request body is framed
         self.body_sent = 0
-        self.body_done = framing.kind is BodyKind.NONE
+        self.body_done = body is BodyKind.NONE
         self.pending: list[bytes] = []
         self.pending_bytes = 0
         self.upstream: Upstream | None = None
@@ -250,7 +250,7 @@ class Exchange:
             self.pending_bytes = 0
             self._send_body(data)
             self.client.resume_reading("buffer")
-        if self.body_done and self.framing.kind is BodyKind.CHUNKED:
+        if self.body_done and self.body is BodyKind.CHUNKED:
             self.to_upstream.append(LAST_CHUNK)
         self._arm(self.client.state.settings.response_timeout)
         if not self.client.feeding:  # else the client's read handler flushes once at its end
@@ -275,7 +275,7 @@ class Exchange:
         assert self.conn is not None
         self.body_sent += len(data)
         self.last_io = self.client.loop.time()
-        self.to_upstream.append(chunk(data) if self.framing.kind is BodyKind.CHUNKED else data)
+        self.to_upstream.append(chunk(data) if self.body is BodyKind.CHUNKED else data)
 
     def feed_body(self, data: bytes) -> None:
         if self.conn is not None:
@@ -288,7 +288,7 @@ class Exchange:
 
     def end_body(self) -> None:
         self.body_done = True
-        if self.conn is not None and self.framing.kind is BodyKind.CHUNKED:
+        if self.conn is not None and self.body is BodyKind.CHUNKED:
             self.to_upstream.append(LAST_CHUNK)
 
     # -- the response (UpstreamHandler) ----------------------------------------------------
@@ -316,10 +316,10 @@ class Exchange:
                 self._upstream_broken(ConnectionError(str(exc)))
                 return
             if plan is not None:
-                self.rechunk, self.close_after = plan.rechunk, plan.close
-                self.upstream_reusable = keep_alive and plan.framing.kind is not BodyKind.UNTIL_CLOSE
+                body, head, self.rechunk, self.close_after = plan
+                self.upstream_reusable = keep_alive and body is not BodyKind.UNTIL_CLOSE
                 self.response_started = True
-                self.to_client.append(plan.head)
+                self.to_client.append(head)
                 self._arm(client.state.settings.response_timeout)
                 return
         try:
@@ -399,7 +399,7 @@ class Exchange:
         retry = (
             self.reused
             and self.method in IDEMPOTENT
-            and self.framing.kind is BodyKind.NONE
+            and self.body is BodyKind.NONE
             and not self.response_started
         )
         self._release(reuse=False)
@@ -676,20 +676,21 @@ class ClientConnection(asyncio.Protocol):
                     forwarded=settings.forwarded,
                 )
             if fast is not None:
-                framing, head, expect_continue = fast.framing, fast.head, fast.expect_continue
+                body, length, head, expect_continue = fast
             else:
                 framing, head, expect_continue, view, local = self._forward_general(method, http10, headers)
+                body, length = framing.kind, -1 if framing.length is None else framing.length
         except RemoteProtocolError as exc:
             self.reject = _Reject(exc.status, str(exc))
             raise self.reject from None
         except LocalProtocolError as exc:  # a hook set a header value with CR or LF in it
             self.reject = _Reject(500, f"a hook produced an invalid request head: {exc}")
             raise self.reject from None
-        if framing.kind is BodyKind.LENGTH and (framing.length or 0) > settings.max_body_bytes:
+        if body is BodyKind.LENGTH and length > settings.max_body_bytes:
             self.reject = _Reject(413, f"request body larger than {settings.max_body_bytes} bytes")
             raise self.reject
         keep_alive = parser.should_keep_alive() and not self.state.draining
-        ex = Exchange(self, method, self.url, http10, keep_alive, head, framing)
+        ex = Exchange(self, method, self.url, http10, keep_alive, head, body)
         ex.view, ex.local = view, local
         ex.request_headers = headers
         self.parsing = ex
@@ -774,7 +775,8 @@ class ClientConnection(asyncio.Protocol):
         if ex.close_after or self.closing:
             self._close()
             return
-        self.resume_reading("pipeline")
+        if self.pauses:
+            self.resume_reading("pipeline")
         if self.queue:
             self.queue[0].start()
         elif self.parsing is not None or self.in_head:

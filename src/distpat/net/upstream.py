@@ -86,6 +86,7 @@ class UpstreamConnection(asyncio.Protocol):
         "closed",
         "reusable",
         "head_request",
+        "paused",
         "_lost",
     )
 
@@ -98,6 +99,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.reusable = False
         self.head_request = False
+        self.paused = False
         self._lost = asyncio.get_running_loop().create_future()
 
     # -- asyncio.Protocol ---------------------------------------------------
@@ -181,17 +183,21 @@ class UpstreamConnection(asyncio.Protocol):
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:
+            self.paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
         if self.transport is not None and not self.closed:
+            self.paused = False
             self.transport.resume_reading()
 
     def release(self, *, reuse: bool) -> None:
         """The exchange is done with this connection: keep it idle in the pool, or close it."""
         self.handler = None
         if reuse and not self.closed and self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
+            if self.paused:
+                self.paused = False
+                self.transport.resume_reading()
             self.upstream.keep_idle(self)
         else:
             self.close()
