@@ -10,6 +10,7 @@ from dataclasses import replace
 import pytest
 
 from distpat.core.hooks import LocalResponse, RequestView
+from distpat.net.health import HealthCheck
 from distpat.net.proxy import ProxyConfig, ProxyServer
 from distpat.net.server import EngineSettings
 from tests.httpkit import Backend, RawClient, Reply, Request, echo, exchange
@@ -365,3 +366,40 @@ async def test_hooks_answer_locally_route_and_change_headers() -> None:
         assert [r.target for r in second.requests] == [b"/b1", b"/b2"]
         assert all(r.header(b"x-gate") == b"in" for r in second.requests)
         assert gate.seen == [(b"/blocked", 403), (b"/b1", 200), (b"/b2", 200)]
+
+
+async def test_active_health_checks_take_a_failing_upstream_out_and_back() -> None:
+    healthy = {"sick": False}
+
+    def handler_for(name: str):  # type: ignore[no-untyped-def]
+        async def handler(request: Request) -> Reply:
+            if request.target == b"/healthz":
+                bad = name == "b" and healthy["sick"]
+                return Reply(status=503 if bad else 200, body=b"health")
+            return Reply(body=name.encode())
+
+        return handler
+
+    async with Backend(handler_for("a")) as a, Backend(handler_for("b")) as b:
+        check = HealthCheck(path="/healthz", interval=0.05, timeout=1, fails=2)
+        server = ProxyServer(
+            ProxyConfig(listen=("127.0.0.1", 0), upstreams=(a.url, b.url), health_check=check)
+        )
+        await server.start()
+        try:
+
+            async def bodies() -> set[bytes]:
+                rs = await exchange(server.port, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n" * 6, count=6)
+                return {r.body for r in rs}
+
+            assert await bodies() == {b"a", b"b"}
+            healthy["sick"] = True
+            await asyncio.sleep(0.4)  # several intervals: two failures in a row
+            assert await bodies() == {b"a"}
+            assert server.ready()
+            healthy["sick"] = False
+            await asyncio.sleep(0.3)
+            assert await bodies() == {b"a", b"b"}
+        finally:
+            await server.shutdown(1)
+        assert any(r.header(b"user-agent") == b"distpat-health" for r in b.requests)

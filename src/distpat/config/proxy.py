@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from distpat.errors import ConfigError
+from distpat.net.health import HealthCheck
 from distpat.net.proxy import ProxyConfig
 from distpat.net.server import EngineSettings
 from distpat.net.upstream import UpstreamPolicy, parse_upstream_url
@@ -74,6 +75,13 @@ def _bool(text: Any, what: str) -> bool:
     raise ConfigError(f"{what} must be true or false, not {text!r}")
 
 
+def _path(text: Any, what: str) -> str:
+    path = str(text)
+    if not path.startswith("/") or any(c in path for c in " \r\n\t"):
+        raise ConfigError(f"{what} must be a URL path such as /healthz, not {text!r}")
+    return path
+
+
 def _hostport(text: Any, what: str) -> tuple[str, int]:
     return parse_hostport(str(text), what)
 
@@ -124,6 +132,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("upstream_keepalive", _positive_int, 64, "idle connections kept per upstream", "N"),
     Option("max_fails", _positive_int, 2, "connect failures in a row that eject an upstream", "N"),
     Option("fail_timeout", _seconds, 10.0, "seconds an ejected upstream sits out", "SECONDS"),
+    Option(
+        "health_check", _path, None, "active checks: GET this path on each upstream (e.g. /healthz)", "PATH"
+    ),
+    Option("health_interval", _seconds, 5.0, "seconds between active checks", "SECONDS"),
+    Option("health_timeout", _seconds, 2.0, "an active check not answered within this fails", "SECONDS"),
+    Option("health_fails", _positive_int, 2, "failed checks in a row that take an upstream out", "N"),
 )
 
 
@@ -205,5 +219,13 @@ def build_config(
         reuse_port=values["workers"] > 1,
         settings=settings,
         policy=policy,
+        health_check=None
+        if values["health_check"] is None
+        else HealthCheck(
+            path=values["health_check"],
+            interval=values["health_interval"],
+            timeout=values["health_timeout"],
+            fails=values["health_fails"],
+        ),
     )
     return config, values

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from distpat.core.hooks import ProxyHook
 from distpat.net.admin import AdminServer, create_admin_app
+from distpat.net.health import HealthCheck, HealthChecker
 from distpat.net.metrics import ProxyMetrics
 from distpat.net.server import ClientConnection, EngineSettings, EngineState, Exchange
 from distpat.net.upstream import Upstream, UpstreamGroup, UpstreamPolicy
@@ -37,6 +38,8 @@ class ProxyConfig:
     reuse_port: bool = False
     settings: EngineSettings = field(default_factory=EngineSettings)
     policy: UpstreamPolicy = field(default_factory=UpstreamPolicy)
+    health_check: HealthCheck | None = None
+    """Active checks of each upstream; None for passive health only."""
 
 
 class ProxyServer:
@@ -65,6 +68,7 @@ class ProxyServer:
         )
         self._server: asyncio.base_events.Server | None = None
         self._admin: AdminServer | None = None
+        self._health: HealthChecker | None = None
         self._stopped = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------
@@ -86,6 +90,9 @@ class ProxyServer:
             )
             self._admin = AdminServer(app)
             await self._admin.start(*self.config.admin)
+        if self.config.health_check is not None:
+            self._health = HealthChecker(self.group.upstreams, self.config.health_check)
+            self._health.start()
         log.info(
             "listening on %s:%d, upstreams %s",
             host,
@@ -127,6 +134,8 @@ class ProxyServer:
             await self._server.wait_closed()
         for task in list(self.state.tasks):
             task.cancel()
+        if self._health is not None:
+            await self._health.stop()
         await self.group.close()
         if self._admin is not None:
             await self._admin.close()

@@ -254,7 +254,25 @@ class Upstream:
             if self.on_health_change is not None:
                 self.on_health_change(self, False)
 
+    def mark_down(self) -> None:
+        """An active health check failed: out of rotation until :meth:`mark_up`."""
+        if self.ejected_until != float("inf"):
+            self.ejected_until = float("inf")
+            if self.on_health_change is not None:
+                self.on_health_change(self, False)
+
+    def mark_up(self) -> None:
+        """An active health check passed: back in rotation."""
+        if self.ejected_until == float("inf"):
+            self.ejected_until = 0.0
+            self.fails = 0
+            if self.on_health_change is not None:
+                self.on_health_change(self, True)
+
     def record_success(self) -> None:
+        if self.ejected_until == float("inf"):  # a connect succeeding does not overrule a failed health check
+            self.fails = 0
+            return
         was_ejected = self.ejected_until > 0.0
         self.fails = 0
         self.ejected_until = 0.0
