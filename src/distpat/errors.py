@@ -9,6 +9,7 @@ arguments, ``except ConnectionError`` for transport failures).
 from __future__ import annotations
 
 __all__ = [
+    "AdminServerStateError",
     "ConfigError",
     "DistpatError",
     "EmptyRingError",
@@ -75,3 +76,7 @@ class UpstreamError(DistpatError, ConnectionError):
 
 class UpstreamTimeoutError(UpstreamError, TimeoutError):
     """An upstream did not answer within its timeout (reported to the client as 504)."""
+
+
+class AdminServerStateError(DistpatError, RuntimeError):
+    """An admin server was used in the wrong state (its port read before start, started twice)."""

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from distpat.errors import DistpatError
+from distpat.errors import AdminServerStateError
 from distpat.net.metrics import ProxyMetrics
 
 __all__ = ["AdminServer", "AdminServerStateError", "create_admin_app"]
@@ -32,10 +32,6 @@ _READY: web.AppKey[Callable[[], bool]] = web.AppKey("distpat_ready")
 _DRAINING: web.AppKey[Callable[[], bool]] = web.AppKey("distpat_draining")
 
 _NO_STORE = {"Cache-Control": "no-store"}
-
-
-class AdminServerStateError(DistpatError, RuntimeError):
-    """An :class:`AdminServer` was used in the wrong state (its port read before start, started twice)."""
 
 
 def _never_draining() -> bool:
