@@ -403,3 +403,148 @@ async def test_active_health_checks_take_a_failing_upstream_out_and_back() -> No
         finally:
             await server.shutdown(1)
         assert any(r.header(b"user-agent") == b"distpat-health" for r in b.requests)
+
+
+# -- regressions from review: a broken upstream must never corrupt what a client receives --------
+
+
+async def read_all(client: RawClient, timeout: float = 3.0) -> bytes:
+    data = b""
+    with contextlib.suppress(TimeoutError, ConnectionError):
+        async with asyncio.timeout(timeout):
+            while chunk := await client.reader.read(65536):
+                data += chunk
+    return data
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nConnection: close\r\n\r\nabc",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n",
+        b"HTTP/1.0 200 OK\r\nContent-Length: 100\r\n\r\nabc",
+    ],
+)
+async def test_a_truncated_response_cuts_the_client_connection(raw: bytes) -> None:
+    async def handler(request: Request) -> Reply:
+        return Reply(raw=raw, close=True) if request.target == b"/cut" else Reply(body=b"next")
+
+    async with Backend(handler) as backend, proxy(backend.url) as p:
+        client = await RawClient.connect(p.port)
+        try:
+            await client.send(b"GET /cut HTTP/1.1\r\nHost: h\r\n\r\n")
+            await asyncio.sleep(0.2)
+            with contextlib.suppress(ConnectionError):
+                await client.send(b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n")
+            data = await read_all(client)
+        finally:
+            await client.close()
+        assert data.count(b"HTTP/1.1 ") == 1  # no second response spliced into the cut body
+        assert not data.endswith(b"0\r\n\r\n")  # and no terminating chunk pretending it was whole
+
+
+async def test_bytes_an_upstream_sends_after_its_response_reach_no_other_request() -> None:
+    async def handler(request: Request) -> Reply:
+        if request.target == b"/first":
+            return Reply(
+                raw=b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nX-Injected: 1\r\n\r\nevil"
+            )
+        return Reply(body=b"good")
+
+    async with Backend(handler) as backend, proxy(backend.url) as p:
+        responses = await exchange(
+            p.port, b"GET /first HTTP/1.1\r\nHost: h\r\n\r\nGET /second HTTP/1.1\r\nHost: h\r\n\r\n", count=2
+        )
+        assert [r.body for r in responses] == [b"ok", b"good"]
+        assert responses[1].header(b"x-injected") is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        b"GET / HTTP/2.0\r\nHost: h\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX-No-Host: 1\r\n\r\n",
+    ],
+)
+async def test_requests_the_engine_cannot_forward_are_refused_before_the_upstream(raw: bytes) -> None:
+    async with Backend() as backend, proxy(backend.url) as p:
+        client = await RawClient.connect(p.port)
+        try:
+            await client.send(raw)
+            data = await read_all(client)
+        finally:
+            await client.close()
+        assert data.split(b" ")[1] in (b"400", b"501", b"505")
+        assert backend.requests == []
+
+
+async def test_an_early_answer_closes_the_connection_cleanly_while_the_client_still_sends() -> None:
+    done = asyncio.Event()
+
+    async def answer_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")  # the head only: the body is never read
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly")
+            await writer.drain()
+            await done.wait()
+        finally:
+            writer.close()
+
+    upstream = await asyncio.start_server(answer_at_once, "127.0.0.1", 0)
+    port = upstream.sockets[0].getsockname()[1]
+    try:
+        async with proxy(f"http://127.0.0.1:{port}") as p:
+            client = await RawClient.connect(p.port)
+            try:
+                await client.send(
+                    b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 5000000\r\n\r\n" + b"x" * 100_000
+                )
+                data = await read_all(client)
+            finally:
+                await client.close()
+    finally:
+        done.set()
+        upstream.close()
+        await upstream.wait_closed()
+    # the answer arrives whole, says the connection closes, and is not destroyed by a reset
+    assert data.startswith(b"HTTP/1.1 200 OK")
+    assert b"connection: close" in data.lower()
+    assert data.endswith(b"early")
+
+
+async def test_a_garbage_answer_on_a_reused_connection_is_not_retried() -> None:
+    async def handler(request: Request) -> Reply:
+        return Reply(raw=b"NOT HTTP\r\n\r\n") if request.target == b"/bad" else Reply(body=b"ok")
+
+    async with Backend(handler) as backend, proxy(backend.url) as p:
+        client = await RawClient.connect(p.port)
+        try:
+            await client.send(b"GET /warm HTTP/1.1\r\nHost: h\r\n\r\n")
+            await client.read_responses(1)
+            await client.send(b"DELETE /bad HTTP/1.1\r\nHost: h\r\n\r\n")
+            [r] = await client.read_responses(1)
+        finally:
+            await client.close()
+        assert r.status == 502
+        assert [q.target for q in backend.requests].count(b"/bad") == 1  # it reached the upstream once
+
+
+async def test_a_bad_pipelined_request_is_answered_400_after_those_before_it() -> None:
+    async def handler(request: Request) -> Reply:
+        return Reply(body=b"ok", delay=0.2)
+
+    async with Backend(handler) as backend, proxy(backend.url) as p:
+        client = await RawClient.connect(p.port)
+        try:
+            await client.send(
+                b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\nBad Header\r\n\r\n"
+            )
+            data = await read_all(client)
+        finally:
+            await client.close()
+        first, _, rest = data.partition(b"ok")
+        assert first.startswith(b"HTTP/1.1 200 OK")
+        assert rest.startswith(b"HTTP/1.1 400 ")

@@ -46,6 +46,9 @@ __all__ = ["ClientConnection", "EngineSettings", "EngineState", "Exchange"]
 
 log = logging.getLogger("distpat.proxy")
 
+LINGER = 2.0
+"""Seconds a connection closed while its client is still sending keeps reading (and discarding)."""
+
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
@@ -133,6 +136,8 @@ class Exchange:
         "to_upstream",
         "view",
         "local",
+        "until_close",
+        "expect_continue",
         "request_headers",
     )
 
@@ -174,6 +179,8 @@ class Exchange:
         self.last_io = 0.0  # the client connection's tick times the exchange out from here
         self.to_client: list[bytes] = []  # coalesced: one write per upstream read
         self.to_upstream: list[bytes] = []  # coalesced: one write per client read
+        self.until_close = False  # the response body ends when the upstream closes
+        self.expect_continue = False  # the client waits for 100 Continue before its body
         self.view: RequestView | None = None  # set when hooks run
         self.local: LocalResponse | None = None  # a hook's answer
         self.request_headers: list[tuple[bytes, bytes]] = []  # as received, for the access log
@@ -182,6 +189,10 @@ class Exchange:
 
     def start(self) -> None:
         state = self.client.state
+        if self.expect_continue:
+            self.expect_continue = False
+            if not self.http10 and not self.body_done:
+                self.client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if self.local is not None:
             self._answer_locally(self.local)
             return
@@ -306,7 +317,15 @@ class Exchange:
                 )
             return
         self.status = status
-        keep = self.keep_alive and not self.close_after and not client.state.draining
+        # Close after this response: asked to; or the request body is still
+        # arriving (an early answer: the rest cannot be read past); or
+        # draining and nothing else is queued behind this request.
+        keep = (
+            self.keep_alive
+            and not self.close_after
+            and self.body_done
+            and not (client.state.draining and len(client.queue) <= 1 and client.parsing is None)
+        )
         if self.view is None:  # no hooks: the one-pass form
             try:
                 plan = forward_response(
@@ -317,7 +336,8 @@ class Exchange:
                 return
             if plan is not None:
                 body, head, self.rechunk, self.close_after = plan
-                self.upstream_reusable = keep_alive and body is not BodyKind.UNTIL_CLOSE
+                self.until_close = body is BodyKind.UNTIL_CLOSE
+                self.upstream_reusable = keep_alive and not self.until_close
                 self.response_started = True
                 self.to_client.append(head)
                 self._arm(client.state.settings.response_timeout)
@@ -348,7 +368,8 @@ class Exchange:
             self.close_after = True
         elif self.http10:
             out.append((b"Connection", b"keep-alive"))
-        self.upstream_reusable = keep_alive and kind is not BodyKind.UNTIL_CLOSE
+        self.until_close = kind is BodyKind.UNTIL_CLOSE
+        self.upstream_reusable = keep_alive and not self.until_close
         self.response_started = True
         self.to_client.append(response_head(status, out))
         self._arm(client.state.settings.response_timeout)
@@ -375,8 +396,9 @@ class Exchange:
         if self.finished:
             return
         if self.response_started:
-            if exc is None and not self.upstream_reusable and self.status:
-                # a close-delimited response ends with the connection
+            if exc is None and self.until_close and self.status:
+                # a close-delimited response ends with the connection (and only such a one:
+                # a Content-Length or chunked body cut short is an upstream failure)
                 if self.rechunk:
                     self.to_client.append(LAST_CHUNK)
                 self.flush()
@@ -385,7 +407,8 @@ class Exchange:
                 self.flush()
                 self.client.abort("upstream closed mid-response")
             return
-        self._upstream_broken(exc or ConnectionError("upstream closed the connection"))
+        reached = conn is not None and conn.got_data
+        self._upstream_broken(exc or ConnectionError("upstream closed the connection"), reached=reached)
 
     def on_upstream_pause_writing(self) -> None:
         self.client.pause_reading("upstream")
@@ -395,9 +418,10 @@ class Exchange:
 
     # -- failure and completion ---------------------------------------------------------
 
-    def _upstream_broken(self, exc: Exception) -> None:
+    def _upstream_broken(self, exc: Exception, *, reached: bool = True) -> None:
         retry = (
-            self.reused
+            not reached  # not one byte of a response: the request never reached the upstream
+            and self.reused
             and self.method in IDEMPOTENT
             and self.body is BodyKind.NONE
             and not self.response_started
@@ -520,6 +544,7 @@ class ClientConnection(asyncio.Protocol):
         "idle_since",
         "tick_at",
         "tick_every",
+        "pending_error",
     )
 
     def __init__(self, state: EngineState) -> None:
@@ -547,6 +572,7 @@ class ClientConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.tick_at = 0.0
         settings = state.settings
+        self.pending_error: tuple[int, str] | None = None  # answered once the queue ahead is done
         self.tick_every = min(settings.header_timeout, settings.keepalive_timeout, settings.response_timeout)
 
     # -- asyncio.Protocol ----------------------------------------------------------
@@ -587,8 +613,10 @@ class ClientConnection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         # A client that half-closes after sending its request still gets its
         # answer; one that closes between requests is simply done.
-        if not self.queue and self.parsing is None:
-            return None  # close the transport
+        if self.parsing is not None or self.in_head or not self.queue:
+            # Closed between requests, or in the middle of one that can now never
+            # be complete: done (its upstream connection is dropped at once).
+            return None
         self.eof = True
         return True
 
@@ -658,8 +686,18 @@ class ClientConnection(asyncio.Protocol):
         self.in_head = False
         self.in_head_or_new = False
         method = parser.get_method()
-        http10 = parser.get_http_version() == "1.0"
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            self.reject = _Reject(505, f"HTTP/{version} is not supported; use HTTP/1.1 or HTTP/1.0")
+            raise self.reject
+        if parser.should_upgrade():  # Upgrade or CONNECT: refused before anything is forwarded
+            self.reject = _Reject(501, "protocol upgrades (Upgrade, CONNECT) are not supported")
+            raise self.reject
+        http10 = version == "1.0"
         headers = self.headers
+        if not http10 and not any(name.lower() == b"host" for name, _ in headers):
+            self.reject = _Reject(400, "an HTTP/1.1 request needs a Host header (RFC 9112 section 3.2)")
+            raise self.reject
         fast: ForwardedRequest | None = None
         view: RequestView | None = None
         local: LocalResponse | None = None
@@ -695,9 +733,8 @@ class ClientConnection(asyncio.Protocol):
         ex.request_headers = headers
         self.parsing = ex
         self.queue.append(ex)
+        ex.expect_continue = expect_continue  # answered when the exchange becomes active
         if len(self.queue) == 1:
-            if expect_continue and not http10:
-                self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             ex.start()
         elif len(self.queue) >= settings.max_pipelined:
             self.pause_reading("pipeline")
@@ -773,6 +810,9 @@ class ClientConnection(asyncio.Protocol):
         if self.queue and self.queue[0] is ex:
             self.queue.popleft()
         if ex.close_after or self.closing:
+            if self.pending_error is not None and not self.queue and not self.closing:
+                status, message = self.pending_error
+                self.write(error_response(status, message, close=True))
             self._close()
             return
         if self.pauses:
@@ -797,25 +837,50 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def _close(self) -> None:
+    def _close(self, *, linger: bool = False) -> None:
         self.closing = True
         self._cancel_tick()
-        if self.transport is not None:
+        if self.transport is None:
+            return
+        if linger or self.parsing is not None or self.in_head:
+            self._linger()
+        else:
             self.transport.close()
 
+    def _linger(self) -> None:
+        """Close after a client that is still sending has had time to read our answer.
+
+        Closing a socket with unread input makes the kernel send a reset,
+        which can destroy the response in the client's buffers before it is
+        read. So, as nginx's lingering close does: stop writing, read and
+        discard for up to LINGER seconds, then close.
+        """
+        transport = self.transport
+        assert transport is not None
+        self.pauses.clear()
+        transport.resume_reading()
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.loop.call_later(LINGER, transport.close)
+
     def _protocol_error(self, status: int, message: str) -> None:
-        if self.parsing is not None and self.queue and self.queue[-1] is self.parsing:
+        self.in_head = self.in_head_or_new = False  # nothing more is parsed on this connection
+        ex = self.parsing
+        if ex is not None and self.queue and self.queue[-1] is ex:
+            if ex.response_started:  # its answer is under way: an error cannot follow it in order
+                self.abort(message)
+                return
             self.queue.pop().abandon()
             self.parsing = None
-        if self.queue:  # answer what came before in order, then give up on this connection
+        if self.queue:  # answer what came before in order, then this error, then close
+            self.pending_error = (status, message)
             self.queue[-1].close_after = True
             self.pause_reading("error")
             return
         self.closing = True
         self._cancel_tick()
         self.write(error_response(status, message, close=True))
-        if self.transport is not None:
-            self.transport.close()
+        self._close(linger=True)  # the client may still be sending what we refused
 
     # -- timeouts ----------------------------------------------------------------------------
     #
@@ -846,8 +911,10 @@ class ClientConnection(asyncio.Protocol):
             deadline = self.head_started + settings.header_timeout
             if now >= deadline:
                 self._protocol_error(408, "request headers not received in time")
-                return
-            due = min(due, deadline)
+                if self.closing:
+                    return
+            else:
+                due = min(due, deadline)
         if self.queue:
             ex = self.queue[0]
             if ex.conn is not None or ex.upstream_started:

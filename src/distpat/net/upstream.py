@@ -87,6 +87,10 @@ class UpstreamConnection(asyncio.Protocol):
         "reusable",
         "head_request",
         "paused",
+        "got_data",
+        "in_feed",
+        "release_pending",
+        "stray",
         "_lost",
     )
 
@@ -100,6 +104,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.reusable = False
         self.head_request = False
         self.paused = False
+        self.got_data = False  # any byte of a response arrived (the request reached the upstream)
+        self.in_feed = False  # inside parser.feed_data
+        self.release_pending = False  # released during feed_data: pooled only once it returns
+        self.stray = False  # bytes no request asked for: the connection cannot be trusted again
         self._lost = asyncio.get_running_loop().create_future()
 
     # -- asyncio.Protocol ---------------------------------------------------
@@ -112,6 +120,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         handler = self.handler
+        self.got_data = True
+        self.in_feed = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -121,6 +131,16 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             if self.handler is handler:  # still mid-response: send what this read produced
                 handler.flush()
+        finally:
+            self.in_feed = False
+        if self.release_pending:
+            # The response ended inside this read. Bytes after it answered
+            # nothing that was asked: never let them reach another request.
+            self.release_pending = False
+            if self.stray:
+                self.close()
+            else:
+                self._pool()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -141,11 +161,20 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks ---------------------------------------------------
 
+    def _unowned(self) -> bool:
+        if self.handler is None:
+            self.stray = True
+            return True
+        return False
+
     def on_message_begin(self) -> None:
+        if self._unowned():
+            return
         self.headers = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        if self.handler is not None:
+            self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         handler = self.handler
@@ -162,8 +191,8 @@ class UpstreamConnection(asyncio.Protocol):
             handler.on_response_complete()
 
     def on_body(self, body: bytes) -> None:
-        if self.handler is not None:
-            self.handler.on_response_body(body)
+        if not self._unowned():
+            self.handler.on_response_body(body)  # type: ignore[union-attr]
 
     def on_message_complete(self) -> None:
         if self.handler is not None:
@@ -194,18 +223,36 @@ class UpstreamConnection(asyncio.Protocol):
     def release(self, *, reuse: bool) -> None:
         """The exchange is done with this connection: keep it idle in the pool, or close it."""
         self.handler = None
-        if reuse and not self.closed and self.transport is not None and not self.transport.is_closing():
-            if self.paused:
-                self.paused = False
-                self.transport.resume_reading()
-            self.upstream.keep_idle(self)
+        if (
+            reuse
+            and not self.stray
+            and not self.closed
+            and self.transport is not None
+            and not self.transport.is_closing()
+        ):
+            if self.in_feed:  # the rest of this read is checked first (see data_received)
+                self.release_pending = True
+            else:
+                self._pool()
         else:
             self.close()
 
+    def _pool(self) -> None:
+        if self.closed or self.transport is None or self.transport.is_closing():
+            return
+        if self.paused:
+            self.paused = False
+            self.transport.resume_reading()
+        self.got_data = False
+        self.upstream.keep_idle(self)
+
     def close(self) -> None:
+        # Aborted, not closed gracefully: nothing queued for an upstream is
+        # worth waiting for once its exchange is over (and an upstream that
+        # stopped reading would otherwise hold the close, and shutdown, forever).
         if self.transport is not None and not self.closed:
             self.closed = True
-            self.transport.close()
+            self.transport.abort()
         self.upstream.forget(self)
 
     async def wait_closed(self) -> None:
