@@ -59,10 +59,8 @@ def _locator(continuum: Continuum) -> Callable[[Key], str]:
             h = _hash(key) if key.isascii() else _hash(to_bytes(key))
         except AttributeError:
             raise TypeError(f"a ring key must be str or bytes, not {type(key).__name__}") from None
-        i = table[h >> shift]
-        if i:
-            return names[i]  # type: ignore[return-value]
-        return resolve(h & _MASK32)  # a split slot, or a ring with no table
+        # names[0] is None: a split slot (or a ring with no table) falls through to the search
+        return names[table[h >> shift]] or resolve(h & _MASK32)
 
     return get_node
 
