@@ -32,7 +32,7 @@ from distpat.core.http import (
 )
 from distpat.errors import RemoteProtocolError
 
-__all__ = ["ForwardedRequest", "ForwardedResponse", "forward_request", "forward_response"]
+__all__ = ["ForwardedRequest", "ForwardedResponse", "forward_request", "forward_response", "other_codings"]
 
 # What each field name means to the request pass; absent names are copied as they are.
 _HOP, _CONNECTION, _FRAMING, _HOST, _XFF, _VIA, _XF_SET, _FORWARDED, _EXPECT = range(9)
@@ -244,7 +244,7 @@ def forward_response(
     if body is BodyKind.CHUNKED or body is BodyKind.UNTIL_CLOSE:
         for i in reversed(lengths):  # the body is re-framed: no Content-Length describes it
             del parts[i]
-        codings = _other_codings(body_fields or [])
+        codings = other_codings(body_fields or [])
         if http10:
             close = True
             if codings:
@@ -260,7 +260,7 @@ def forward_response(
     return body, b"".join(parts), rechunk, close
 
 
-def _other_codings(body_fields: Headers) -> bytes:
+def other_codings(body_fields: Headers) -> bytes:
     """The transfer codings other than a final ``chunked``, comma-joined."""
     codings = [
         c.strip(_OWS)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import httptools
 
-from distpat.core.forward import ForwardedRequest, forward_request, forward_response
+from distpat.core.forward import ForwardedRequest, forward_request, forward_response, other_codings
 from distpat.core.hooks import LocalResponse, ProxyHook, RequestView
 from distpat.core.http import (
     LAST_CHUNK,
@@ -84,16 +84,6 @@ class EngineState:
     """Upstream connects in progress (one task per new upstream connection, not per request)."""
     hooks: tuple[ProxyHook, ...] = ()
     """Components acting on each request and response (see distpat.core.hooks)."""
-
-
-def _other_codings(headers: list[tuple[bytes, bytes]]) -> bytes:
-    """The transfer codings of a response other than its final ``chunked``, comma-joined."""
-    codings = [
-        c.strip() for n, v in headers if n.lower() == b"transfer-encoding" for c in v.split(b",") if c.strip()
-    ]
-    if codings and codings[-1].lower() == b"chunked":
-        codings.pop()
-    return b", ".join(codings)
 
 
 class _Reject(Exception):
@@ -355,7 +345,7 @@ class Exchange:
             # The body is re-framed: any Content-Length no longer describes it, and
             # codings other than chunked (gzip, ...) must still be declared.
             out = [(n, v) for n, v in out if n.lower() != b"content-length"]
-            codings = _other_codings(headers)
+            codings = other_codings(headers)
             if self.http10:
                 self.close_after = True
                 if codings:
