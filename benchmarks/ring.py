@@ -217,7 +217,7 @@ def big_ring_at(points: int, args: argparse.Namespace) -> None:
         )
         print(
             f"  lookups on this ring: distpat {lk['distpat HashRing']:.0f} ns, "
-            f"uhashring {lk['uhashring']:.0f} ns (no slot table past 2**17 points: a binary search)"
+            f"uhashring {lk['uhashring']:.0f} ns"
         )
 
 

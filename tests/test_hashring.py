@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+from bisect import bisect_left
 from collections.abc import Callable
 
 import mmh3
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from distpat.core.ring.hashring import GRID_BITS
 from distpat.ring import HashRing, JumpRing, KetamaRing, MaglevRing, ModulaRing, RendezvousRing, Ring
 
 ops = st.lists(
@@ -65,15 +68,21 @@ def test_snapshots_are_immutable() -> None:
     assert ring.nodes == ("a", "b", "c")
 
 
-def test_large_ring_without_a_table_places_like_the_plain_ring() -> None:
-    ring = HashRing([f"node{i}" for i in range(200)], vnodes=1024)  # 204,800 points: no slot table
-    assert len(ring._continuum.table) == 1  # one slot, always "split": every lookup searches
-    c = ring._continuum
-    for i in range(2000):
-        key = f"user:{i}"
-        assert ring.get_node(key) == c.owner(mmh3.hash(key) & 0xFFFFFFFF)
-    grown = ring.add("node200")
-    rebuilt = HashRing([f"node{i}" for i in range(201)])
+@pytest.mark.parametrize(("count", "vnodes"), [(1, 1), (3, 5), (10, 1024), (200, 1024)])
+def test_the_table_places_like_a_search_of_the_points(count: int, vnodes: int) -> None:
+    """Every key goes to the first point at or after its hash with the low 14 bits set."""
+    ring = HashRing([f"node{i}" for i in range(count)], vnodes=vnodes)
+    points = sorted(ring._continuum.points())
+    values = [p for p, _ in points]
+    low = (1 << (32 - GRID_BITS)) - 1
+    keys = [f"user:{i}" for i in range(3000)] + [b"\xff\xfe", "", "日本"]
+    for key in keys:
+        position = (mmh3.hash(key.encode() if isinstance(key, str) else key) & 0xFFFFFFFF) | low
+        i = bisect_left(values, position)
+        assert ring.get_node(key) == points[i % len(points)][1] == ring.get_nodes(key, 1)[0]
+        assert ring.key_hash(key) == position
+    grown = ring.add("extra")
+    rebuilt = HashRing([*ring.nodes, "extra"], vnodes=vnodes)
     assert [grown.get_node(f"k{i}") for i in range(500)] == [rebuilt.get_node(f"k{i}") for i in range(500)]
 
 
@@ -98,8 +107,8 @@ RINGS: dict[str, Callable[[], Ring]] = {
     "jump": lambda: JumpRing(NODES),
 }
 GOLDEN = {
-    "hashring": "84b603f3732656d3",
-    "hashring-weighted": "cad0770d3cc12145",
+    "hashring": "bfeb78bff447ea7b",
+    "hashring-weighted": "190971e26de068fe",
     "ketama-fnv1a_64": "a0d54391e43620dd",
     "ketama-md5-weighted": "3e90f7fa7d97b3c3",
     "modula": "763a674914346be2",

@@ -11,6 +11,13 @@ holds 0, and a side dict keeps its *resolver*: the points inside it and the
 owner of each arc, searched with one short bisect. The table is an
 accelerator only: placement is exactly that of the plain ring.
 
+A ring may instead fix its grid (``grid_bits``): a key's position is then its
+hash with the low ``32 - grid_bits`` bits set, the last value of its slot, so
+every key of a slot lands on the same point (the first at or after the slot's
+end) and no slot is ever split. ``HashRing`` does this with 2**18 slots: a
+lookup is one hash and two indexings, always, and the table is the whole
+answer. ``KetamaRing`` keeps exact 32-bit positions, as nutcracker does.
+
 The table is an ``array`` of one-byte owner numbers (two bytes past 255
 owners), so that 2**18 slots take 256 KiB and stay in a core's cache while
 other work runs; a list of references would take 2 MiB.
@@ -26,7 +33,9 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import repeat
 
 __all__ = ["Continuum", "Resolver", "table_bits"]
 
@@ -76,7 +85,7 @@ class Continuum:
     placement does not depend on a ring's history.
     """
 
-    __slots__ = ("_rank", "keys", "names", "shift", "slot_names", "splits", "table")
+    __slots__ = ("_rank", "grid", "keys", "names", "shift", "slot_names", "splits", "table")
 
     keys: array[int]
     names: tuple[str | None, ...]
@@ -84,6 +93,7 @@ class Continuum:
     slot_names: tuple[str | None, ...]
     splits: dict[int, Resolver]
     shift: int
+    grid: bool
 
     def __init__(
         self,
@@ -93,6 +103,7 @@ class Continuum:
         splits: dict[int, Resolver],
         shift: int,
         rank: Callable[[str], object],
+        grid: bool = False,
     ) -> None:
         self.keys = keys
         self.names = names
@@ -101,14 +112,21 @@ class Continuum:
         self.splits = splits
         self.shift = shift
         self._rank = rank
+        self.grid = grid  # key positions are slot ends: no slot is split
 
     @classmethod
     def build(
         cls,
         members: Sequence[tuple[str, Iterable[int]]],
         rank: Callable[[str], object],
+        grid_bits: int | None = None,
     ) -> Continuum:
-        """A continuum from scratch: ``members`` pairs each name with its points."""
+        """A continuum from scratch: ``members`` pairs each name with its points.
+
+        With ``grid_bits``, key positions are fixed to the ends of ``2**grid_bits``
+        slots (see the module's docstring); without, they are exact and the
+        table's size follows the number of points.
+        """
         names = tuple(name for name, _ in members)
         order = sorted(range(len(names)), key=lambda i: rank(names[i]))  # type: ignore[arg-type, return-value]
         width = max(len(names) - 1, 1).bit_length()
@@ -120,20 +138,32 @@ class Continuum:
         combined.sort()
         mask = (1 << width) - 1
         keys = array("Q", [(c >> width) << 32 | order[c & mask] for c in combined])
-        return cls._with_table(keys, names, rank)
+        return cls._with_table(keys, names, rank, grid_bits)
 
     @classmethod
     def _with_table(
-        cls, keys: array[int], names: tuple[str | None, ...], rank: Callable[[str], object]
+        cls,
+        keys: array[int],
+        names: tuple[str | None, ...],
+        rank: Callable[[str], object],
+        grid_bits: int | None,
     ) -> Continuum:
-        bits = table_bits(len(keys))
+        bits = table_bits(len(keys)) if grid_bits is None else grid_bits
         # With no table, one 0 slot answers every index (a 32-bit hash shifted
         # right by 32 is 0, or -1 when signed), sending every lookup to the
         # binary search.
-        out = cls(keys, names, _zeros(len(names), 1 << bits), {}, 32 - bits, rank)
+        out = cls(keys, names, _zeros(len(names), 1 << bits), {}, 32 - bits, rank, grid_bits is not None)
         if bits:
             out._fill(0, len(out.table), fresh=True)
         return out
+
+    @property
+    def grid_bits(self) -> int | None:
+        return 32 - self.shift if self.grid else None
+
+    def position(self, h: int) -> int:
+        """Where unsigned 32-bit hash ``h`` sits on the ring: itself, or its slot's end on a fixed grid."""
+        return h | ((1 << self.shift) - 1) if self.grid else h
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -141,8 +171,8 @@ class Continuum:
     # -- lookups -----------------------------------------------------------
 
     def index(self, h: int) -> int:
-        """Position of the first point at or after unsigned hash ``h`` (wrapping)."""
-        i = bisect_left(self.keys, h << 32)
+        """Index of the first point at or after unsigned hash ``h``'s position (wrapping)."""
+        i = bisect_left(self.keys, self.position(h) << 32)
         return 0 if i == len(self.keys) else i
 
     def resolve(self, h: int) -> str:
@@ -155,7 +185,7 @@ class Continuum:
     def owner(self, h: int) -> str:
         """The owner of unsigned 32-bit hash ``h``, by binary search."""
         keys = self.keys
-        i = bisect_left(keys, h << 32)
+        i = bisect_left(keys, self.position(h) << 32)
         return self.names[keys[i if i < len(keys) else 0] & _LOW]  # type: ignore[return-value]
 
     def points(self) -> Iterator[tuple[int, str]]:
@@ -186,6 +216,9 @@ class Continuum:
 
     def shares(self) -> dict[str, float]:
         """Each owner's fraction of the hash space."""
+        if self.grid:
+            slots, size = Counter(self.table), len(self.table)
+            return {name: slots[i + 1] / size for i, name in enumerate(self.names) if name is not None}
         out = {name: 0 for name in self.names if name is not None}
         prev = (self.keys[-1] >> 32) - _SPACE
         for p, name in self.points():
@@ -200,6 +233,9 @@ class Continuum:
 
         ``fresh`` says no resolver exists yet in the range, so none needs dropping.
         """
+        if self.grid:
+            self._fill_grid(lo, hi)
+            return
         table, splits, keys, shift = self.table, self.splits, self.keys, self.shift
         names, code = self.names, table.typecode
         n = len(keys)
@@ -237,6 +273,33 @@ class Continuum:
                 splits[s] = (tuple(x >> 32 for x in inside), tuple(owners))  # type: ignore[arg-type]
             i = j
             s += 1
+
+    def _fill_grid(self, lo: int, hi: int) -> None:
+        """``_fill`` on a fixed grid: slot ``s`` belongs to the first point at or after its last value."""
+        table, keys, shift = self.table, self.keys, self.shift
+        code, low, n = table.typecode, (1 << shift) - 1, len(keys)
+        if lo == 0 and hi == len(table):  # the whole table: one pass over the points
+            owners: list[int] = []
+            s = 0
+            for k in keys:
+                end = ((k >> 32) + 1) >> shift
+                if end > s:  # this point is the first at or after the ends of slots s .. end-1
+                    owners += repeat((k & _LOW) + 1, end - s)
+                    s = end
+            owners += repeat((keys[0] & _LOW) + 1, hi - s)
+            table[:] = array(code, owners)
+            return
+        i, s = 0, lo
+        while s < hi:
+            i = bisect_left(keys, ((s << shift) | low) << 32, i)
+            if i == n:  # no point from here to the top: the wrap goes to the first point
+                end, owner = hi, (keys[0] & _LOW) + 1
+            else:
+                k = keys[i]
+                # the slots whose last value is at most this point; at least slot s
+                end, owner = min(hi, ((k >> 32) + 1) >> shift), (k & _LOW) + 1
+            table[s:end] = array(code, [owner]) * (end - s)
+            s = end
 
     def _refresh_arc(self, j: int, p: int) -> None:
         """Recompute the slots of the arc ending at value ``p``, whose owner is now point ``j``.
@@ -336,11 +399,11 @@ class Continuum:
         src.release()
 
         if sum(1 for name in names if name is None) > len(names) // 2 + 8:
-            return Continuum._compacted(new_keys, names, rank)
-        shift = 32 - table_bits(total)
+            return Continuum._compacted(new_keys, names, rank, self.grid_bits)
+        shift = self.shift if self.grid else 32 - table_bits(total)
         if shift != self.shift or _typecode(len(names)) != self.table.typecode:
-            return Continuum._with_table(new_keys, tuple(names), rank)
-        out = Continuum(new_keys, tuple(names), self.table[:], self.splits.copy(), shift, rank)
+            return Continuum._with_table(new_keys, tuple(names), rank, self.grid_bits)
+        out = Continuum(new_keys, tuple(names), self.table[:], self.splits.copy(), shift, rank, self.grid)
         if shift < 32:
             for j, p in ends:
                 out._refresh_arc(j, p)
@@ -348,10 +411,14 @@ class Continuum:
 
     @classmethod
     def _compacted(
-        cls, keys: array[int], names: list[str | None], rank: Callable[[str], object]
+        cls,
+        keys: array[int],
+        names: list[str | None],
+        rank: Callable[[str], object],
+        grid_bits: int | None,
     ) -> Continuum:
         """The same points with owner ids renumbered (after many owners left)."""
         live = [i for i, name in enumerate(names) if name is not None]
         remap = {old: new for new, old in enumerate(live)}
         keys = array("Q", [(k >> 32) << 32 | remap[k & _LOW] for k in keys])
-        return cls._with_table(keys, tuple(names[i] for i in live), rank)
+        return cls._with_table(keys, tuple(names[i] for i in live), rank, grid_bits)

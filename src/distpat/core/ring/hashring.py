@@ -11,7 +11,7 @@ from distpat.core.ring.base import Key, NodesArg, Ring, normalize_nodes, safe_ke
 from distpat.core.ring.continuum import Continuum
 from distpat.errors import RingError
 
-__all__ = ["DEFAULT_VNODES", "MAX_NODE_POINTS", "MAX_VNODES", "HashRing"]
+__all__ = ["DEFAULT_VNODES", "GRID_BITS", "MAX_NODE_POINTS", "MAX_VNODES", "HashRing"]
 
 MAX_VNODES = 1 << 16
 MAX_NODE_POINTS = 1 << 22
@@ -22,7 +22,12 @@ DEFAULT_VNODES = 1024
 their mean share (peak/mean 1.046 median, 1.096 at the 99th percentile over
 random node names); 160, ketama's figure, gives 1.12 median and 1.24 worst."""
 
+GRID_BITS = 18
+"""A key's position is its hash with the low 32 - 18 bits set: 2**18 positions,
+so that a table of 2**18 slots answers every lookup with no search."""
+
 _MASK32 = 0xFFFFFFFF
+_LOW_BITS = (1 << (32 - GRID_BITS)) - 1
 
 
 def node_points(name: str, count: int) -> Iterator[int]:
@@ -45,22 +50,21 @@ def _identity(name: str) -> str:
 
 
 def _locator(continuum: Continuum) -> Callable[[Key], str]:
-    """``get_node`` for a continuum of murmur3 points: the hot path of every sharded request."""
-    table, names, shift, resolve = continuum.table, continuum.slot_names, continuum.shift, continuum.resolve
+    """``get_node`` for a continuum on the fixed grid: the hot path of every sharded request."""
+    table, names, shift = continuum.table, continuum.slot_names, continuum.shift
 
     def get_node(key: Key, _hash: Callable[[Key], int] = mmh3.hash) -> str:
         """The node that owns ``key`` (``str`` is hashed as UTF-8)."""
-        # mmh3.hash returns a signed 32-bit value; shifting it right keeps the
-        # sign, and a negative index counts from the table's end, which is
-        # exactly the slot of the unsigned value.
         # mmh3 5.x crashes on a str it cannot encode as UTF-8: only ASCII
-        # goes to it as str (the test costs ~13 ns; the crash is worse).
+        # goes to it as str (the test costs ~10 ns; the crash is worse).
         try:
             h = _hash(key) if key.isascii() else _hash(to_bytes(key))
         except AttributeError:
             raise TypeError(f"a ring key must be str or bytes, not {type(key).__name__}") from None
-        # names[0] is None: a split slot (or a ring with no table) falls through to the search
-        return names[table[h >> shift]] or resolve(h & _MASK32)
+        # mmh3.hash is signed; shifting keeps the sign, and a negative index
+        # counts from the table's end: exactly the unsigned value's slot. Every
+        # key of a slot has the same owner, so the table is the whole answer.
+        return names[table[h >> shift]]  # type: ignore[return-value]
 
     return get_node
 
@@ -70,10 +74,12 @@ class HashRing(Ring):
 
     ``nodes`` is an iterable of names (weight 1 each) or a mapping of name to
     a positive weight. Each node gets ``round(vnodes * weight)`` points (at
-    least one). A key (``str`` as UTF-8, or ``bytes``) belongs to the node of
-    the first point at or after ``mmh3.hash(key)`` as an unsigned 32-bit
-    number, wrapping past the top. Equal points are ordered by node name, so
-    placement depends only on the membership, never on how it was reached.
+    least one). A key (``str`` as UTF-8, or ``bytes``) sits at ``mmh3.hash(key)``
+    as an unsigned 32-bit number with its low 14 bits set (one of 2**18
+    positions, see :data:`GRID_BITS`), and belongs to the node of the first
+    point at or after that position, wrapping past the top. Equal points are
+    ordered by node name, so placement depends only on the membership, never on
+    how it was reached.
     """
 
     __slots__ = ("_continuum", "_counts", "_vnodes", "_weights", "get_node")
@@ -88,7 +94,9 @@ class HashRing(Ring):
         self._weights = normalize_nodes(nodes)
         self._counts = {name: self._count(w) for name, w in self._weights.items()}
         self._set(
-            Continuum.build([(name, node_points(name, c)) for name, c in self._counts.items()], _identity)
+            Continuum.build(
+                [(name, node_points(name, c)) for name, c in self._counts.items()], _identity, GRID_BITS
+            )
         )
 
     def _count(self, weight: float) -> int:
@@ -122,8 +130,8 @@ class HashRing(Ring):
         return self._continuum.shares()
 
     def key_hash(self, key: Key) -> int:
-        """The unsigned 32-bit position of ``key`` on the ring."""
-        return mmh3.hash(safe_key(key)) & _MASK32
+        """The unsigned 32-bit position of ``key`` on the ring (its hash, low bits set)."""
+        return mmh3.hash(safe_key(key)) & _MASK32 | _LOW_BITS
 
     def iter_nodes(self, key: Key) -> Iterator[str]:
         return self._continuum.distinct(mmh3.hash(safe_key(key)) & _MASK32, self._weights)
@@ -151,7 +159,7 @@ class HashRing(Ring):
         moved = sum(len(p) for _, p in remove) + sum(len(p) for _, p in add)
         if moved * 4 > len(self._continuum):
             members = [(name, node_points(name, c)) for name, c in counts.items()]
-            out._set(Continuum.build(members, _identity))
+            out._set(Continuum.build(members, _identity, GRID_BITS))
         else:
             gone = [name for name in old if name not in counts]
             out._set(self._continuum.change(remove, add, gone))
