@@ -18,6 +18,8 @@ used when hooks change fields, are).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from functools import lru_cache
 from typing import Final
 
 from distpat.core.http import (
@@ -64,6 +66,19 @@ _STATUS_LINES: Final[dict[int, bytes]] = {
 }
 
 
+_NO_FIELDS: Final[frozenset[bytes]] = frozenset()
+
+
+@lru_cache(maxsize=16)
+def _request_kinds(drop: frozenset[bytes]) -> dict[bytes, int]:
+    return {**_REQUEST_FIELDS, **dict.fromkeys(drop, _HOP)}
+
+
+@lru_cache(maxsize=16)
+def _response_kinds(drop: frozenset[bytes]) -> dict[bytes, int]:
+    return {**_RESPONSE_FIELDS, **dict.fromkeys(drop, _HOP)}
+
+
 def _append(joined: bytes | None, value: bytes) -> bytes | None:
     """A received list field joined to the ones before it; empty field lines add nothing."""
     value = value.strip(_OWS)
@@ -101,18 +116,22 @@ def forward_request(
     scheme: str,
     via: bytes,
     forwarded: bool = False,
+    drop: frozenset[bytes] = _NO_FIELDS,
+    extra: Sequence[tuple[bytes, bytes]] = (),
 ) -> ForwardedRequest | None:
     """The upstream request head, as ``request_framing`` + ``forward_request_headers`` + ``request_head``.
 
     ``Expect: 100-continue`` is taken out (the engine answers it); any other
-    expectation is refused with 417. Returns None when a Connection field
-    names other fields, for the general functions to handle.
+    expectation is refused with 417. Fields named in ``drop`` (lowercase) are
+    left out and ``extra`` fields added (a TLS sidecar's client identity).
+    Returns None when a Connection field names other fields, for the general
+    functions to handle.
 
     Raises:
         RemoteProtocolError: bad framing (400), two Host fields (400), an unknown expectation (417).
     """
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
-    kinds = _REQUEST_FIELDS
+    kinds = _request_kinds(drop) if drop else _REQUEST_FIELDS
     body_fields: Headers | None = None
     connection: list[bytes] | None = None
     host: bytes | None = None
@@ -170,6 +189,8 @@ def forward_request(
     if forwarded:
         element = _forwarded_element(addr, proto, host)
         parts += (b"Forwarded: ", element if fwd is None else fwd + b", " + element, b"\r\n")
+    for name, value in extra:
+        parts += (name, b": ", value, b"\r\n")
     if body is BodyKind.CHUNKED:
         parts.append(b"Transfer-Encoding: chunked\r\n")
     parts.append(b"\r\n")
@@ -184,6 +205,8 @@ def forward_response(
     via: bytes,
     http10: bool,
     keep_alive: bool,
+    drop: frozenset[bytes] = _NO_FIELDS,
+    extra: Sequence[tuple[bytes, bytes]] = (),
 ) -> ForwardedResponse | None:
     """The client response head, as ``response_framing`` + ``forward_response_headers`` + ``response_head``.
 
@@ -192,14 +215,16 @@ def forward_response(
     and close-delimited to an HTTP/1.0 one. ``keep_alive`` False (the client
     asked to close, or the server is draining) adds ``Connection: close``;
     an HTTP/1.0 client that keeps the connection gets ``Connection:
-    keep-alive``. Returns None when a Connection field names other fields.
+    keep-alive``. Fields named in ``drop`` (lowercase) are left out and
+    ``extra`` fields added (a sidecar's Strict-Transport-Security). Returns
+    None when a Connection field names other fields.
 
     Raises:
         RemoteProtocolError: status 502 for framing that cannot be trusted.
     """
     line = _STATUS_LINES.get(status)
     parts = [line if line is not None else b"HTTP/1.1 %d \r\n" % status]
-    kinds = _RESPONSE_FIELDS
+    kinds = _response_kinds(drop) if drop else _RESPONSE_FIELDS
     body_fields: Headers | None = None
     connection: list[bytes] | None = None
     vias: bytes | None = None
@@ -239,6 +264,8 @@ def forward_response(
     else:
         body = response_framing(method, status, body_fields or ()).kind
     parts += (b"Via: ", via if vias is None else vias + b", " + via, b"\r\n")
+    for name, value in extra:
+        parts += (name, b": ", value, b"\r\n")
     rechunk = False
     close = not keep_alive
     if body is BodyKind.CHUNKED or body is BodyKind.UNTIL_CLOSE:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import httptools
 
+from distpat.core.certs import format_subject
 from distpat.core.forward import ForwardedRequest, forward_request, forward_response, other_codings
 from distpat.core.hooks import LocalResponse, ProxyHook, RequestView
 from distpat.core.http import (
@@ -68,6 +69,12 @@ class EngineSettings:
     scheme: str = "http"
     forwarded: bool = False
     via: bytes = b"1.1 distpat"
+    client_cert_header: bytes | None = None
+    """TLS: the request field that carries a verified client certificate's subject to the upstream.
+    Whatever a client sends under that name is always dropped."""
+    response_fields: tuple[tuple[bytes, bytes], ...] = ()
+    """Fields added to every proxied response, replacing the upstream's of the same names
+    (a sidecar's Strict-Transport-Security)."""
 
 
 @dataclass(slots=True)
@@ -84,6 +91,21 @@ class EngineState:
     """Upstream connects in progress (one task per new upstream connection, not per request)."""
     hooks: tuple[ProxyHook, ...] = ()
     """Components acting on each request and response (see distpat.core.hooks)."""
+    request_drop: frozenset[bytes] = field(init=False)
+    response_drop: frozenset[bytes] = field(init=False)
+
+    def __post_init__(self) -> None:
+        header = self.settings.client_cert_header
+        self.request_drop = frozenset() if header is None else frozenset({header.lower()})
+        self.response_drop = frozenset(name.lower() for name, _ in self.settings.response_fields)
+
+
+def client_subject(transport: asyncio.BaseTransport) -> str | None:
+    """The subject of the verified client certificate of a TLS connection, RFC 4514; None without one."""
+    cert = transport.get_extra_info("peercert")  # only a verified certificate is decoded
+    if not cert:
+        return None
+    return format_subject(cert.get("subject", ()))
 
 
 class _Reject(Exception):
@@ -319,7 +341,14 @@ class Exchange:
         if self.view is None:  # no hooks: the one-pass form
             try:
                 plan = forward_response(
-                    self.method, status, headers, via=client.via, http10=self.http10, keep_alive=keep
+                    self.method,
+                    status,
+                    headers,
+                    via=client.via,
+                    http10=self.http10,
+                    keep_alive=keep,
+                    drop=client.state.response_drop,
+                    extra=client.state.settings.response_fields,
                 )
             except RemoteProtocolError as exc:
                 self._upstream_broken(ConnectionError(str(exc)))
@@ -338,6 +367,10 @@ class Exchange:
             self._upstream_broken(ConnectionError(str(exc)))
             return
         out = forward_response_headers(headers, via=client.via)
+        drop = client.state.response_drop
+        if drop:
+            out = [(n, v) for n, v in out if n.lower() not in drop]
+            out.extend(client.state.settings.response_fields)
         if self.view is not None:
             self._run_response_hooks(status, out)
         kind = framing.kind
@@ -535,6 +568,7 @@ class ClientConnection(asyncio.Protocol):
         "tick_at",
         "tick_every",
         "pending_error",
+        "extra_request",
     )
 
     def __init__(self, state: EngineState) -> None:
@@ -563,6 +597,7 @@ class ClientConnection(asyncio.Protocol):
         self.tick_at = 0.0
         settings = state.settings
         self.pending_error: tuple[int, str] | None = None  # answered once the queue ahead is done
+        self.extra_request: tuple[tuple[bytes, bytes], ...] = ()  # fields added to each forwarded request
         self.tick_every = min(settings.header_timeout, settings.keepalive_timeout, settings.response_timeout)
 
     # -- asyncio.Protocol ----------------------------------------------------------
@@ -573,6 +608,11 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(peer, tuple) and peer:
             self.peer = str(peer[0])
         state = self.state
+        header = state.settings.client_cert_header
+        if header is not None:
+            subject = client_subject(transport)
+            if subject is not None:
+                self.extra_request = ((header, subject.encode("utf-8")),)
         if len(state.connections) >= state.settings.max_connections:
             self.closing = True
             self.write(error_response(503, "too many connections", close=True))
@@ -702,6 +742,8 @@ class ClientConnection(asyncio.Protocol):
                     scheme=settings.scheme,
                     via=self.via,
                     forwarded=settings.forwarded,
+                    drop=self.state.request_drop,
+                    extra=self.extra_request,
                 )
             if fast is not None:
                 body, length, head, expect_continue = fast
@@ -737,7 +779,10 @@ class ClientConnection(asyncio.Protocol):
         framing = request_framing(headers, version=(1, 0) if http10 else (1, 1))
         expect_continue = False
         kept: list[tuple[bytes, bytes]] = []
+        drop = self.state.request_drop
         for name, value in headers:
+            if drop and name.lower() in drop:
+                continue
             if name.lower() == b"expect":
                 if value.strip().lower() != b"100-continue":
                     raise RemoteProtocolError("only 'Expect: 100-continue' is supported", status=417)
@@ -747,6 +792,7 @@ class ClientConnection(asyncio.Protocol):
         out = forward_request_headers(
             kept, client_addr=self.peer, scheme=settings.scheme, via=self.via, forwarded=settings.forwarded
         )
+        out.extend(self.extra_request)
         view: RequestView | None = None
         local: LocalResponse | None = None
         if self.state.hooks:
