@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from distpat import __version__
-from distpat.cli import proxy, ring
+from distpat.cli import proxy, ring, sidecar
 from distpat.errors import DistpatError
 
 __all__ = ["build_parser", "main"]
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     ring.register(sub)
     proxy.register(sub)
+    sidecar.register(sub)
     return parser
 
 

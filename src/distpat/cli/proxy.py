@@ -9,14 +9,16 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from distpat.config.proxy import OPTIONS, build_config, env_name
+from distpat.config.proxy import OPTIONS, Option, build_config, env_name
 from distpat.errors import ConfigError
 from distpat.net.proxy import ProxyConfig, ProxyServer
+from distpat.net.tcp import TcpProxyConfig, TcpProxyServer
+from distpat.net.tls import CertificateStore
 
-__all__ = ["loop_factory", "register", "run_workers"]
+__all__ = ["add_options", "loop_factory", "register", "run_workers", "serve", "setup_logging"]
 
 log = logging.getLogger("distpat.proxy")
 
@@ -31,8 +33,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "(flags win over the environment, which wins over the file)."
         ),
     )
+    add_options(p, OPTIONS)
+    p.set_defaults(run=_run)
+
+
+def add_options(p: argparse.ArgumentParser, options: Sequence[Option]) -> None:
+    """``--config`` and one flag per option, each naming its environment variable."""
     p.add_argument("--config", metavar="FILE", help="a TOML file of options (keys as the flags, with _)")
-    for option in OPTIONS:
+    for option in options:
         flag = "--" + option.name.replace("_", "-")
         default_text = "" if option.default in (None, ()) else f" (default {option.default})"
         help_text = f"{option.help}{default_text}; env {env_name(option)}"
@@ -40,7 +48,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             p.add_argument(flag, action="append", metavar=option.metavar, help=help_text, dest=option.name)
         else:
             p.add_argument(flag, metavar=option.metavar, help=help_text, dest=option.name)
-    p.set_defaults(run=_run)
 
 
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
@@ -56,13 +63,28 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
     return asyncio.new_event_loop
 
 
-def _serve(config: ProxyConfig, loop_name: str) -> None:
+AnyConfig = ProxyConfig | TcpProxyConfig
+
+
+def _serve(config: AnyConfig, loop_name: str) -> None:
+    server = TcpProxyServer(config) if isinstance(config, TcpProxyConfig) else ProxyServer(config)
     with asyncio.Runner(loop_factory=loop_factory(loop_name)) as runner:
-        runner.run(ProxyServer(config).serve_until_signalled())
+        runner.run(server.serve_until_signalled())
 
 
-def run_workers(config: ProxyConfig, workers: int, loop_name: str) -> int:
-    """Fork ``workers`` processes sharing the port (SO_REUSEPORT); forward SIGTERM/SIGINT to them.
+def serve(config: AnyConfig, values: dict[str, Any]) -> int:
+    """Run the server in this process, or in ``--workers`` forked ones."""
+    if config.tls is not None:
+        CertificateStore(config.tls)  # a bad certificate or key stops here, before any fork
+    workers: int = values["workers"]
+    if workers == 1:
+        _serve(config, values["loop"])
+        return 0
+    return run_workers(config, workers, values["loop"])
+
+
+def run_workers(config: AnyConfig, workers: int, loop_name: str) -> int:
+    """Fork ``workers`` processes sharing the port (SO_REUSEPORT); forward SIGTERM/SIGINT/SIGHUP to them.
 
     Only the first worker serves the admin listener.
     """
@@ -87,6 +109,7 @@ def run_workers(config: ProxyConfig, workers: int, loop_name: str) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)
     status = 0
     for pid in children:
         _, code = os.waitpid(pid, 0)
@@ -94,7 +117,7 @@ def run_workers(config: ProxyConfig, workers: int, loop_name: str) -> int:
     return status
 
 
-def _without_admin(config: ProxyConfig) -> ProxyConfig:
+def _without_admin(config: AnyConfig) -> AnyConfig:
     from dataclasses import replace
 
     return replace(config, admin=None)
@@ -103,17 +126,18 @@ def _without_admin(config: ProxyConfig) -> ProxyConfig:
 def _run(args: argparse.Namespace) -> int:
     flags = {option.name: getattr(args, option.name) for option in OPTIONS}
     config, values = build_config(flags, config_file=args.config)
+    setup_logging(config.access_log)
+    return serve(config, values)
+
+
+def setup_logging(access_log: str | None) -> None:
+    """Log lines on stderr; the access log, when on, as bare lines."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr
     )
     access = logging.getLogger("distpat.access")
-    if config.access_log is not None:
+    if access_log is not None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         access.addHandler(handler)
         access.propagate = False
-    workers: int = values["workers"]
-    if workers == 1:
-        _serve(config, values["loop"])
-        return 0
-    return run_workers(config, workers, values["loop"])

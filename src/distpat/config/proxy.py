@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +20,18 @@ from distpat.errors import ConfigError
 from distpat.net.health import HealthCheck
 from distpat.net.proxy import ProxyConfig
 from distpat.net.server import EngineSettings
+from distpat.net.tls import TLSOptions
 from distpat.net.upstream import UpstreamPolicy, parse_upstream_url
 
-__all__ = ["OPTIONS", "Option", "build_config", "env_name", "parse_hostport"]
+__all__ = [
+    "OPTIONS",
+    "Option",
+    "build_config",
+    "env_name",
+    "parse_hostport",
+    "proxy_config",
+    "resolve_options",
+]
 
 
 def parse_hostport(text: str, what: str) -> tuple[str, int]:
@@ -35,14 +44,19 @@ def parse_hostport(text: str, what: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _positive_int(text: Any, what: str) -> int:
+def whole_number(text: Any, what: str, minimum: int = 1) -> int:
+    """``text`` as an int of at least ``minimum``; :class:`ConfigError` naming ``what`` otherwise."""
     try:
         value = int(text)
     except (TypeError, ValueError):
         raise ConfigError(f"{what} must be a whole number, not {text!r}") from None
-    if value < 1:
-        raise ConfigError(f"{what} must be at least 1, not {value}")
+    if value < minimum:
+        raise ConfigError(f"{what} must be at least {minimum}, not {value}")
     return value
+
+
+def _positive_int(text: Any, what: str) -> int:
+    return whole_number(text, what)
 
 
 def _seconds(text: Any, what: str) -> float:
@@ -145,16 +159,17 @@ def env_name(option: Option) -> str:
     return "DISTPAT_" + option.name.upper()
 
 
-def build_config(
+def resolve_options(
+    options: Sequence[Option],
     flags: Mapping[str, Any],
     *,
-    environ: Mapping[str, str] | None = None,
-    config_file: str | None = None,
-) -> tuple[ProxyConfig, dict[str, Any]]:
-    """The proxy configuration from flags (None = not given), environment and TOML file.
+    environ: Mapping[str, str] | None,
+    config_file: str | None,
+    table: str,
+) -> dict[str, Any]:
+    """Each option's value: its flag, else its ``DISTPAT_*`` variable, else the TOML file, else the default.
 
-    Returns the :class:`ProxyConfig` and the resolved option values (workers,
-    loop and the others the process layer needs).
+    The TOML file may hold the options at its top level or in a ``[table]`` table.
     """
     environ = os.environ if environ is None else environ
     file_values: dict[str, Any] = {}
@@ -167,15 +182,15 @@ def build_config(
             raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{source}: invalid TOML: {exc}") from None
-        table = raw.get("proxy", raw)
-        known = {o.name for o in OPTIONS}
-        for key, value in table.items():
+        section = raw.get(table, raw)
+        known = {o.name for o in options}
+        for key, value in section.items():
             if key.replace("-", "_") not in known:
                 raise ConfigError(f"{source}: unknown option {key!r}; known: {', '.join(sorted(known))}")
             file_values[key.replace("-", "_")] = value
 
     values: dict[str, Any] = {}
-    for option in OPTIONS:
+    for option in options:
         flag = flags.get(option.name)
         if flag not in (None, [], ()):
             raw_value, where = flag, f"--{option.name.replace('_', '-')}"
@@ -187,7 +202,34 @@ def build_config(
             values[option.name] = option.default
             continue
         values[option.name] = option.parse(raw_value, where)
+    return values
 
+
+def build_config(
+    flags: Mapping[str, Any],
+    *,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+) -> tuple[ProxyConfig, dict[str, Any]]:
+    """The proxy configuration from flags (None = not given), environment and TOML file.
+
+    Returns the :class:`ProxyConfig` and the resolved option values (workers,
+    loop and the others the process layer needs).
+    """
+    values = resolve_options(OPTIONS, flags, environ=environ, config_file=config_file, table="proxy")
+    return proxy_config(values), values
+
+
+def proxy_config(
+    values: Mapping[str, Any],
+    *,
+    scheme: str = "http",
+    client_cert_header: bytes | None = None,
+    response_fields: tuple[tuple[bytes, bytes], ...] = (),
+    tls: TLSOptions | None = None,
+    redirect_http: tuple[str, int] | None = None,
+) -> ProxyConfig:
+    """The :class:`ProxyConfig` for resolved option values (see :func:`resolve_options`)."""
     if values["listen"] is None:
         raise ConfigError(
             "no listen address: give --listen HOST:PORT (or DISTPAT_LISTEN, or listen in --config)"
@@ -203,13 +245,16 @@ def build_config(
         connect_timeout=values["connect_timeout"],
         response_timeout=values["response_timeout"],
         forwarded=values["forwarded"],
+        scheme=scheme,
+        client_cert_header=client_cert_header,
+        response_fields=response_fields,
     )
     policy = UpstreamPolicy(
         max_idle=values["upstream_keepalive"],
         max_fails=values["max_fails"],
         fail_timeout=values["fail_timeout"],
     )
-    config = ProxyConfig(
+    return ProxyConfig(
         listen=values["listen"],
         upstreams=values["upstream"],
         admin=values["admin"],
@@ -227,5 +272,6 @@ def build_config(
             timeout=values["health_timeout"],
             fails=values["health_fails"],
         ),
+        tls=tls,
+        redirect_http=redirect_http,
     )
-    return config, values

@@ -8,6 +8,7 @@ import logging
 import signal
 import socket
 import time
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -15,10 +16,12 @@ from distpat.core.hooks import ProxyHook
 from distpat.net.admin import AdminServer, create_admin_app
 from distpat.net.health import HealthCheck, HealthChecker
 from distpat.net.metrics import ProxyMetrics
+from distpat.net.redirect import RedirectProtocol
 from distpat.net.server import ClientConnection, EngineSettings, EngineState, Exchange
+from distpat.net.tls import CertificateStore, TLSOptions
 from distpat.net.upstream import Upstream, UpstreamGroup, UpstreamPolicy
 
-__all__ = ["ProxyConfig", "ProxyServer"]
+__all__ = ["ProxyConfig", "ProxyServer", "Serving", "run_until_signalled"]
 
 log = logging.getLogger("distpat.proxy")
 access_log = logging.getLogger("distpat.access")
@@ -40,6 +43,35 @@ class ProxyConfig:
     policy: UpstreamPolicy = field(default_factory=UpstreamPolicy)
     health_check: HealthCheck | None = None
     """Active checks of each upstream; None for passive health only."""
+    tls: TLSOptions | None = None
+    """Serve HTTPS with these certificates (the TLS sidecar); None for plain HTTP."""
+    redirect_http: tuple[str, int] | None = None
+    """A plain listener that redirects every request to the HTTPS one."""
+
+
+class Serving(typing.Protocol):
+    """What :func:`run_until_signalled` drives: the HTTP proxy, or the TCP tunnel."""
+
+    async def start(self) -> None: ...
+    async def shutdown(self, timeout: float | None = None) -> None: ...
+    def reload(self) -> None: ...
+
+
+async def run_until_signalled(server: Serving) -> None:
+    """Start ``server``; on SIGTERM or SIGINT shut it down gracefully; on SIGHUP call its reload()."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
+    try:
+        await server.start()
+        await stop.wait()
+        log.info("signal received: draining")
+        await server.shutdown()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
 
 
 class ProxyServer:
@@ -69,13 +101,19 @@ class ProxyServer:
         self._server: asyncio.base_events.Server | None = None
         self._admin: AdminServer | None = None
         self._health: HealthChecker | None = None
+        self._redirect: asyncio.base_events.Server | None = None
         self._stopped = asyncio.Event()
+        self.tls: CertificateStore | None = None
+        """The certificates in service, when serving HTTPS."""
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         host, port = self.config.listen
+        settings = self.config.settings
+        if self.config.tls is not None and self.tls is None:
+            self.tls = CertificateStore(self.config.tls)  # ConfigError for a bad pair: nothing starts
         self._server = await loop.create_server(
             lambda: ClientConnection(self.state),
             host,
@@ -83,7 +121,22 @@ class ProxyServer:
             backlog=self.config.backlog,
             reuse_port=self.config.reuse_port or None,
             family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+            ssl=self.tls.context if self.tls is not None else None,
+            ssl_handshake_timeout=settings.header_timeout if self.tls is not None else None,
         )
+        if self.tls is not None:
+            self.tls.start()
+        if self.config.redirect_http is not None:
+            rhost, rport = self.config.redirect_http
+            https_port = self.port
+            self._redirect = await loop.create_server(
+                lambda: RedirectProtocol(https_port, settings.header_timeout, settings.max_header_bytes),
+                rhost,
+                rport,
+                backlog=self.config.backlog,
+                reuse_port=self.config.reuse_port or None,
+                family=socket.AF_INET6 if ":" in rhost else socket.AF_INET,
+            )
         if self.config.admin is not None:
             app = create_admin_app(
                 metrics=self.metrics, ready=self.ready, draining=lambda: self.state.draining
@@ -123,6 +176,8 @@ class ProxyServer:
         timeout = self.config.shutdown_timeout if timeout is None else timeout
         if self._server is not None:
             self._server.close()
+        if self._redirect is not None:
+            self._redirect.close()
         for conn in list(self.state.connections):
             conn.drain()
         deadline = time.monotonic() + timeout
@@ -136,25 +191,21 @@ class ProxyServer:
             task.cancel()
         if self._health is not None:
             await self._health.stop()
+        if self.tls is not None:
+            await self.tls.stop()
         await self.group.close()
         if self._admin is not None:
             await self._admin.close()
         self._stopped.set()
 
     async def serve_until_signalled(self) -> None:
-        """Run until SIGTERM or SIGINT, then shut down gracefully."""
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await self.start()
-        try:
-            await stop.wait()
-            log.info("signal received: draining %d connections", len(self.state.connections))
-            await self.shutdown()
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
+        """Run until SIGTERM or SIGINT, then shut down gracefully; SIGHUP reloads TLS certificates."""
+        await run_until_signalled(self)
+
+    def reload(self) -> None:
+        """SIGHUP: load the TLS certificates again now (a no-op for plain HTTP)."""
+        if self.tls is not None:
+            self.tls.reload("SIGHUP")
 
     # -- observation --------------------------------------------------------------------
 

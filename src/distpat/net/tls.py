@@ -1,0 +1,197 @@
+"""TLS for the sidecar: server contexts, SNI, hot reload of certificates.
+
+One *front* :class:`ssl.SSLContext` is given to the listener. Its SNI callback
+hands every handshake the context of the certificate that matches the name
+the client asked for (:func:`distpat.core.certs.choose_certificate`), taken
+from the store's current set. A reload builds a complete new set and swaps it
+in with one assignment, so a handshake sees the old set or the new, never a
+mix, and connections already open keep the context they were made with.
+Session tickets are sealed with the front context's keys, which never
+change, so resumption works across certificates and across reloads.
+
+The settings are those of a modern server profile: TLS 1.2 and 1.3 only,
+forward-secret AEAD suites for 1.2 (TLS 1.3 has no others), no compression,
+no renegotiation, ALPN ``http/1.1`` in HTTP mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from distpat.core.certs import choose_certificate
+from distpat.errors import ConfigError
+
+__all__ = ["TLS12_CIPHERS", "CertificateStore", "TLSOptions", "certificate_info"]
+
+log = logging.getLogger("distpat.tls")
+
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+"""OpenSSL cipher string for TLS 1.2: ECDHE (forward secrecy) with AES-GCM or ChaCha20-Poly1305."""
+
+
+@dataclass(frozen=True, slots=True)
+class TLSOptions:
+    """What the sidecar's TLS listener serves."""
+
+    pairs: tuple[tuple[str, str], ...]
+    """(certificate chain file, key file), in order; the first is served when no name matches."""
+    client_ca: str | None = None
+    """CA file that client certificates must chain to; None for no client certificates."""
+    min_version: str = "1.2"
+    alpn: tuple[str, ...] = ("http/1.1",)
+    reload_interval: float = 1.0
+    """Seconds between checks of the files for changes."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Served:
+    context: ssl.SSLContext
+    names: tuple[str, ...]
+    serial: str
+
+
+def certificate_info(path: str) -> tuple[tuple[str, ...], str]:
+    """The DNS names (subjectAltName, else the common name) and the serial number of a PEM certificate.
+
+    Raises:
+        ConfigError: the file cannot be read or holds no certificate.
+    """
+    try:
+        # The standard library decodes a certificate file only through this
+        # helper (ssl's own tests use it); the context loads the same file.
+        decoded: dict[str, Any] = ssl._ssl._test_decode_cert(path)  # type: ignore[attr-defined]
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a PEM certificate: {exc}") from None
+    names = tuple(value for kind, value in decoded.get("subjectAltName", ()) if kind == "DNS")
+    ips = tuple(value for kind, value in decoded.get("subjectAltName", ()) if kind == "IP Address")
+    if not names and not ips:
+        names = tuple(
+            value for rdn in decoded.get("subject", ()) for key, value in rdn if key == "commonName"
+        )
+    return names + ips, str(decoded.get("serialNumber", "?"))
+
+
+def _signature(paths: Sequence[str]) -> tuple[tuple[int, int, int], ...]:
+    out = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            out.append((-1, -1, -1))
+        else:
+            out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+    return tuple(out)
+
+
+class CertificateStore:
+    """The certificates in service, the listener's front context, and their reloading."""
+
+    def __init__(self, options: TLSOptions) -> None:
+        if not options.pairs:
+            raise ConfigError("TLS needs at least one --cert and --key")
+        if options.min_version not in ("1.2", "1.3"):
+            raise ConfigError(f"--tls-min must be 1.2 or 1.3, not {options.min_version!r}")
+        self.options = options
+        self.paths = [p for pair in options.pairs for p in pair]
+        if options.client_ca is not None:
+            self.paths.append(options.client_ca)
+        self._signature = _signature(self.paths)
+        self.served = self._load()  # raises ConfigError: a bad pair at startup stops the process
+        self.generation = 1
+        self.context = self._context(*options.pairs[0])
+        self.context.sni_callback = self._on_sni
+        self._task: asyncio.Task[None] | None = None
+
+    # -- contexts -----------------------------------------------------------------
+
+    def _context(self, cert: str, key: str) -> ssl.SSLContext:
+        options = self.options
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = (
+            ssl.TLSVersion.TLSv1_3 if options.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+        )
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+        ctx.set_ciphers(TLS12_CIPHERS)
+        ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
+        if options.alpn:
+            ctx.set_alpn_protocols(list(options.alpn))
+        try:
+            ctx.load_cert_chain(cert, key)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{exc.filename}: no such file") from None
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"certificate {cert} with key {key}: {exc}") from None
+        if options.client_ca is not None:
+            try:
+                ctx.load_verify_locations(cafile=options.client_ca)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"client CA {options.client_ca}: {exc}") from None
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+    def _load(self) -> tuple[_Served, ...]:
+        served = []
+        for cert, key in self.options.pairs:
+            ctx = self._context(cert, key)
+            names, serial = certificate_info(cert)
+            served.append(_Served(ctx, names, serial))
+        return tuple(served)
+
+    def _on_sni(self, ssl_object: ssl.SSLObject, server_name: str | None, _front: ssl.SSLContext) -> None:
+        served = self.served  # one read: the set in service at this handshake
+        chosen = served[choose_certificate(server_name, [s.names for s in served])].context
+        if ssl_object.context is not chosen:
+            ssl_object.context = chosen
+        return
+
+    # -- reloading --------------------------------------------------------------------
+
+    def reload(self, reason: str = "files changed") -> bool:
+        """Load every pair again; swap them in if all load, else keep the old ones and log why."""
+        self._signature = _signature(self.paths)
+        try:
+            served = self._load()
+        except ConfigError as exc:
+            log.error("TLS reload (%s) refused, the certificates in service stay: %s", reason, exc)
+            return False
+        self.served = served
+        self.generation += 1
+        log.info(
+            "TLS certificates reloaded (%s): %s",
+            reason,
+            ", ".join(f"{'/'.join(s.names) or '?'} serial {s.serial}" for s in served),
+        )
+        return True
+
+    def check(self) -> bool:
+        """Reload if any file changed since the last look; True when a reload happened."""
+        if _signature(self.paths) == self._signature:
+            return False
+        return self.reload()
+
+    def start(self) -> None:
+        """Check the files every ``reload_interval`` seconds, from a task on the running loop."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.reload_interval)
+            try:
+                self.check()
+            except Exception:  # never let the watcher die: the next look tries again
+                log.exception("TLS certificate check failed")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
