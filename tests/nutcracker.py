@@ -48,6 +48,7 @@ __all__ = [
     "nutcracker_placement",
     "read_stats",
     "nutcracker_accepts",
+    "port_accepts",
     "render_config",
     "running_nutcracker",
     "running_nutcracker_config",
@@ -282,7 +283,7 @@ class NutcrackerRun:
             return ""
 
 
-async def _accepts(port: int) -> bool:
+async def port_accepts(port: int) -> bool:
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port), 1.0)
     except (TimeoutError, OSError):
@@ -370,7 +371,7 @@ async def running_nutcracker_config(
                     f"nutcracker did not accept on ports {waiting} within "
                     f"{START_TIMEOUT} s:\n{run.log_text()}"
                 )
-            if await _accepts(waiting[0]):
+            if await port_accepts(waiting[0]):
                 waiting.pop(0)
             else:
                 await asyncio.sleep(0.02)

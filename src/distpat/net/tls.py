@@ -124,8 +124,9 @@ class CertificateStore:
             ctx.set_alpn_protocols(list(options.alpn))
         try:
             ctx.load_cert_chain(cert, key)
-        except FileNotFoundError as exc:
-            raise ConfigError(f"{exc.filename}: no such file") from None
+        except FileNotFoundError:  # OpenSSL does not say which file: look
+            missing = [path for path in (cert, key) if not os.path.exists(path)] or [f"{cert} or {key}"]
+            raise ConfigError(f"{' and '.join(missing)}: no such file") from None
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"certificate {cert} with key {key}: {exc}") from None
         if options.client_ca is not None:
