@@ -548,3 +548,17 @@ async def test_a_bad_pipelined_request_is_answered_400_after_those_before_it() -
         first, _, rest = data.partition(b"ok")
         assert first.startswith(b"HTTP/1.1 200 OK")
         assert rest.startswith(b"HTTP/1.1 400 ")
+
+
+async def test_an_http10_request_without_host_gets_the_upstreams_name() -> None:
+    """HTTP/1.1 requires Host: a request forwarded as 1.1 carries the upstream's, as nginx's $proxy_host."""
+    async with Backend() as backend, proxy(backend.url) as p:
+        [r] = await exchange(p.port, b"GET /x HTTP/1.0\r\nUser-Agent: t\r\n\r\n")
+        [r2] = await exchange(p.port, b"GET /y HTTP/1.0\r\nHost: named.test\r\n\r\n")
+        assert (r.status, r2.status) == (200, 200)
+        first, second = backend.requests
+        assert first.header(b"host") == f"127.0.0.1:{backend.port}".encode()
+        assert first.header(b"user-agent") == b"t"
+        assert first.header(b"x-forwarded-host") is None
+        assert second.header(b"host") == b"named.test"
+        assert [v for n, v in second.headers if n.lower() == b"host"] == [b"named.test"]

@@ -151,6 +151,7 @@ class Exchange:
         "until_close",
         "expect_continue",
         "request_headers",
+        "needs_host",
     )
 
     def __init__(
@@ -196,6 +197,7 @@ class Exchange:
         self.view: RequestView | None = None  # set when hooks run
         self.local: LocalResponse | None = None  # a hook's answer
         self.request_headers: list[tuple[bytes, bytes]] = []  # as received, for the access log
+        self.needs_host = False  # an HTTP/1.0 request without Host: the upstream's name is sent
 
     # -- finding an upstream ------------------------------------------------------
 
@@ -266,7 +268,12 @@ class Exchange:
         if self.client.write_paused:
             conn.pause_reading()
         conn.head_request = self.method == b"HEAD"
-        self.to_upstream.append(self.head)
+        if self.needs_host:  # HTTP/1.1 requires Host; as nginx's $proxy_host, the upstream's host:port
+            line_end = self.head.index(b"\r\n") + 2
+            self.to_upstream.append(self.head[:line_end] + b"Host: " + upstream.host_field + b"\r\n")
+            self.to_upstream.append(self.head[line_end:])
+        else:
+            self.to_upstream.append(self.head)
         if self.pending:
             data = b"".join(self.pending)
             self.pending.clear()
@@ -725,7 +732,8 @@ class ClientConnection(asyncio.Protocol):
             raise self.reject
         http10 = version == "1.0"
         headers = self.headers
-        if not http10 and not any(name.lower() == b"host" for name, _ in headers):
+        has_host = any(name.lower() == b"host" for name, _ in headers)
+        if not http10 and not has_host:
             self.reject = _Reject(400, "an HTTP/1.1 request needs a Host header (RFC 9112 section 3.2)")
             raise self.reject
         fast: ForwardedRequest | None = None
@@ -763,6 +771,9 @@ class ClientConnection(asyncio.Protocol):
         ex = Exchange(self, method, self.url, http10, keep_alive, head, body)
         ex.view, ex.local = view, local
         ex.request_headers = headers
+        ex.needs_host = not has_host and not (
+            view is not None and any(n.lower() == b"host" for n, _ in view.headers)
+        )
         self.parsing = ex
         self.queue.append(ex)
         ex.expect_continue = expect_continue  # answered when the exchange becomes active

@@ -266,6 +266,7 @@ class Upstream:
         "name",
         "host",
         "port",
+        "host_field",
         "policy",
         "idle",
         "open",
@@ -278,6 +279,9 @@ class Upstream:
     def __init__(self, url: str, policy: UpstreamPolicy | None = None) -> None:
         self.host, self.port = parse_upstream_url(url)
         self.name = f"{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        # the Host field for requests that came without one (nginx's $proxy_host)
+        self.host_field = f"{host}:{self.port}".encode("idna" if not host.isascii() else "ascii")
         self.policy = policy or UpstreamPolicy()
         self.idle: list[UpstreamConnection] = []
         self.open: set[UpstreamConnection] = set()
