@@ -14,6 +14,7 @@ import os
 import pwd
 import re
 import resource
+import shlex
 import shutil
 import signal
 import socket
@@ -22,6 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 __all__ = [
     "LOOPBACK",
@@ -29,6 +31,7 @@ __all__ = [
     "ServiceError",
     "WrkError",
     "WrkResult",
+    "cpu_seconds",
     "descendants",
     "free_ports",
     "nginx_config",
@@ -38,7 +41,9 @@ __all__ = [
     "raise_nofile_limit",
     "require_tool",
     "rss_bytes",
+    "run_parallel",
     "run_wrk",
+    "run_wrk_url",
     "start_nginx",
     "start_process",
     "tool_output",
@@ -313,6 +318,25 @@ def start_nginx(
     return start_process(name, argv, port=port, log_dir=base_dir, timeout=timeout)
 
 
+def start_backend(nginx: str, *, port: int, base_dir: Path) -> Service:
+    """The benchmarks' backend: nginx, 1 worker; ``GET /`` answers "hello world\\n", ``/static/`` serves
+    the files of ``base_dir/www/static``."""
+    return start_nginx(
+        "backend",
+        nginx,
+        port=port,
+        base_dir=base_dir,
+        worker_connections=4096,
+        http_body=f"""
+server {{
+    listen {LOOPBACK}:{port} backlog=4096;
+    location / {{ return 200 "hello world\\n"; }}
+    location ^~ /static/ {{ root {base_dir / "www"}; }}
+}}
+""",
+    )
+
+
 # --- wrk ----------------------------------------------------------------------------------------------
 
 
@@ -385,12 +409,37 @@ def run_wrk(
     """Run ``wrk -tT -cC -dDs [--latency] url`` against a 127.0.0.1 URL and parse its report."""
     if not url.startswith(f"http://{LOOPBACK}:"):
         raise ValueError(f"benchmarks only target {LOOPBACK}, not {url}")
+    return run_wrk_url(
+        url, wrk=wrk, threads=threads, connections=connections, duration=duration, latency=latency
+    )
+
+
+def run_wrk_url(
+    url: str,
+    *,
+    wrk: str = "wrk",
+    threads: int = 1,
+    connections: int = 32,
+    duration: int = 4,
+    latency: bool = True,
+    headers: Sequence[str] = (),
+) -> WrkResult:
+    """``run_wrk`` for an http:// or https:// URL on 127.0.0.1, with extra request ``headers`` (``-H``).
+
+    wrk does not verify certificates. Over https it keeps the TLS session of a connection it closes and
+    offers it when it reconnects, so a server that resumes sessions does resumed handshakes after the
+    first one on each connection.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or parts.hostname != LOOPBACK:
+        raise ValueError(f"benchmarks only target http(s)://{LOOPBACK}, not {url}")
     argv = [
         wrk,
         f"-t{threads}",
         f"-c{connections}",
         f"-d{duration}s",
         *(["--latency"] if latency else []),
+        *(arg for header in headers for arg in ("-H", header)),
         url,
     ]
     try:
@@ -400,6 +449,55 @@ def run_wrk(
     if out.returncode != 0:
         raise WrkError(f"wrk exited with code {out.returncode}: {(out.stderr + out.stdout).strip()[-500:]}")
     return parse_wrk(out.stdout)
+
+
+# --- several load processes at once -------------------------------------------------------------------
+
+
+def run_parallel(argvs: Sequence[Sequence[str]], *, timeout: float) -> tuple[list[str], float]:
+    """Run every argv at once, each in its own process group; (outputs, seconds until the last exited).
+
+    Each output is the process's stdout and stderr together. ServiceError if one cannot be started,
+    exits with a non-zero code, or is still running after ``timeout`` seconds; whatever is still
+    running then (or on any exception, Ctrl-C included) is killed with its group.
+    """
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        t0 = time.monotonic()
+        for argv in argvs:
+            try:
+                procs.append(
+                    subprocess.Popen(
+                        list(argv),
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT,
+                        text=True,
+                        start_new_session=True,
+                    )
+                )
+            except OSError as e:
+                raise ServiceError(f"cannot run {argv[0]}: {e}") from e
+        outputs = []
+        for proc in procs:  # bounded: every wait shares the one deadline
+            try:
+                out, _ = proc.communicate(timeout=max(0.0, t0 + timeout - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise ServiceError(f"{argvs[0][0]} still running after {timeout:g} s") from None
+            outputs.append(out)
+        seconds = time.monotonic() - t0
+        for argv, proc, out in zip(argvs, procs, outputs, strict=True):
+            if proc.returncode != 0:
+                raise ServiceError(
+                    f"{shlex.join(argv)} exited with code {proc.returncode}: {out.strip()[-500:]}"
+                )
+        return outputs, seconds
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 # --- /proc: memory and file descriptors ---------------------------------------------------------------
@@ -469,6 +567,31 @@ def rss_bytes(pid: int, *, children: bool = True) -> tuple[int, int]:
             total += kb * 1024
             counted += 1
     return total, counted
+
+
+def _cpu_ticks(pid: int) -> int | None:
+    """utime + stime of ``pid`` in clock ticks, from /proc/PID/stat; None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()  # fields[0] is the state, the third field of the line
+    try:
+        return int(fields[11]) + int(fields[12])
+    except (IndexError, ValueError):
+        return None
+
+
+def cpu_seconds(pid: int, *, children: bool = True) -> float:
+    """User + system CPU seconds used so far by ``pid`` and, by default, its live descendants.
+
+    Read from /proc at clock-tick resolution (usually 10 ms). A descendant that exits takes its time
+    with it, so the difference of two readings undercounts if the server's processes come and go.
+    """
+    ticks = 0
+    for p in [pid, *(descendants(pid) if children else [])]:
+        ticks += _cpu_ticks(p) or 0
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def open_fd_count(pid: int, *, children: bool = True) -> int | None:

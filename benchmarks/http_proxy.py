@@ -58,6 +58,7 @@ from _servers import (
     require_tool,
     rss_bytes,
     run_wrk,
+    start_backend,
     start_nginx,
     start_process,
     tool_version,
@@ -201,20 +202,7 @@ def start_all(
 
     backend_port, nginx_port, distpat_port, aiohttp_port = free_ports(4)
     upstream = f"http://{LOOPBACK}:{backend_port}"
-    backend = start_nginx(
-        "backend",
-        nginx,
-        port=backend_port,
-        base_dir=tmp,
-        worker_connections=4096,
-        http_body=f"""
-server {{
-    listen {LOOPBACK}:{backend_port} backlog=4096;
-    location / {{ return 200 "hello world\\n"; }}
-    location ^~ /static/ {{ root {tmp / "www"}; }}
-}}
-""",
-    )
+    backend = start_backend(nginx, port=backend_port, base_dir=tmp)
     stack.callback(backend.stop)
     error = check(backend_port, expected)
     if error:
