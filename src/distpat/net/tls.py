@@ -1,6 +1,7 @@
 """TLS for the sidecar: server contexts, SNI, hot reload of certificates.
 
-One *front* :class:`ssl.SSLContext` is given to the listener. Its SNI callback
+One *front* :class:`ssl.SSLContext` (the first pair's, as first loaded) is
+given to the listener. Its SNI callback
 hands every handshake the context of the certificate that matches the name
 the client asked for (:func:`distpat.core.certs.choose_certificate`), taken
 from the store's current set. A reload builds a complete new set and swaps it
@@ -48,6 +49,23 @@ class TLSOptions:
     alpn: tuple[str, ...] = ("http/1.1",)
     reload_interval: float = 1.0
     """Seconds between checks of the files for changes."""
+
+
+class DirectSSLObject(ssl.SSLObject):
+    """An :class:`ssl.SSLObject` whose ``read``, ``write`` and ``pending`` are the C object's own methods.
+
+    ``SSLObject``'s are Python wrappers that only pass their arguments on; the
+    event loop's TLS layer calls them several times per request, and each
+    call is a Python frame. Bound to the instance, they cost a C call. The
+    behaviour is the same: the wrappers add nothing but the frame.
+    """
+
+    @classmethod
+    def _create(cls, *args: Any, **kwargs: Any) -> DirectSSLObject:
+        self: DirectSSLObject = super()._create(*args, **kwargs)  # type: ignore[misc]
+        inner = self._sslobj  # type: ignore[attr-defined]
+        self.read, self.write, self.pending = inner.read, inner.write, inner.pending  # type: ignore[method-assign]
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +123,9 @@ class CertificateStore:
         self._signature = _signature(self.paths)
         self.served = self._load()  # raises ConfigError: a bad pair at startup stops the process
         self.generation = 1
-        self.context = self._context(*options.pairs[0])
+        # The first pair's context is also the front one: a handshake it serves needs no switch
+        # (which copies the certificate data into the connection), until a reload replaces it.
+        self.context = self.served[0].context
         self.context.sni_callback = self._on_sni
         self._task: asyncio.Task[None] | None = None
 
@@ -114,6 +134,7 @@ class CertificateStore:
     def _context(self, cert: str, key: str) -> ssl.SSLContext:
         options = self.options
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.sslobject_class = DirectSSLObject
         ctx.minimum_version = (
             ssl.TLSVersion.TLSv1_3 if options.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
         )
