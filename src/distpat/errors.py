@@ -16,6 +16,7 @@ __all__ = [
     "LocalProtocolError",
     "ProtocolError",
     "RemoteProtocolError",
+    "RespProtocolError",
     "RingError",
     "UnknownHashError",
     "UpstreamError",
@@ -64,6 +65,10 @@ class ProtocolError(DistpatError):
 
 class RemoteProtocolError(ProtocolError, ValueError):
     """The peer sent something the protocol forbids (a smuggling attempt, a bad chunk size, ...)."""
+
+
+class RespProtocolError(DistpatError, ValueError):
+    """Bytes that are not the Redis protocol; a client gets ``-ERR Protocol error: <message>``."""
 
 
 class LocalProtocolError(ProtocolError, ValueError):

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from distpat import __version__
-from distpat.cli import proxy, ring, sidecar
+from distpat.cli import proxy, redis_shard, ring, sidecar
 from distpat.errors import DistpatError
 
 __all__ = ["build_parser", "main"]
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     ring.register(sub)
     proxy.register(sub)
     sidecar.register(sub)
+    redis_shard.register(sub)
     return parser
 
 
