@@ -222,56 +222,84 @@ class RequestParser:
 class FastRequestParser:
     """:class:`RequestParser` for multibulk requests, decoded by hiredis's C reader (ten times faster).
 
-    Redis's own inline form (``GET k\\r\\n``) is not read here: a connection
-    whose first byte is not ``*`` should use :class:`RequestParser` (the
-    caller decides on the first read); an inline command after multibulk
-    ones is a protocol error. Commands come without their bytes: they are
-    packed again when forwarded (:func:`command_bytes`). The property tests
-    hold both parsers to the same commands on every valid stream.
+    hiredis reads replies, and is more lenient than Redis is with requests (a
+    ``+simple`` string where a bulk string belongs, no CRLF check after a bulk
+    string). So every command it returns is packed again (in C), and the
+    packed bytes must be exactly the bytes the client sent: anything else is a
+    protocol error, as Redis would answer. Redis's inline form (``GET
+    k\\r\\n``) is not read here: a connection whose first byte is not ``*``
+    should use :class:`RequestParser` (the caller decides on the first read).
     """
 
-    __slots__ = ("_reader", "max_request_bytes")
+    __slots__ = ("_pending", "_reader", "max_request_bytes")
 
     def __init__(self, max_request_bytes: int = 512 * 1024 * 1024) -> None:
         self._reader = hiredis.Reader()
+        self._pending = bytearray()  # what the client sent that no command has accounted for yet
         self.max_request_bytes = max_request_bytes
 
     @property
     def buffered(self) -> int:
-        return int(self._reader.len())
+        return len(self._pending)
 
     def feed(self, data: bytes) -> list[Command]:
         reader = self._reader
+        pending = self._pending
+        pending += data
         out: list[Command] = []
+        packed: list[bytes] = []
         try:
             reader.feed(data)
             gets = reader.gets
             command = gets()
             while command is not False:
-                if command.__class__ is not list:
-                    if command is None:  # "*-1": skipped, as Redis does
-                        command = gets()
-                        continue
-                    raise RespProtocolError("expected '*' (a multibulk request)")
-                try:
-                    b"".join(command)  # every argument a bulk string: anything else raises TypeError
-                except TypeError:
-                    raise RespProtocolError("expected '$' (every argument a bulk string)") from None
-                if command:
-                    out.append((command, None))
+                if command.__class__ is list:
+                    raw = pack_command(tuple(command)) if command else b"*0\r\n"
+                    if command:
+                        out.append((command, raw))
+                elif command is None:
+                    raw = b"*-1\r\n"  # skipped, as Redis does
+                else:
+                    raise RespProtocolError("expected '*'")
+                packed.append(raw)
                 command = gets()
         except hiredis.ProtocolError as exc:
-            error = RespProtocolError(str(exc).removeprefix("Protocol error, "))
-            error.commands = out  # type: ignore[attr-defined]
-            raise error from None
-        except RespProtocolError as exc:
-            exc.commands = out  # type: ignore[attr-defined]
-            raise
-        if reader.len() > self.max_request_bytes:
-            error = RespProtocolError(f"request larger than {self.max_request_bytes} bytes")
-            error.commands = out  # type: ignore[attr-defined]
-            raise error
+            self._check(packed, out)
+            raise self._fault(str(exc).removeprefix("Protocol error, "), out) from None
+        except (RespProtocolError, TypeError):  # TypeError: an argument that is not a bulk string
+            self._check(packed, out)
+            raise self._fault("expected '$'", out) from None
+        self._check(packed, out)
+        if len(pending) > self.max_request_bytes:
+            raise self._fault(f"request larger than {self.max_request_bytes} bytes", out)
         return out
+
+    def _check(self, packed: list[bytes], out: list[Command]) -> None:
+        """The commands' bytes must be what was sent, byte for byte: drop them from ``_pending``."""
+        if not packed:
+            return
+        joined = b"".join(packed)
+        size = len(joined)
+        pending = self._pending
+        if pending[:size] != joined:
+            offset = good = 0
+            for raw in packed:  # keep the commands before the first one that differs
+                if pending[offset : offset + len(raw)] != raw:
+                    break
+                offset += len(raw)
+                good += 1
+            commands = sum(1 for raw in packed[:good] if raw not in (b"*0\r\n", b"*-1\r\n"))
+            del out[commands:]
+            raise self._fault(
+                "invalid multibulk request (expected '$' and CRLF-terminated bulk strings)", out
+            )
+        del pending[:size]
+
+    @staticmethod
+    def _fault(message: str, out: list[Command]) -> RespProtocolError:
+        error = RespProtocolError(message)
+        error.commands = out  # type: ignore[attr-defined]
+        return error
 
 
 # Reply types whose header line is the whole reply, and aggregates with their element factor.

@@ -292,12 +292,25 @@ class ServerConnection(asyncio.Protocol):
         inflight = self.inflight
         stats = self.server.stats
         stats["responses"] += len(replies)
+        popleft = inflight.popleft
+        dirty = self.pool.dirty_clients
         for reply in replies:
             if not inflight:  # a reply nobody asked for: the stream cannot be trusted
                 self.fail(f"ERR server {self.server.label} sent a reply nobody asked for")
                 return
-            target, token, _ = inflight.popleft()
-            target.complete(token, reply)
+            target, token, _ = popleft()
+            if target.__class__ is RedisClient:  # RedisClient.complete, inlined: the hot path
+                token[0] = reply
+                waiting = target.waiting
+                if waiting[0] is token:
+                    out = target.out
+                    while waiting and waiting[0][0] is not None:
+                        out.append(waiting.popleft()[0])  # type: ignore[arg-type]
+                    if not target.dirty:
+                        target.dirty = True
+                        dirty.append(target)
+            else:
+                target.complete(token, reply)
         if replies:
             self.server.succeeded()
             pool = self.pool
@@ -554,12 +567,16 @@ class ShardPool:
         authed = client.authed
         to_flush = self.to_flush
         pack = pack_command
+        cache_get = self.cache.get
         for args, raw in commands:
             if authed and len(args) >= 2 and args[0] in single:
-                state = server_for(args[1], now)
-                if isinstance(state, bytes):
-                    client.answer(state)
-                    continue
+                state = cache_get(args[1])
+                if state is None or state.ejected_until:
+                    found = server_for(args[1], now)
+                    if isinstance(found, bytes):
+                        client.answer(found)
+                        continue
+                    state = found
                 conn = state.conns.get(proto)
                 if conn is None or conn.closed:
                     conn = state.connection(proto)

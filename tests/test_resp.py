@@ -1,0 +1,203 @@
+"""The RESP codec (core/resp.py), the command table and the merge of split commands, property-tested."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from distpat.core.redis_commands import COMMANDS, Kind, command_keys, lookup, split_keys
+from distpat.core.resp import (
+    FastRequestParser,
+    ReplyScanner,
+    RequestParser,
+    command_bytes,
+    encode_command,
+)
+from distpat.errors import RespProtocolError
+from distpat.net.redis_shard import merge_replies
+
+args_st = st.lists(st.binary(max_size=40), min_size=1, max_size=6)
+commands_st = st.lists(args_st, min_size=1, max_size=12)
+inline_word = st.binary(min_size=1, max_size=10).filter(
+    lambda b: not any(c in b" \t\r\n\x0b\x0c" for c in b) and b[0] != 42  # no whitespace, not '*'
+)
+
+
+def cuts(data: bytes, points: list[int]) -> list[bytes]:
+    bounds = sorted({0, len(data), *(p % (len(data) + 1) for p in points)})
+    return [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+def feed_all(parser: RequestParser | FastRequestParser, pieces: list[bytes]) -> list[list[bytes]]:
+    out = []
+    for piece in pieces:
+        out.extend(parser.feed(piece))
+    assert parser.buffered == 0 or isinstance(parser, FastRequestParser)
+    return [args for args, _ in out]
+
+
+@given(commands=commands_st, points=st.lists(st.integers(0, 10_000), max_size=8))
+def test_any_split_of_a_valid_stream_decodes_to_the_same_commands(
+    commands: list[list[bytes]], points: list[int]
+) -> None:
+    data = b"".join(encode_command(c) for c in commands)
+    for parser in (RequestParser(), FastRequestParser()):
+        assert feed_all(parser, cuts(data, points)) == commands
+    # the bytes kept (or packed again) are the command's own multibulk form
+    decoded = RequestParser().feed(data) + FastRequestParser().feed(data)
+    assert [command_bytes(c) for c in decoded] == [encode_command(c) for c in commands] * 2
+
+
+@given(words=st.lists(st.lists(inline_word, min_size=1, max_size=4), min_size=1, max_size=5))
+def test_inline_commands(words: list[list[bytes]]) -> None:
+    data = b"".join(b" ".join(w) + b"\r\n" for w in words)
+    parser = RequestParser()
+    decoded = parser.feed(data)
+    assert [a for a, _ in decoded] == words
+    assert [command_bytes(c) for c in decoded] == [encode_command(w) for w in words]
+
+
+@settings(max_examples=300)
+@given(data=st.binary(max_size=200), points=st.lists(st.integers(0, 1000), max_size=4))
+def test_arbitrary_bytes_raise_only_the_protocol_error(data: bytes, points: list[int]) -> None:
+    for parser in (RequestParser(max_request_bytes=4096), FastRequestParser(max_request_bytes=4096)):
+        try:
+            for piece in cuts(data, points):
+                parser.feed(piece)
+        except RespProtocolError:
+            pass
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"*x\r\n", "invalid multibulk length"),
+        (b"*1\r\n$abc\r\n", "invalid bulk length"),
+        (b"*1\r\n+x\r\n", "expected '$'"),
+        (b"*2\r\n$1\r\na\r\n:5\r\n", "expected '$'"),
+        (b"*1\r\n$3\r\nabcXY", "CRLF"),
+    ],
+)
+def test_malformed_requests(data: bytes, message: str) -> None:
+    with pytest.raises(RespProtocolError, match=re.escape(message)):
+        RequestParser().feed(data)
+    with pytest.raises(RespProtocolError):
+        FastRequestParser().feed(data)
+
+
+def test_fast_parser_refuses_what_redis_refuses() -> None:
+    for data in (b"*1\r\n+x\r\n", b"*2\r\n$1\r\na\r\n:5\r\n", b"+OK\r\n", b"*1\r\n*1\r\n$1\r\na\r\n"):
+        with pytest.raises(RespProtocolError):
+            FastRequestParser().feed(data)
+
+
+def test_the_commands_before_a_fault_are_kept() -> None:
+    good = encode_command([b"SET", b"a", b"1"])
+    for parser in (RequestParser(), FastRequestParser()):
+        with pytest.raises(RespProtocolError) as info:
+            parser.feed(good + b"*1\r\n+x\r\n")
+        assert [a for a, _ in info.value.commands] == [[b"SET", b"a", b"1"]]  # type: ignore[attr-defined]
+
+
+def test_request_size_is_bounded() -> None:
+    big = encode_command([b"SET", b"k", b"x" * 10_000])
+    for parser in (RequestParser(max_request_bytes=4096), FastRequestParser(max_request_bytes=4096)):
+        with pytest.raises(RespProtocolError, match="larger than|invalid bulk length"):
+            for i in range(0, len(big), 1000):
+                parser.feed(big[i : i + 1000])
+
+
+# -- replies --------------------------------------------------------------------------------------
+
+simple_reply = st.one_of(
+    st.builds(
+        lambda b: b"+" + b + b"\r\n",
+        st.binary(max_size=10).filter(lambda b: b"\r" not in b and b"\n" not in b),
+    ),
+    st.builds(lambda i: b":%d\r\n" % i, st.integers(-(10**12), 10**12)),
+    st.builds(lambda b: b"$%d\r\n%b\r\n" % (len(b), b), st.binary(max_size=30)),
+    st.just(b"$-1\r\n"),
+    st.just(b"*-1\r\n"),
+    st.just(b"_\r\n"),
+    st.just(b",1.5\r\n"),
+    st.just(b"#t\r\n"),
+    st.just(b"(12345678901234567890\r\n"),
+    st.just(b"-ERR nope\r\n"),
+    st.builds(lambda b: b"=%d\r\ntxt:%b\r\n" % (len(b) + 4, b), st.binary(max_size=10)),
+)
+reply_st = st.recursive(
+    simple_reply,
+    lambda inner: st.one_of(
+        st.builds(lambda xs: b"*%d\r\n" % len(xs) + b"".join(xs), st.lists(inner, max_size=4)),
+        st.builds(lambda xs: b"~%d\r\n" % len(xs) + b"".join(xs), st.lists(inner, max_size=4)),
+        st.builds(
+            lambda kv: b"%%%d\r\n" % len(kv) + b"".join(k + v for k, v in kv),
+            st.lists(st.tuples(inner, inner), max_size=3),
+        ),
+        st.builds(lambda kv, r: b"|1\r\n" + kv[0] + kv[1] + r, st.tuples(inner, inner), inner),
+    ),
+    max_leaves=12,
+)
+
+
+@given(
+    replies=st.lists(reply_st, min_size=1, max_size=8), points=st.lists(st.integers(0, 10_000), max_size=6)
+)
+def test_replies_are_framed_whole_at_any_split(replies: list[bytes], points: list[int]) -> None:
+    data = b"".join(replies)
+    scanner = ReplyScanner()
+    out = []
+    for piece in cuts(data, points):
+        out.extend(scanner.feed(piece))
+    assert out == replies
+    assert scanner.buffered == 0
+
+
+@settings(max_examples=300)
+@given(data=st.binary(max_size=200))
+def test_arbitrary_reply_bytes_raise_only_the_protocol_error(data: bytes) -> None:
+    try:
+        ReplyScanner(max_reply_bytes=4096).feed(data)
+    except RespProtocolError:
+        pass
+
+
+# -- the command table and merging --------------------------------------------------------------
+
+
+def test_keys_of_commands() -> None:
+    assert command_keys([b"GET", b"k"], COMMANDS[b"get"]) == [b"k"]
+    assert command_keys([b"MSET", b"a", b"1", b"b", b"2"], COMMANDS[b"mset"]) == [b"a", b"b"]
+    assert command_keys([b"EVAL", b"s", b"2", b"x", b"y", b"arg"], COMMANDS[b"eval"]) == [b"x", b"y"]
+    assert command_keys([b"RENAME", b"a", b"b"], COMMANDS[b"rename"]) == [b"a", b"b"]
+    assert isinstance(command_keys([b"MSET", b"a", b"1", b"b"], COMMANDS[b"mset"]), bytes)  # odd pairs
+    assert isinstance(command_keys([b"EVAL", b"s", b"0"], COMMANDS[b"eval"]), bytes)  # no key to route by
+    assert isinstance(command_keys([b"EVAL", b"s", b"5", b"x"], COMMANDS[b"eval"]), bytes)
+    assert isinstance(command_keys([b"RENAME", b"a"], COMMANDS[b"rename"]), bytes)
+    assert lookup(b"GeT") is COMMANDS[b"get"]
+    assert lookup(b"KEYS") is not None
+    assert lookup(b"KEYS").kind is Kind.REFUSED  # type: ignore[union-attr]
+    assert lookup(b"nosuch") is None
+
+
+def test_split_keeps_the_clients_order_per_server() -> None:
+    args = [b"MSET", b"a", b"1", b"b", b"2", b"c", b"3"]
+    frags = split_keys(args, COMMANDS[b"mset"], ["s1", "s2", "s1"])
+    assert frags == {"s1": ([0, 2], [b"MSET", b"a", b"1", b"c", b"3"]), "s2": ([1], [b"MSET", b"b", b"2"])}
+
+
+def test_merges() -> None:
+    assert merge_replies(
+        b"mget", 3, [([0, 2], b"*2\r\n$1\r\na\r\n$-1\r\n"), ([1], b"*1\r\n$1\r\nb\r\n")]
+    ) == (b"*3\r\n$1\r\na\r\n$1\r\nb\r\n$-1\r\n")
+    # a failed fragment: its keys get its error, the others their values
+    assert merge_replies(b"mget", 2, [([0], b"-ERR down\r\n"), ([1], b"*1\r\n_\r\n")]) == (
+        b"*2\r\n-ERR down\r\n_\r\n"
+    )
+    assert merge_replies(b"del", 3, [([0, 1], b":2\r\n"), ([2], b":0\r\n")]) == b":2\r\n"
+    assert merge_replies(b"exists", 3, [([0, 1], b":1\r\n"), ([2], b"-ERR x\r\n")]) == b"-ERR x\r\n"
+    assert merge_replies(b"mset", 2, [([0], b"+OK\r\n"), ([1], b"+OK\r\n")]) == b"+OK\r\n"
+    assert merge_replies(b"mset", 2, [([0], b"+OK\r\n"), ([1], b"-ERR oom\r\n")]) == b"-ERR oom\r\n"
