@@ -1,4 +1,4 @@
-"""Servers and load for the benchmarks: processes, nginx, wrk, RSS, ports.
+"""Servers and load for the benchmarks: processes, nginx, wrk, redis, RSS, ports.
 
 Everything here talks to 127.0.0.1 only, and every wait is bounded by a
 deadline. A started process gets its own process group (its own session), so
@@ -10,6 +10,7 @@ the terminal reaches the benchmark, which then stops its services in a
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 import pwd
 import re
@@ -19,14 +20,20 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
+from typing import BinaryIO
 from urllib.parse import urlsplit
 
 __all__ = [
     "LOOPBACK",
+    "RedisBenchmarkError",
+    "RedisBenchmarkResult",
+    "RedisError",
     "Service",
     "ServiceError",
     "WrkError",
@@ -34,18 +41,23 @@ __all__ = [
     "cpu_seconds",
     "descendants",
     "free_ports",
+    "interruptible",
     "nginx_config",
     "open_fd_count",
     "open_files_limit",
+    "parse_redis_benchmark",
     "parse_wrk",
     "raise_nofile_limit",
+    "redis_call",
     "require_tool",
     "rss_bytes",
     "run_parallel",
+    "run_redis_benchmark",
     "run_wrk",
     "run_wrk_url",
     "start_nginx",
     "start_process",
+    "start_redis_server",
     "tool_output",
     "tool_version",
     "wait_for_port",
@@ -179,6 +191,28 @@ class Service:
 def _group_members(pgid: int) -> list[int]:
     """Live (not zombie) processes of process group ``pgid``."""
     return [pid for pid, (state, _, pgrp) in _proc_table().items() if pgrp == pgid and state != "Z"]
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Inside, SIGTERM and SIGHUP act as Ctrl-C; an interrupt exits with 128 + its number, after a line on
+    stderr, once the ``finally`` blocks and context managers inside (every ``Service.stop``) have run."""
+    caught: list[int] = []
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        caught.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    except KeyboardInterrupt:
+        name = signal.Signals(caught[-1] if caught else signal.SIGINT)
+        print(f"\ninterrupted by {name.name}: every server was stopped", file=sys.stderr)
+        raise SystemExit(128 + name.value) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def wait_for_port(port: int, *, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -498,6 +532,141 @@ def run_parallel(argvs: Sequence[Sequence[str]], *, timeout: float) -> tuple[lis
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+# --- redis: servers, a small client, redis-benchmark ------------------------------------------------
+
+
+def start_redis_server(
+    name: str, redis_server: str, *, port: int, base_dir: Path, timeout: float = 10.0
+) -> Service:
+    """redis-server on 127.0.0.1:``port``, persistence off, in ``base_dir/name``, until it listens."""
+    workdir = base_dir / name
+    workdir.mkdir(parents=True, exist_ok=True)
+    argv = [redis_server, "--save", "", "--appendonly", "no", "--bind", LOOPBACK, "--port", str(port)]
+    argv += ["--protected-mode", "no", "--dir", str(workdir)]
+    return start_process(name, argv, port=port, log_dir=base_dir, timeout=timeout)
+
+
+class RedisError(RuntimeError):
+    """A Redis server (or proxy) answered with an error reply, or with something that is not RESP."""
+
+
+RedisReply = bytes | int | None  # simple string or bulk string, integer, nil
+
+
+def _redis_reply(reader: BinaryIO) -> RedisReply:
+    line = reader.readline(65536)
+    if not line.endswith(b"\r\n"):
+        raise RedisError(f"not a RESP reply line: {line[:100]!r}" if line else "connection closed")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest
+    if kind == b"-":
+        raise RedisError(rest.decode("utf-8", "replace"))
+    if kind == b":" and rest.lstrip(b"-").isdigit():
+        return int(rest)
+    if kind == b"$" and rest == b"-1":
+        return None
+    if kind == b"$" and rest.isdigit():
+        data = reader.read(int(rest) + 2)
+        if len(data) != int(rest) + 2 or not data.endswith(b"\r\n"):
+            raise RedisError(f"bulk reply cut short: {data[:100]!r}")
+        return data[:-2]
+    raise RedisError(f"unexpected reply: {line[:100]!r}")
+
+
+def redis_call(port: int, commands: Sequence[Sequence[str]], *, timeout: float = 5.0) -> list[RedisReply]:
+    """Send ``commands`` pipelined on one connection to 127.0.0.1:``port``; their replies, in order.
+
+    RedisError on the first error reply (or a reply that is not RESP); OSError if the connection fails
+    or a reply takes more than ``timeout`` seconds. Arrays are not read: only the commands with simple
+    replies (SET, GET, DEL, DBSIZE, PING ...) are for this client.
+    """
+    request = bytearray()
+    for command in commands:
+        request += b"*%d\r\n" % len(command)
+        for arg in command:
+            data = arg.encode("utf-8")
+            request += b"$%d\r\n%s\r\n" % (len(data), data)
+    with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock, sock.makefile("rb") as reader:
+        sock.sendall(request)
+        return [_redis_reply(reader) for _ in commands]
+
+
+class RedisBenchmarkError(ServiceError):
+    """redis-benchmark failed (an error reply stops it), timed out or printed no report for a test."""
+
+
+@dataclass(frozen=True, slots=True)
+class RedisBenchmarkResult:
+    """One ``redis-benchmark --csv`` run; per test as it names them (SET, GET ...), latencies in seconds."""
+
+    requests: int  # per test, as asked with -n
+    ops_per_sec: Mapping[str, float]
+    p50: Mapping[str, float]
+    p99: Mapping[str, float]
+    notes: tuple[str, ...]  # other lines it printed, e.g. "WARNING: Could not fetch server CONFIG"
+
+
+def parse_redis_benchmark(text: str, tests: Sequence[str], requests: int) -> RedisBenchmarkResult:
+    """Parse the output of ``redis-benchmark --csv`` (7.x columns); RedisBenchmarkError if a test
+    has no row or any line speaks of an error."""
+    rows: dict[str, dict[str, str]] = {}
+    notes: list[str] = []
+    header: list[str] | None = None
+    for fields in csv.reader(text.splitlines()):
+        if header is None and fields[:2] == ["test", "rps"]:
+            header = fields
+        elif header is not None and len(fields) == len(header):
+            rows[fields[0].upper()] = dict(zip(header, fields, strict=True))
+        elif fields:
+            notes.append(",".join(fields).strip())
+    errors = [note for note in notes if "error" in note.lower()]
+    missing = [t.upper() for t in tests if t.upper() not in rows]
+    if errors or missing:
+        what = f"errors: {'; '.join(errors)[:300]}" if errors else f"no report for {', '.join(missing)}"
+        raise RedisBenchmarkError(f"redis-benchmark {what}: {text.strip()[-300:]!r}")
+    try:
+        values = {
+            column: {test: float(row[column]) for test, row in rows.items()}
+            for column in ("rps", "p50_latency_ms", "p99_latency_ms")
+        }
+    except (KeyError, ValueError) as e:
+        what = f"redis-benchmark printed an unexpected report ({e}): {text[-300:]!r}"
+        raise RedisBenchmarkError(what) from e
+    return RedisBenchmarkResult(
+        requests=requests,
+        ops_per_sec=values["rps"],
+        p50={t: ms / 1e3 for t, ms in values["p50_latency_ms"].items()},
+        p99={t: ms / 1e3 for t, ms in values["p99_latency_ms"].items()},
+        notes=tuple(notes),
+    )
+
+
+def run_redis_benchmark(
+    port: int,
+    *,
+    redis_benchmark: str = "redis-benchmark",
+    tests: Sequence[str] = ("set", "get"),
+    requests: int,
+    clients: int = 50,
+    keyspace: int = 100_000,
+    pipeline: int = 1,
+    timeout: float,
+) -> RedisBenchmarkResult:
+    """``redis-benchmark -h 127.0.0.1 -p PORT -t TESTS -n N -c C -r K -P D -q --csv``, parsed.
+
+    It runs in its own process group, killed after ``timeout`` seconds. redis-benchmark exits at the
+    first error reply or when the server closes a connection: both end in RedisBenchmarkError.
+    """
+    argv = [redis_benchmark, "-h", LOOPBACK, "-p", str(port), "-t", ",".join(tests), "-n", str(requests)]
+    argv += ["-c", str(clients), "-r", str(keyspace), "-P", str(pipeline), "-q", "--csv"]
+    try:
+        (out,), _ = run_parallel([argv], timeout=timeout)
+    except ServiceError as e:
+        raise RedisBenchmarkError(str(e)) from None
+    return parse_redis_benchmark(out, tests, requests)
 
 
 # --- /proc: memory and file descriptors ---------------------------------------------------------------
