@@ -9,7 +9,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from distpat.config.proxy import OPTIONS, Option, build_config, env_name
@@ -18,7 +18,7 @@ from distpat.net.proxy import ProxyConfig, ProxyServer
 from distpat.net.tcp import TcpProxyConfig, TcpProxyServer
 from distpat.net.tls import CertificateStore
 
-__all__ = ["add_options", "loop_factory", "register", "run_workers", "serve", "setup_logging"]
+__all__ = ["add_options", "loop_factory", "register", "run_server", "run_workers", "serve", "setup_logging"]
 
 log = logging.getLogger("distpat.proxy")
 
@@ -68,8 +68,16 @@ AnyConfig = ProxyConfig | TcpProxyConfig
 
 def _serve(config: AnyConfig, loop_name: str) -> None:
     server = TcpProxyServer(config) if isinstance(config, TcpProxyConfig) else ProxyServer(config)
+    run_server(server.serve_until_signalled(), loop_name)
+
+
+def run_server(main: Coroutine[Any, Any, None], loop_name: str) -> None:
+    """Run a server's main coroutine on the chosen loop; a listener that cannot bind is a one-line error."""
     with asyncio.Runner(loop_factory=loop_factory(loop_name)) as runner:
-        runner.run(server.serve_until_signalled())
+        try:
+            runner.run(main)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen: {exc.strerror or exc}") from None
 
 
 def serve(config: AnyConfig, values: dict[str, Any]) -> int:

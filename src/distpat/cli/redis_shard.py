@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 
-from distpat.cli.proxy import loop_factory, setup_logging
+from distpat.cli.proxy import run_server, setup_logging
 from distpat.config.proxy import parse_hostport, whole_number
 from distpat.config.twemproxy import TwemproxyListen, TwemproxyPool, TwemproxyServer, load_twemproxy
 from distpat.errors import ConfigError
@@ -37,6 +36,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--timeout", metavar="MS", help="with --server: per-request timeout in milliseconds")
     p.add_argument("--stats-port", "-s", metavar="PORT", help="twemproxy-compatible stats JSON on this port")
     p.add_argument("--stats-addr", "-a", metavar="HOST", default="127.0.0.1", help="stats address")
+    p.add_argument(
+        "--admin", metavar="HOST:PORT", help="admin listener: /healthz, /readyz, Prometheus /metrics"
+    )
     p.add_argument(
         "--keep-ring",
         action="store_true",
@@ -103,10 +105,10 @@ def _run(args: argparse.Namespace) -> int:
         keep_ring=args.keep_ring,
     )
     try:
-        service = ShardService(load, settings=settings, listen=listen, stats=stats)
+        admin = parse_hostport(args.admin, "--admin") if args.admin else None
+        service = ShardService(load, settings=settings, listen=listen, stats=stats, admin=admin)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     setup_logging(None)
-    with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
-        runner.run(service.serve_until_signalled())
+    run_server(service.serve_until_signalled(), args.loop)
     return 0

@@ -10,7 +10,7 @@ plain :mod:`aiohttp.web` application:
     503 with ``draining`` or ``no healthy upstream`` (the readiness probe: a load
     balancer stops sending traffic on 503).
 ``GET /metrics``
-    The text exposition of a :class:`~distpat.net.metrics.ProxyMetrics`.
+    The text exposition of a :class:`MetricsSource` (such as :class:`~distpat.net.metrics.ProxyMetrics`).
 
 HEAD is answered wherever GET is; other methods get 405, other paths 404.
 Responses carry ``Cache-Control: no-store``. Requests are not access-logged.
@@ -19,15 +19,22 @@ Responses carry ``Cache-Control: no-store``. Requests are not access-logged.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from aiohttp import web
 
 from distpat.errors import AdminServerStateError
-from distpat.net.metrics import ProxyMetrics
 
-__all__ = ["AdminServer", "AdminServerStateError", "create_admin_app"]
+__all__ = ["AdminServer", "AdminServerStateError", "MetricsSource", "create_admin_app"]
 
-_METRICS = web.AppKey("distpat_metrics", ProxyMetrics)
+
+class MetricsSource(Protocol):
+    """What ``/metrics`` serves: :class:`~distpat.net.metrics.ProxyMetrics`, or the Redis ambassador's."""
+
+    def render(self) -> tuple[bytes, str]: ...
+
+
+_METRICS: web.AppKey[MetricsSource] = web.AppKey("distpat_metrics")
 _READY: web.AppKey[Callable[[], bool]] = web.AppKey("distpat_ready")
 _DRAINING: web.AppKey[Callable[[], bool]] = web.AppKey("distpat_draining")
 
@@ -40,7 +47,7 @@ def _never_draining() -> bool:
 
 def create_admin_app(
     *,
-    metrics: ProxyMetrics,
+    metrics: MetricsSource,
     ready: Callable[[], bool],
     draining: Callable[[], bool] = _never_draining,
 ) -> web.Application:

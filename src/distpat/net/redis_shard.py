@@ -28,9 +28,12 @@ import logging
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from distpat.config.twemproxy import TwemproxyPool, TwemproxyServer
 from distpat.core.redis_commands import COMMANDS, Kind, Spec, command_keys, split_keys
@@ -49,9 +52,10 @@ from distpat.core.resp import (
     pack_command,
 )
 from distpat.errors import RespProtocolError, RingError
+from distpat.net.admin import AdminServer, create_admin_app
 from distpat.ring import Ring, from_twemproxy
 
-__all__ = ["ShardPool", "ShardSettings", "merge_replies"]
+__all__ = ["ShardMetrics", "ShardPool", "ShardService", "ShardSettings", "merge_replies", "stats_document"]
 
 log = logging.getLogger("distpat.redis")
 
@@ -902,6 +906,64 @@ def stats_document(pools: list[ShardPool], started: float, source: str) -> bytes
     return json.dumps(doc).encode() + b"\n"
 
 
+class ShardMetrics:
+    """The pools' counters in the Prometheus text format, read from the live objects at each scrape."""
+
+    def __init__(self, service: ShardService) -> None:
+        self.service = service
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        clients = GaugeMetricFamily(
+            "distpat_redis_client_connections", "Open client connections", labels=["pool"]
+        )
+        ejects = CounterMetricFamily("distpat_redis_server_ejects", "Servers ejected", labels=["pool"])
+        fragments = CounterMetricFamily(
+            "distpat_redis_fragments", "Fragments of split commands sent", labels=["pool"]
+        )
+        per_server = {
+            key: CounterMetricFamily(f"distpat_redis_{key}", text, labels=["pool", "server"])
+            for key, text in (
+                ("requests", "Commands sent to the server"),
+                ("responses", "Replies from the server"),
+                ("server_eof", "Times the server closed the connection"),
+                ("server_err", "Connection errors"),
+                ("server_timedout", "Commands that timed out, closing the connection"),
+            )
+        }
+        ejected = GaugeMetricFamily(
+            "distpat_redis_server_ejected", "1 while the server is ejected", labels=["pool", "server"]
+        )
+        in_queue = GaugeMetricFamily(
+            "distpat_redis_in_queue", "Commands waiting for the server's reply", labels=["pool", "server"]
+        )
+        for pool in self.service.pools:
+            clients.add_metric([pool.name], len(pool.clients))
+            ejects.add_metric([pool.name], pool.stats["server_ejects"])
+            fragments.add_metric([pool.name], pool.stats["fragments"])
+            for state in pool.servers.values():
+                labels = [pool.name, state.name]
+                for key, family in per_server.items():
+                    family.add_metric(labels, state.stats[key])
+                ejected.add_metric(labels, 1 if state.ejected_until else 0)
+                in_queue.add_metric(
+                    labels, sum(len(c.inflight) for c in state.conns.values() if not c.closed)
+                )
+        yield clients
+        yield ejects
+        yield fragments
+        yield from per_server.values()
+        yield ejected
+        yield in_queue
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
 class _StatsProtocol(asyncio.Protocol):
     """twemproxy's stats port: each connection gets the JSON document, then is closed."""
 
@@ -927,6 +989,7 @@ class ShardService:
         settings: ShardSettings | None = None,
         listen: tuple[str, int] | None = None,
         stats: tuple[str, int] | None = None,
+        admin: tuple[str, int] | None = None,
     ) -> None:
         self.load = load
         self.settings = settings or ShardSettings()
@@ -937,6 +1000,10 @@ class ShardService:
             raise ValueError("--listen needs exactly one pool (choose it with --pool)")
         self.started = time.time()
         self._stats_server: asyncio.base_events.Server | None = None
+        self.admin_address = admin
+        self.metrics = ShardMetrics(self)
+        self.draining = False
+        self._admin: AdminServer | None = None
 
     async def start(self) -> None:
         for pool in self.pools:
@@ -948,6 +1015,18 @@ class ShardService:
             loop = asyncio.get_running_loop()
             host, port = self.stats_address
             self._stats_server = await loop.create_server(lambda: _StatsProtocol(self), host, port)
+        if self.admin_address is not None:
+            app = create_admin_app(metrics=self.metrics, ready=self.ready, draining=lambda: self.draining)
+            self._admin = AdminServer(app)
+            await self._admin.start(*self.admin_address)
+
+    def ready(self) -> bool:
+        """Ready while every pool has a server in its ring (not all of them ejected)."""
+        return all(any(not s.ejected_until for s in p.servers.values()) for p in self.pools)
+
+    @property
+    def admin_port(self) -> int | None:
+        return self._admin.port if self._admin is not None else None
 
     @property
     def stats_port(self) -> int | None:
@@ -977,9 +1056,12 @@ class ShardService:
             pool.reload(replace(fresh, listen=pool.pool.listen))
 
     async def shutdown(self, timeout: float | None = None) -> None:
+        self.draining = True
         if self._stats_server is not None:
             self._stats_server.close()
         await asyncio.gather(*(pool.shutdown(timeout) for pool in self.pools))
+        if self._admin is not None:
+            await self._admin.close()
 
     async def serve_until_signalled(self) -> None:
         from distpat.net.proxy import run_until_signalled
