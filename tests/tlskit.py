@@ -169,9 +169,12 @@ def overwrite_in_place(path: Path, data: bytes) -> None:
 
 @dataclass(eq=False)
 class Sidecar:
+    """A running distpat process (the sidecar here; tests/rediskit.py's redis-shard too) and its log."""
+
     process: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    name: str = "sidecar"
 
     def log(self) -> str:
         try:
@@ -190,7 +193,7 @@ class Sidecar:
             if loop.time() > deadline:
                 raise AssertionError(f"{text!r} not logged within {timeout} s; log since then:\n{tail}")
             if self.process.poll() is not None:
-                raise AssertionError(f"sidecar exited with {self.process.returncode}:\n{self.log()}")
+                raise AssertionError(f"{self.name} exited with {self.process.returncode}:\n{self.log()}")
             await asyncio.sleep(0.05)
 
 

@@ -165,7 +165,17 @@ class ServerState:
         self.ejected_until = 0.0
         self.conns: dict[int, ServerConnection] = {}
         self.stats = dict.fromkeys(
-            ("server_eof", "server_err", "server_timedout", "requests", "responses", "server_ejected_at"), 0
+            (
+                "server_eof",
+                "server_err",
+                "server_timedout",
+                "server_ejected_at",
+                "requests",
+                "request_bytes",
+                "responses",
+                "response_bytes",
+            ),
+            0,
         )
 
     def connection(self, proto: int) -> ServerConnection:
@@ -207,7 +217,7 @@ class ServerConnection(asyncio.Protocol):
         self.proto = proto
         self.pool = server.pool
         self.transport: asyncio.Transport | None = None
-        self.inflight: deque[tuple[Any, Any, float]] = deque()
+        self.inflight: deque[tuple[Any, Any, float, int]] = deque()  # target, token, sent at, size
         self.out: list[bytes] = []
         self.scanner = ReplyScanner(self.pool.settings.max_reply_bytes)
         self.closed = False
@@ -256,13 +266,16 @@ class ServerConnection(asyncio.Protocol):
         if pool.redis_db:
             setup.append(encode_command([b"SELECT", str(pool.redis_db).encode()]))
         self.setup_replies = len(setup)
-        write(b"".join(setup + self.out))
+        self.server.stats["requests"] += len(self.out)
+        data = b"".join(setup + self.out)
+        self.server.stats["request_bytes"] += len(data)
+        write(data)
         self.out.clear()
 
     # sending
 
     def send(self, data: bytes, target: Any, token: Any, now: float) -> None:
-        self.inflight.append((target, token, now))
+        self.inflight.append((target, token, now, len(data)))
         self.out.append(data)
         if not self.flush_scheduled:
             self.flush_scheduled = True
@@ -272,8 +285,11 @@ class ServerConnection(asyncio.Protocol):
         self.flush_scheduled = False
         out = self.out
         if out and self.transport is not None and not self.closed:
-            self.server.stats["requests"] += len(out)
-            self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+            stats = self.server.stats
+            stats["requests"] += len(out)
+            data = b"".join(out) if len(out) > 1 else out[0]
+            stats["request_bytes"] += len(data)
+            self.transport.write(data)
             out.clear()
 
     # receiving
@@ -296,13 +312,14 @@ class ServerConnection(asyncio.Protocol):
         inflight = self.inflight
         stats = self.server.stats
         stats["responses"] += len(replies)
+        stats["response_bytes"] += len(data)
         popleft = inflight.popleft
         dirty = self.pool.dirty_clients
         for reply in replies:
             if not inflight:  # a reply nobody asked for: the stream cannot be trusted
                 self.fail(f"ERR server {self.server.label} sent a reply nobody asked for")
                 return
-            target, token, _ = popleft()
+            target, token, _, _ = popleft()
             if target.__class__ is RedisClient:  # RedisClient.complete, inlined: the hot path
                 token[0] = reply
                 waiting = target.waiting
@@ -334,7 +351,7 @@ class ServerConnection(asyncio.Protocol):
         reply = error(message)
         inflight, self.inflight = self.inflight, deque()
         self.out.clear()
-        for target, token, _ in inflight:
+        for target, token, _, _ in inflight:
             target.complete(token, reply)
         if not self.pool.turn_pending and _loop_running():
             self.pool.end_turn_soon()
@@ -516,9 +533,10 @@ class ShardPool:
             if state.ejected_until and state.ejected_until <= now:
                 state.ejected_until = 0.0  # back in: twemproxy retries it after server_retry_timeout
                 state.failures = 0
-            if state.ejected_until and not self.settings.keep_ring:
+            if state.ejected_until:
                 next_rebuild = min(next_rebuild or state.ejected_until, state.ejected_until)
-                continue
+                if not self.settings.keep_ring:
+                    continue
             live.append(state.server)
         self.next_rebuild = next_rebuild
         self.cache = {}
@@ -586,8 +604,9 @@ class ShardPool:
                     conn = state.connection(proto)
                 slot: list[bytes | None] = [None]
                 waiting.append(slot)
-                conn.inflight.append((client, slot, now))
-                conn.out.append(raw if raw is not None else pack(tuple(args)))
+                data = raw if raw is not None else pack(tuple(args))
+                conn.inflight.append((client, slot, now, len(data)))
+                conn.out.append(data)
                 if not conn.flush_scheduled:
                     conn.flush_scheduled = True
                     to_flush.append(conn)
@@ -872,7 +891,9 @@ class ShardPool:
                 **state.stats,
                 "server_connections": len(conns),
                 "in_queue": sum(len(c.inflight) for c in conns),
+                "in_queue_bytes": sum(entry[3] for c in conns for entry in c.inflight),
                 "out_queue": sum(len(c.out) for c in conns),
+                "out_queue_bytes": sum(len(b) for c in conns for b in c.out),
             }
         return out
 
