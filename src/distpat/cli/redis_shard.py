@@ -50,6 +50,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=str(64 * 1024 * 1024),
         help="largest command (and what a client may buffer); over it: a protocol error (default 64 MiB)",
     )
+    p.add_argument(
+        "--key-cache",
+        metavar="N",
+        default="262144",
+        help="remember the server of up to N distinct keys (0: hash every key; default 262144)",
+    )
     p.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto", help="event loop")
     p.set_defaults(run=_run)
 
@@ -103,6 +109,7 @@ def _run(args: argparse.Namespace) -> int:
     settings = ShardSettings(
         max_request_bytes=whole_number(args.max_request_bytes, "--max-request-bytes"),
         keep_ring=args.keep_ring,
+        key_cache=whole_number(args.key_cache, "--key-cache", 0),
     )
     try:
         admin = parse_hostport(args.admin, "--admin") if args.admin else None
