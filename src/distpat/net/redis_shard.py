@@ -61,6 +61,10 @@ log = logging.getLogger("distpat.redis")
 
 VERSION = "7.2.0"  # what HELLO says the server is: the protocol distpat speaks
 
+MAX_WAITING = 65_536
+"""Commands a client may have waiting for replies; past it the client is not read until half are answered
+(so a client that pipelines without reading holds bounded memory)."""
+
 
 @dataclass(frozen=True, slots=True)
 class ShardSettings:
@@ -386,6 +390,7 @@ class RedisClient(asyncio.Protocol):
         self.id = pool.next_client_id()
         self.closing = False
         self.close_after = False
+        self.paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -420,6 +425,9 @@ class RedisClient(asyncio.Protocol):
         except RespProtocolError as exc:
             commands, fault = getattr(exc, "commands", []), exc
         self.pool.dispatch_batch(self, commands)
+        if len(self.waiting) > MAX_WAITING and self.transport is not None and not self.paused:
+            self.paused = True  # a client far ahead of its replies is not read until they catch up
+            self.transport.pause_reading()
         if fault is not None and not self.close_after:
             self.answer(error(f"ERR Protocol error: {fault}"))
             self.close_after = True
@@ -470,6 +478,9 @@ class RedisClient(asyncio.Protocol):
                 log.warning("client %d: output buffer over its limit; disconnected", self.id)
                 transport.abort()
                 return
+        if self.paused and len(waiting) < MAX_WAITING // 2 and transport is not None:
+            self.paused = False
+            transport.resume_reading()
         if self.close_after and not waiting and transport is not None:
             transport.close()
 
