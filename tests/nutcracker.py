@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import shutil
 import signal
 import socket
@@ -80,18 +81,41 @@ def nutcracker_binary() -> str:
     return path
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_ports(count: int) -> list[int]:
     """``count`` distinct TCP ports on 127.0.0.1 that were free a moment ago.
 
-    The sockets are held open until all ports are picked, so the ports are
-    distinct; another process could still take one before it is used.
+    They are drawn below the kernel's ephemeral range, so that no outgoing
+    connection (of a client, a proxy or a server under test) can be given one
+    of them as its local port before the test listens on it: a port from
+    ``bind(0)`` is ephemeral, and a busy suite collided on one. Each is
+    checked by binding it; the sockets are held until all are picked, so the
+    ports are distinct.
     """
+    low = 10_000
+    high = max(low + 1000, _ephemeral_range()[0])
+    rng = random.Random()
     socks: list[socket.socket] = []
     try:
-        for _ in range(count):
+        for _ in range(count * 50):  # bounded: a few taken ports are skipped
+            if len(socks) == count:
+                break
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((HOST, 0))
+            try:
+                s.bind((HOST, rng.randrange(low, high)))
+            except OSError:
+                s.close()
+                continue
             socks.append(s)
+        if len(socks) < count:
+            raise RuntimeError(f"could not find {count} free ports between {low} and {high}")
         return [s.getsockname()[1] for s in socks]
     finally:
         for s in socks:
