@@ -161,27 +161,23 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks ---------------------------------------------------
 
-    def _unowned(self) -> bool:
-        if self.handler is None:
-            self.stray = True
-            return True
-        return False
-
-    def on_message_begin(self) -> None:
-        if self._unowned():
-            return
-        self.headers = []
+    # No on_message_begin: httptools calls only the callbacks a protocol has, and each costs a
+    # call from C; the headers list is handed over and replaced when the head is complete.
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.handler is not None:
             self.headers.append((name, value))
+        else:
+            self.stray = True
 
     def on_headers_complete(self) -> None:
         handler = self.handler
+        headers, self.headers = self.headers, []
         if handler is None:
+            self.stray = True
             return
         status = self.parser.get_status_code()
-        handler.on_response_head(status, self.headers, self.parser.should_keep_alive())
+        handler.on_response_head(status, headers, self.parser.should_keep_alive())
         if self.head_request and status >= 200 and self.handler is handler:
             # llhttp cannot be told the request was HEAD, and would wait for the
             # Content-Length bytes that never come: the response ends here, and
@@ -191,12 +187,18 @@ class UpstreamConnection(asyncio.Protocol):
             handler.on_response_complete()
 
     def on_body(self, body: bytes) -> None:
-        if not self._unowned():
-            self.handler.on_response_body(body)  # type: ignore[union-attr]
+        handler = self.handler
+        if handler is None:
+            self.stray = True
+        else:
+            handler.on_response_body(body)
 
     def on_message_complete(self) -> None:
-        if self.handler is not None:
-            self.handler.on_response_complete()
+        # Not stray without a handler: a HEAD response's old parser may still end its message
+        # after the exchange took the response as complete (see on_headers_complete).
+        handler = self.handler
+        if handler is not None:
+            handler.on_response_complete()
 
     # -- use by the exchange --------------------------------------------------------
 
