@@ -81,6 +81,9 @@ def test_non_ascii_is_escaped_as_nginx_does() -> None:
         (b"bad host", b"/", 443, None),
         (b"evil.test/x", b"/", 443, None),
         (b"", b"/", 443, None),
+        (b"a" * 5000 + b"!", b"/", 443, None),  # checked label by label: no exponential backtracking
+        (b"a-.example.test", b"/", 443, None),
+        (b"example.test.", b"/", 443, b"https://example.test./"),
     ],
 )
 def test_redirect_location(host: bytes, target: bytes, port: int, expected: bytes | None) -> None:

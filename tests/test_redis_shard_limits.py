@@ -1,14 +1,19 @@
-"""The ambassador's memory bounds: a client far ahead of its replies stops being read, then resumes."""
+"""The ambassador's bounds and review regressions: paused clients, stalled servers, HELLO, reload."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from pathlib import Path
 
+import hiredis
 import pytest
 
+from distpat.config.twemproxy import parse_twemproxy
 from distpat.net import redis_shard
+from distpat.net.redis_shard import ShardService
 from tests.nutcracker import free_ports
-from tests.rediskit import pool_yaml, raw_pipeline, redis_servers, shard_service
+from tests.rediskit import encode, pool_yaml, raw_connection, raw_pipeline, redis_servers, shard_service
 
 
 async def test_a_client_far_ahead_of_its_replies_is_paused_and_loses_nothing(
@@ -33,3 +38,75 @@ async def test_a_client_far_ahead_of_its_replies_is_paused_and_loses_nothing(
     assert replies[:3000] == [b"OK"] * 3000
     assert replies[3000:] == [b"%d" % i for i in range(3000)]
     assert paused, "the client was never paused"
+
+
+async def test_a_server_that_stops_reading_stops_the_clients_not_the_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no timeout, a stalled server holds at most SERVER_BACKLOG bytes; clients then wait, unread."""
+    monkeypatch.setattr(redis_shard, "SERVER_BACKLOG", 1 << 20)
+    async with redis_servers(tmp_path, 1) as [server]:
+        text = pool_yaml("alpha", free_ports(1)[0], [server.port])
+        async with shard_service(text) as service, raw_connection(service.pools[0].port) as (_reader, writer):
+            assert await raw_pipeline(service.pools[0].port, [[b"PING"], [b"SET", b"k", b"v"]]) == [
+                b"PONG",
+                b"OK",
+            ]
+            assert server.process is not None
+            server.process.send_signal(signal.SIGSTOP)
+            try:
+                value = b"x" * (1 << 20)
+                stalled = False
+                for _ in range(200):  # at most 200 MiB offered; the proxy must stop taking them long before
+                    writer.write(encode([b"SET", b"big", value]))
+                    try:
+                        await asyncio.wait_for(writer.drain(), 2.0)
+                    except TimeoutError:
+                        stalled = True
+                        break
+                assert stalled, "the proxy kept reading a client while its server read nothing"
+                assert service.pools[0].congested
+            finally:
+                server.process.send_signal(signal.SIGCONT)
+            writer.write(encode([b"GET", b"k"]))
+            await asyncio.wait_for(writer.drain(), 30.0)  # the server drains; the client is read again
+            assert not service.pools[0].congested
+
+
+async def test_hello_cannot_switch_protocols_under_commands_in_flight(tmp_path: Path) -> None:
+    async with redis_servers(tmp_path, 1) as [server]:
+        text = pool_yaml("alpha", free_ports(1)[0], [server.port])
+        async with shard_service(text) as service:
+            replies = await raw_pipeline(
+                service.pools[0].port,
+                [[b"SET", b"k", b"v1"], [b"HELLO", b"3"], [b"SET", b"k", b"v2"], [b"GET", b"k"]],
+            )
+    assert replies[0] == b"OK"
+    assert isinstance(replies[1], hiredis.ReplyError)
+    assert "HELLO cannot change the protocol" in str(replies[1])
+    assert replies[2:] == [b"OK", b"v2"]
+
+
+async def test_a_reload_that_moves_a_named_server_moves_its_connections(tmp_path: Path) -> None:
+    async with redis_servers(tmp_path, 2) as [a, b]:
+        listen = free_ports(1)[0]
+        texts = [
+            pool_yaml("alpha", listen, [a.port], names=["s1"]),
+            pool_yaml("alpha", listen, [b.port], names=["s1"]),
+        ]
+        current = [texts[0]]
+        pools = lambda: list(parse_twemproxy(current[0]).values())  # noqa: E731
+        service = ShardService(pools, listen=("127.0.0.1", 0))
+        await service.start()
+        try:
+            port = service.pools[0].port
+            assert await raw_pipeline(port, [[b"SET", b"k", b"before"]]) == [b"OK"]
+            current[0] = texts[1]
+            service.reload()
+            assert await raw_pipeline(port, [[b"SET", b"k", b"after"], [b"XADD", b"st", b"*", b"f", b"v"]])
+            assert await raw_pipeline(b.port, [[b"GET", b"k"]]) == [b"after"]
+            assert await raw_pipeline(a.port, [[b"GET", b"k"]]) == [b"before"]
+            info = await raw_pipeline(port, [[b"XINFO", b"STREAM", b"st"]])  # keyed by its second argument
+            assert isinstance(info[0], list)
+        finally:
+            await service.shutdown(5.0)

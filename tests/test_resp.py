@@ -96,6 +96,16 @@ def test_fast_parser_refuses_what_redis_refuses() -> None:
             FastRequestParser().feed(data)
 
 
+@pytest.mark.parametrize("pieces", [[b"*2147483647\r\n"], [b"*21474", b"83647\r\n"], [b"*4294967295\r\n"]])
+def test_a_huge_array_count_is_refused_before_anything_is_allocated(pieces: list[bytes]) -> None:
+    # hiredis would allocate the whole list when it reads the count: the fast parser hands such
+    # input to the Python one, which checks the count against MAX_ARGS
+    with pytest.raises(RespProtocolError, match="invalid multibulk length"):
+        feed_all(FastRequestParser(), pieces)
+    value = encode_command([b"SET", b"k", b"*12345678 inside a value"])
+    assert feed_all(FastRequestParser(), [value]) == [[b"SET", b"k", b"*12345678 inside a value"]]
+
+
 def test_the_commands_before_a_fault_are_kept() -> None:
     good = encode_command([b"SET", b"a", b"1"])
     for parser in (RequestParser(), FastRequestParser()):

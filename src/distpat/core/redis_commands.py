@@ -59,7 +59,7 @@ zremrangebyrank zremrangebyscore zlexcount zrangebylex zrevrangebylex zremrangeb
 zpopmax zmscore zrandmember
 pfadd
 geoadd geodist geohash geopos geosearch georadius_ro georadiusbymember_ro
-xadd xlen xrange xrevrange xdel xtrim xack xpending xclaim xautoclaim xinfo
+xadd xlen xrange xrevrange xdel xtrim xack xpending xclaim xautoclaim
 """
 
 COMMANDS: dict[bytes, Spec] = {
@@ -68,6 +68,7 @@ COMMANDS: dict[bytes, Spec] = {
     **_keys("sunion sinter sdiff sunionstore sinterstore sdiffstore pfcount pfmerge", last=-1),
     **_keys("smove rpoplpush lmove rename renamenx copy lcs", last=2, arity=3),
     **_keys("zrangestore geosearchstore", last=2, arity=3),
+    **_keys("xinfo xgroup", first=2, last=2, arity=3),  # XINFO STREAM key, XGROUP CREATE key ...
     b"eval": Spec(Kind.KEYS, numkeys=2, arity=3),
     b"evalsha": Spec(Kind.KEYS, numkeys=2, arity=3),
     b"eval_ro": Spec(Kind.KEYS, numkeys=2, arity=3),

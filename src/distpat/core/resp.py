@@ -14,6 +14,7 @@ message in Redis's words (``invalid bulk length``, ...); the caller answers
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 import hiredis
@@ -182,7 +183,7 @@ class RequestParser:
             need = 0  # bytes from pos this command needs at least, once it is known incomplete
             for _ in range(count):
                 if p >= n:
-                    need = p - pos + 1
+                    need = p - pos + 6 * (count - len(args))  # each argument left takes "$0\r\n\r\n" at least
                     break
                 if data[p] != 36:  # '$'
                     raise RespProtocolError(f"expected '$', got '{chr(data[p])}'")
@@ -219,6 +220,9 @@ class RequestParser:
         return pos
 
 
+_LONG_COUNT = re.compile(rb"\*[0-9]{7}")  # an array count of a million or more
+
+
 class FastRequestParser:
     """:class:`RequestParser` for multibulk requests, decoded by hiredis's C reader (ten times faster).
 
@@ -231,20 +235,29 @@ class FastRequestParser:
     should use :class:`RequestParser` (the caller decides on the first read).
     """
 
-    __slots__ = ("_pending", "_reader", "max_request_bytes")
+    __slots__ = ("_fallback", "_pending", "_reader", "max_request_bytes")
 
     def __init__(self, max_request_bytes: int = 512 * 1024 * 1024) -> None:
         self._reader = hiredis.Reader()
         self._pending = bytearray()  # what the client sent that no command has accounted for yet
+        self._fallback: RequestParser | None = None
         self.max_request_bytes = max_request_bytes
 
     @property
     def buffered(self) -> int:
-        return len(self._pending)
+        return len(self._pending) if self._fallback is None else self._fallback.buffered
 
     def feed(self, data: bytes) -> list[Command]:
+        if self._fallback is not None:
+            return self._fallback.feed(data)
         reader = self._reader
         pending = self._pending
+        if _LONG_COUNT.search(bytes(pending[-_MAX_HEADER:]) + data if pending else data):
+            # hiredis allocates an array's whole list when it reads the count: a count of millions
+            # (perhaps only inside a value: the pattern cannot tell) sends this client to the
+            # Python parser, which checks counts against MAX_ARGS first.
+            self._fallback = RequestParser(self.max_request_bytes)
+            return self._fallback.feed(bytes(pending) + data)
         pending += data
         out: list[Command] = []
         packed: list[bytes] = []

@@ -18,7 +18,19 @@ from distpat.core.http import error_response, response_head
 
 __all__ = ["RedirectProtocol", "redirect_location"]
 
-_HOST = re.compile(rb"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+|\[[0-9A-Fa-f:.]+\]")
+# One DNS label, or a bracketed IPv6 literal. No nested repetition: checked label by label, a long
+# Host costs linear time (a single pattern over the whole name backtracked exponentially).
+_LABEL = re.compile(rb"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_IPV6 = re.compile(rb"\[[0-9A-Fa-f:.]{2,45}\]")
+
+
+def _is_host(name: bytes) -> bool:
+    if name.startswith(b"["):
+        return _IPV6.fullmatch(name) is not None
+    if len(name) > 254:
+        return False
+    labels = name[:-1].split(b".") if name.endswith(b".") else name.split(b".")
+    return all(_LABEL.fullmatch(label) for label in labels)
 
 
 def redirect_location(host: bytes, target: bytes, https_port: int) -> bytes | None:
@@ -28,7 +40,7 @@ def redirect_location(host: bytes, target: bytes, https_port: int) -> bytes | No
         name = host[: host.find(b"]") + 1] if b"]" in host else host
     else:
         name = host.rpartition(b":")[0] if b":" in host else host
-    if not name or not _HOST.fullmatch(name):
+    if not name or not _is_host(name):
         return None
     if not target.startswith(b"/"):
         # absolute-form (http://h/p) keeps its path; asterisk-form and others go to the root

@@ -61,6 +61,10 @@ log = logging.getLogger("distpat.redis")
 
 VERSION = "7.2.0"  # what HELLO says the server is: the protocol distpat speaks
 
+SERVER_BACKLOG = 16 * 1024 * 1024
+"""Bytes written to a server connection and not yet taken by the server; past it (a stalled server),
+no client of the pool is read until it drains, so memory stays bounded without a timeout."""
+
 MAX_WAITING = 65_536
 """Commands a client may have waiting for replies; past it the client is not read until half are answered
 (so a client that pipelines without reading holds bounded memory)."""
@@ -246,6 +250,8 @@ class ServerConnection(asyncio.Protocol):
                 else:
                     await loop.create_connection(lambda: self, s.host, s.port)
         except (OSError, TimeoutError) as exc:
+            if self.closed:  # already failed (the pool's timeout tick): counted there
+                return
             reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
             self.server.stats["server_err"] += 1
             self.fail(f"ERR server {self.server.label} unreachable: {reason}")
@@ -258,6 +264,7 @@ class ServerConnection(asyncio.Protocol):
             transport.close()
             return
         pool = self.pool.pool
+        transport.set_write_buffer_limits(high=SERVER_BACKLOG, low=SERVER_BACKLOG // 4)  # type: ignore[attr-defined]
         write = transport.write  # type: ignore[attr-defined]
         setup: list[bytes] = []
         if self.proto == 3:
@@ -343,13 +350,21 @@ class ServerConnection(asyncio.Protocol):
                 pool.end_turn_soon()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.pool.set_congested(self, False)
         if not self.closed:
             self.server.stats["server_eof"] += 1
             self.fail(f"ERR server {self.server.label} closed the connection")
 
+    def pause_writing(self) -> None:  # the server is not reading what it is sent
+        self.pool.set_congested(self, True)
+
+    def resume_writing(self) -> None:
+        self.pool.set_congested(self, False)
+
     def fail(self, message: str) -> None:
         """Close, and answer every command waiting here with ``message``."""
         self.closed = True
+        self.pool.set_congested(self, False)
         if self.transport is not None:
             self.transport.abort()
         reply = error(message)
@@ -391,6 +406,7 @@ class RedisClient(asyncio.Protocol):
         self.closing = False
         self.close_after = False
         self.paused = False
+        self.reading_held = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -402,6 +418,8 @@ class RedisClient(asyncio.Protocol):
             return
         pool.clients.add(self)
         pool.stats["client_connections"] = len(pool.clients)
+        if pool.congested:
+            self.update_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -424,10 +442,12 @@ class RedisClient(asyncio.Protocol):
             commands = parser.feed(data)
         except RespProtocolError as exc:
             commands, fault = getattr(exc, "commands", []), exc
+        except MemoryError:
+            commands, fault = [], RespProtocolError("request too large")
         self.pool.dispatch_batch(self, commands)
-        if len(self.waiting) > MAX_WAITING and self.transport is not None and not self.paused:
+        if len(self.waiting) > MAX_WAITING and not self.paused:
             self.paused = True  # a client far ahead of its replies is not read until they catch up
-            self.transport.pause_reading()
+            self.update_reading()
         if fault is not None and not self.close_after:
             self.answer(error(f"ERR Protocol error: {fault}"))
             self.close_after = True
@@ -438,6 +458,19 @@ class RedisClient(asyncio.Protocol):
             pool.dirty_clients.append(self)
         if not pool.turn_pending:
             pool.end_turn_soon()
+
+    def update_reading(self) -> None:
+        """Read this client unless it is too far ahead of its replies or a server is not keeping up."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        hold = self.paused or bool(self.pool.congested)
+        if hold != self.reading_held:
+            self.reading_held = hold
+            if hold:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
 
     # replies
 
@@ -478,9 +511,9 @@ class RedisClient(asyncio.Protocol):
                 log.warning("client %d: output buffer over its limit; disconnected", self.id)
                 transport.abort()
                 return
-        if self.paused and len(waiting) < MAX_WAITING // 2 and transport is not None:
+        if self.paused and len(waiting) < MAX_WAITING // 2:
             self.paused = False
-            transport.resume_reading()
+            self.update_reading()
         if self.close_after and not waiting and transport is not None:
             transport.close()
 
@@ -506,6 +539,7 @@ class ShardPool:
             0,
         )
         self._client_ids = 0
+        self.congested: set[ServerConnection] = set()
         self.turn_pending = False
         self.cache: dict[bytes, ServerState] = {}
         self._server: asyncio.base_events.Server | None = None
@@ -516,6 +550,19 @@ class ShardPool:
         self.loop: asyncio.AbstractEventLoop
         self._set_servers(pool)
 
+    def set_congested(self, conn: ServerConnection, congested: bool) -> None:
+        """While a server holds SERVER_BACKLOG bytes it has not read, no client of the pool is read."""
+        before = bool(self.congested)
+        if congested:
+            self.congested.add(conn)
+        else:
+            self.congested.discard(conn)
+        if bool(self.congested) != before:
+            if self.congested:
+                log.warning("pool %s: server %s is not reading; clients wait", self.name, conn.server.label)
+            for client in list(self.clients):
+                client.update_reading()
+
     def next_client_id(self) -> int:
         self._client_ids += 1
         return self._client_ids
@@ -524,12 +571,20 @@ class ShardPool:
 
     def _set_servers(self, pool: TwemproxyPool) -> None:
         old = self.servers
-        self.servers = {s.ring_name: old.get(s.ring_name) or ServerState(self, s) for s in pool.servers}
+        # What every server connection is set up with: a change means new connections for all.
+        setup_changed = (pool.redis_auth, pool.redis_db) != (self.pool.redis_auth, self.pool.redis_db)
+        servers: dict[str, ServerState] = {}
+        for s in pool.servers:
+            state = old.get(s.ring_name)
+            if state is None or state.server != s or setup_changed:
+                if state is not None:
+                    state.close()  # a new address, weight or setup: its connections go
+                state = ServerState(self, s)
+            servers[s.ring_name] = state
         for name, state in old.items():
-            if name not in self.servers or state.server != self.servers[name].server:
+            if name not in servers:
                 state.close()
-                if name in self.servers:
-                    self.servers[name] = ServerState(self, self.servers[name].server)
+        self.servers = servers
         self.pool = pool
         self.timeout = pool.timeout / 1000 if pool.timeout else None
         self.rebuild()
@@ -776,6 +831,10 @@ class ShardPool:
                 return error(f"ERR Syntax error in HELLO option '{args[i].decode('utf-8', 'replace')}'")
         if not client.authed:
             return error("NOAUTH HELLO must be called with the client already authenticated")
+        if proto != client.proto and any(slot[0] is None for slot in client.waiting):
+            # Commands before it went out on the other protocol's server connections; those after it
+            # would go on new ones, and a server could run them first.
+            return error("ERR HELLO cannot change the protocol while earlier commands still wait for replies")
         client.proto = proto
         fields = [
             (b"server", bulk(b"redis")),
@@ -798,7 +857,7 @@ class ShardPool:
             client.name = args[2]
             return OK
         if sub == b"getname" and len(args) == 2:
-            return bulk(client.name)
+            return b"_\r\n" if client.name is None and client.proto == 3 else bulk(client.name)
         if sub == b"id" and len(args) == 2:
             return integer(client.id)
         return error(
