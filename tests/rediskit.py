@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import socket
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,14 +32,13 @@ import redis.asyncio as redis
 from distpat.config.twemproxy import parse_twemproxy
 from distpat.net.redis_shard import ShardService, ShardSettings
 from tests.nutcracker import free_ports, port_accepts
-from tests.tlskit import Sidecar, require_binary
+from tests.tlskit import Sidecar, require_binary, running_distpat
 
 __all__ = [
     "HOST",
     "blocking_exchange",
     "RawSession",
     "RedisServer",
-    "ShardProcess",
     "Tap",
     "pool_yaml",
     "raw_connection",
@@ -215,56 +211,14 @@ async def shard_service(
 # The distpat redis-shard process
 
 
-@dataclass(eq=False)
-class ShardProcess(Sidecar):
-    name: str = "redis-shard"
-
-
 @contextlib.asynccontextmanager
 async def running_redis_shard(
     workdir: Path, port: int, *args: str, also: Sequence[int] = ()
-) -> AsyncIterator[ShardProcess]:
+) -> AsyncIterator[Sidecar]:
     """``python -m distpat redis-shard ARGS`` until the block is left; entered once ``port`` (and
     every port of ``also``) accepts."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    log_path = workdir / f"redis-shard-{port}.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTPAT_")}
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "distpat", "redis-shard", *args],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    shard = ShardProcess(process, port, log_path)
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + START_TIMEOUT
-        waiting = [port, *also]
-        while waiting:
-            if process.poll() is not None:
-                raise AssertionError(f"distpat redis-shard exited with {process.returncode}:\n{shard.log()}")
-            if loop.time() > deadline:
-                raise AssertionError(
-                    f"distpat redis-shard did not accept on {waiting} in time:\n{shard.log()}"
-                )
-            if await port_accepts(waiting[0]):
-                waiting.pop(0)
-            else:
-                await asyncio.sleep(0.05)
-        yield shard
-    finally:
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(process.wait, 10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                await asyncio.to_thread(process.wait, 10)
+    async with running_distpat("redis-shard", workdir, port, args, also=also) as run:
+        yield run
 
 
 # --------------------------------------------------------------------------

@@ -198,39 +198,43 @@ class Sidecar:
 
 
 @contextlib.asynccontextmanager
-async def running_sidecar(
-    workdir: Path, port: int, *args: str, also: Sequence[int] = ()
+async def running_distpat(
+    subcommand: str, workdir: Path, port: int, argv: Sequence[str], *, also: Sequence[int] = ()
 ) -> AsyncIterator[Sidecar]:
-    """``distpat sidecar --listen 127.0.0.1:PORT ARGS`` until the block is left.
+    """``python -m distpat SUBCOMMAND ARGV`` until the block is left (SIGTERM, then SIGKILL).
 
-    The block is entered once ``port`` and every port in ``also`` accept.
+    The block is entered once ``port`` and every port in ``also`` accept. DISTPAT_* variables of the
+    environment are not passed on. The log is ``workdir/SUBCOMMAND-PORT.log``.
     """
-    log_path = workdir / f"sidecar-{port}.log"
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / f"{subcommand}-{port}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISTPAT_")}
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "distpat", "sidecar", "--listen", f"{HOST}:{port}", *args],
+            [sys.executable, "-m", "distpat", subcommand, *argv],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
         )
-    sidecar = Sidecar(process, port, log_path)
+    run = Sidecar(process, port, log_path, name=subcommand)
     try:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + START_TIMEOUT
         waiting = [port, *also]
         while waiting:
             if process.poll() is not None:
-                raise AssertionError(f"distpat sidecar exited with {process.returncode}:\n{sidecar.log()}")
+                raise AssertionError(f"distpat {subcommand} exited with {process.returncode}:\n{run.log()}")
             if loop.time() > deadline:
-                raise AssertionError(f"distpat sidecar did not accept on {waiting} in time:\n{sidecar.log()}")
+                raise AssertionError(
+                    f"distpat {subcommand} did not accept on {waiting} in time:\n{run.log()}"
+                )
             if await port_accepts(waiting[0]):
                 waiting.pop(0)
             else:
                 await asyncio.sleep(0.05)
-        yield sidecar
+        yield run
     finally:
         if process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -241,6 +245,20 @@ async def running_sidecar(
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 await asyncio.to_thread(process.wait, 10)
+
+
+@contextlib.asynccontextmanager
+async def running_sidecar(
+    workdir: Path, port: int, *args: str, also: Sequence[int] = ()
+) -> AsyncIterator[Sidecar]:
+    """``distpat sidecar --listen 127.0.0.1:PORT ARGS`` until the block is left.
+
+    The block is entered once ``port`` and every port in ``also`` accept.
+    """
+    async with running_distpat(
+        "sidecar", workdir, port, ["--listen", f"{HOST}:{port}", *args], also=also
+    ) as run:
+        yield run
 
 
 # --------------------------------------------------------------------------
