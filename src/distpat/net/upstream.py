@@ -58,6 +58,10 @@ class UpstreamPolicy:
     """Seconds an ejected upstream sits out before it is tried again."""
 
 
+UPSTREAM_READ_BYTES = 256 * 1024
+"""The buffer every connection to one upstream reads into (as large as the event loop's own reads)."""
+
+
 def parse_upstream_url(url: str) -> tuple[str, int]:
     """``http://host:port`` -> (host, port); raises :class:`ConfigError` for anything else."""
     parts = urlsplit(url)
@@ -74,7 +78,7 @@ def parse_upstream_url(url: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(asyncio.BufferedProtocol):
     """One connection to an upstream; owned by at most one exchange at a time."""
 
     __slots__ = (
@@ -115,7 +119,18 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
 
-    def data_received(self, data: bytes) -> None:
+    # Reads land in the upstream's one buffer (asyncio.BufferedProtocol): each is parsed before the
+    # next read, and httptools hands the callbacks copies. The event loop would otherwise make a
+    # bytes object of each read (up to 256 KiB), and with glibc's malloc that pattern sometimes
+    # settled into heap trimming that nearly halved 1 MiB downloads for a whole run.
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.upstream.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self.upstream.read_buffer[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         if self.handler is None:  # bytes from an idle upstream: it is broken
             self.close()
             return
@@ -269,6 +284,7 @@ class Upstream:
         "host",
         "port",
         "host_field",
+        "read_buffer",
         "policy",
         "idle",
         "open",
@@ -282,6 +298,7 @@ class Upstream:
         self.host, self.port = parse_upstream_url(url)
         self.name = f"{self.host}:{self.port}"
         host = f"[{self.host}]" if ":" in self.host else self.host
+        self.read_buffer = memoryview(bytearray(UPSTREAM_READ_BYTES))  # see UpstreamConnection.get_buffer
         # the Host field for requests that came without one (nginx's $proxy_host)
         self.host_field = f"{host}:{self.port}".encode("idna" if not host.isascii() else "ascii")
         self.policy = policy or UpstreamPolicy()
