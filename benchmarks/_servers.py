@@ -53,7 +53,6 @@ __all__ = [
     "rss_bytes",
     "run_parallel",
     "run_redis_benchmark",
-    "run_wrk",
     "run_wrk_url",
     "start_nginx",
     "start_process",
@@ -371,6 +370,14 @@ server {{
     )
 
 
+def shown_command(argv: Sequence[str], workdir: Path) -> str:
+    """``argv`` for a report: the repository and the run's temporary directory left out of its paths,
+    so that the output describes the benchmark, not the machine it ran in."""
+    text = shlex.join(argv)
+    text = text.replace(str(workdir), "$TMP")
+    return text.replace(str(Path(__file__).resolve().parents[1]) + "/", "")
+
+
 # --- wrk ----------------------------------------------------------------------------------------------
 
 
@@ -431,23 +438,6 @@ def parse_wrk(text: str) -> WrkResult:
     )
 
 
-def run_wrk(
-    url: str,
-    *,
-    wrk: str = "wrk",
-    threads: int = 1,
-    connections: int = 32,
-    duration: int = 4,
-    latency: bool = True,
-) -> WrkResult:
-    """Run ``wrk -tT -cC -dDs [--latency] url`` against a 127.0.0.1 URL and parse its report."""
-    if not url.startswith(f"http://{LOOPBACK}:"):
-        raise ValueError(f"benchmarks only target {LOOPBACK}, not {url}")
-    return run_wrk_url(
-        url, wrk=wrk, threads=threads, connections=connections, duration=duration, latency=latency
-    )
-
-
 def run_wrk_url(
     url: str,
     *,
@@ -458,7 +448,8 @@ def run_wrk_url(
     latency: bool = True,
     headers: Sequence[str] = (),
 ) -> WrkResult:
-    """``run_wrk`` for an http:// or https:// URL on 127.0.0.1, with extra request ``headers`` (``-H``).
+    """Run ``wrk -tT -cC -dDs [--latency] [-H ...] url`` against an http:// or https:// URL on 127.0.0.1,
+    and parse its report.
 
     wrk does not verify certificates. Over https it keeps the TLS session of a connection it closes and
     offers it when it reconnects, so a server that resumes sessions does resumed handshakes after the

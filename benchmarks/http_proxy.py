@@ -57,7 +57,7 @@ from _servers import (
     raise_nofile_limit,
     require_tool,
     rss_bytes,
-    run_wrk,
+    run_wrk_url,
     start_backend,
     start_nginx,
     start_process,
@@ -303,7 +303,7 @@ def measure(contenders: Sequence[Contender], path: str, wrk: str, args: argparse
             if not c.available:
                 continue
             try:
-                done[c.name] = run_wrk(
+                done[c.name] = run_wrk_url(
                     c.url(path), wrk=wrk, threads=1, connections=args.connections, duration=args.duration
                 )
             except WrkError as e:

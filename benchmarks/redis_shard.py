@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import re
-import shlex
 import statistics
 import sys
 import tempfile
@@ -61,6 +60,7 @@ from _servers import (
     redis_call,
     require_tool,
     run_redis_benchmark,
+    shown_command,
     start_process,
     start_redis_server,
     tool_output,
@@ -366,13 +366,14 @@ def report(
     yaml: str,
     redis_benchmark: str,
     args: argparse.Namespace,
+    workdir: Path,
 ) -> None:
     """The placement check, both pipeline depths, the placement check again, and the goals."""
     print("\nconfig: one file for both proxies (distpat listens on its own --listen port):")
     print("".join(f"    {line}\n" for line in yaml.splitlines()), end="")
     for c in contenders:
         if c.service is not None:
-            print(f"{c.name}: {shlex.join(c.service.argv)}")
+            print(f"{c.name}: {shown_command(c.service.argv, workdir)}")
     keys = placement_keys(args.keys)
     print(f"\n## Placement: {args.keys} keys SET and read back through each proxy, then found on a shard")
     before = placement(contenders, shard_ports, keys, "before")
@@ -428,7 +429,7 @@ def main() -> None:
         contextlib.ExitStack() as stack,
     ):
         contenders, shard_ports, yaml = start_all(stack, Path(tmp), redis_server, nutcracker, args)
-        report(contenders, shard_ports, yaml, redis_benchmark, args)
+        report(contenders, shard_ports, yaml, redis_benchmark, args, Path(tmp))
 
 
 if __name__ == "__main__":

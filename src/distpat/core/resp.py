@@ -104,24 +104,52 @@ def _number(line: bytes, what: str) -> int:
     raise RespProtocolError(f"invalid {what}")
 
 
-class RequestParser:
+class _Buffered:
+    """What a parser keeps between reads: the bytes of an incomplete item, and how many it needs."""
+
+    __slots__ = ("_buf", "_need", "_limit")
+
+    def __init__(self, limit: int) -> None:
+        self._buf = bytearray()
+        self._need = 0  # bytes the buffered incomplete item needs at least
+        self._limit = limit
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for an incomplete item."""
+        return len(self._buf)
+
+    def _take(self, data: bytes) -> bytes | None:
+        """``data`` with what was held before it; None while the held item cannot be complete yet."""
+        if not self._buf:
+            return data
+        self._buf += data
+        if len(self._buf) < self._need:
+            return None
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data
+
+    def _keep(self, data: bytes, pos: int, what: str) -> None:
+        """Hold ``data[pos:]``, the start of an incomplete item, unless it is already over the limit."""
+        if pos < len(data):
+            if len(data) - pos > self._limit:
+                raise RespProtocolError(f"{what} larger than {self._limit} bytes")
+            self._buf += data[pos:] if pos else data
+
+
+class RequestParser(_Buffered):
     """Client bytes in, argument lists out; keeps an incomplete command for the next read.
 
     ``max_request_bytes`` bounds one command's size (and so what is held for
     an incomplete one): past it, :class:`RespProtocolError`.
     """
 
-    __slots__ = ("_buf", "_need", "max_request_bytes")
+    __slots__ = ("max_request_bytes",)
 
     def __init__(self, max_request_bytes: int = 512 * 1024 * 1024) -> None:
-        self._buf = bytearray()
-        self._need = 0  # bytes the buffered incomplete command needs at least
+        super().__init__(max_request_bytes)
         self.max_request_bytes = max_request_bytes
-
-    @property
-    def buffered(self) -> int:
-        """Bytes held for an incomplete command."""
-        return len(self._buf)
 
     def feed(self, data: bytes) -> list[Command]:
         """Every complete command in what has arrived, in order, each with its bytes.
@@ -130,23 +158,17 @@ class RequestParser:
             RespProtocolError: the input is not RESP; its ``commands`` attribute
                 holds the complete commands that came before the fault.
         """
-        if self._buf:
-            self._buf += data
-            if len(self._buf) < self._need:
-                return []
-            data = bytes(self._buf)
-            self._buf.clear()
+        whole = self._take(data)
+        if whole is None:
+            return []
+        data = whole
         out: list[Command] = []
         try:
             pos = self._parse(data, out)
         except RespProtocolError as exc:
             exc.commands = out  # type: ignore[attr-defined]
             raise
-        if pos < len(data):
-            rest = len(data) - pos
-            if rest > self.max_request_bytes:
-                raise RespProtocolError(f"request larger than {self.max_request_bytes} bytes")
-            self._buf += data[pos:] if pos else data
+        self._keep(data, pos, "request")
         return out
 
     def _parse(self, data: bytes, out: list[Command]) -> int:
@@ -321,31 +343,24 @@ _BLOB_TYPES = frozenset(b"$!=")
 _AGGREGATES = {ord("*"): 1, ord("~"): 1, ord(">"): 1, ord("%"): 2, ord("|"): 2}
 
 
-class ReplyScanner:
+class ReplyScanner(_Buffered):
     """Server bytes in, one bytes object per complete reply out (RESP2 and RESP3).
 
     Nothing is decoded beyond the framing. A RESP3 attribute (``|``) is kept
     with the reply it annotates, as one.
     """
 
-    __slots__ = ("_buf", "_need", "max_reply_bytes")
+    __slots__ = ("max_reply_bytes",)
 
     def __init__(self, max_reply_bytes: int = 512 * 1024 * 1024) -> None:
-        self._buf = bytearray()
-        self._need = 0
+        super().__init__(max_reply_bytes)
         self.max_reply_bytes = max_reply_bytes
 
-    @property
-    def buffered(self) -> int:
-        return len(self._buf)
-
     def feed(self, data: bytes) -> list[bytes]:
-        if self._buf:
-            self._buf += data
-            if len(self._buf) < self._need:
-                return []
-            data = bytes(self._buf)
-            self._buf.clear()
+        whole = self._take(data)
+        if whole is None:
+            return []
+        data = whole
         out: list[bytes] = []
         n = len(data)
         pos = 0
@@ -379,10 +394,7 @@ class ReplyScanner:
                     break
             out.append(data[pos:end])
             pos = end
-        if pos < n:
-            if n - pos > self.max_reply_bytes:
-                raise RespProtocolError(f"reply larger than {self.max_reply_bytes} bytes")
-            self._buf += data[pos:] if pos else data
+        self._keep(data, pos, "reply")
         return out
 
     def _end(self, data: bytes, pos: int, n: int) -> int:

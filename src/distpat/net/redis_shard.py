@@ -36,7 +36,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from distpat.config.twemproxy import TwemproxyPool, TwemproxyServer
-from distpat.core.redis_commands import COMMANDS, Kind, Spec, command_keys, split_keys
+from distpat.core.redis_commands import COMMANDS, Kind, Spec, command_keys, split_keys, wrong_arity
 from distpat.core.resp import (
     NULL_BULK,
     OK,
@@ -767,15 +767,15 @@ class ShardPool:
     def _local(self, client: RedisClient, name: bytes, args: list[bytes]) -> None:
         n = len(args)
         if name == b"ping":
-            client.answer(b"+PONG\r\n" if n == 1 else bulk(args[1]) if n == 2 else _arity(args))
+            client.answer(b"+PONG\r\n" if n == 1 else bulk(args[1]) if n == 2 else wrong_arity(args[0]))
         elif name == b"echo":
-            client.answer(bulk(args[1]) if n == 2 else _arity(args))
+            client.answer(bulk(args[1]) if n == 2 else wrong_arity(args[0]))
         elif name == b"quit":
             client.answer(OK)
             client.close_after = True
         elif name == b"select":
             if n != 2:
-                client.answer(_arity(args))
+                client.answer(wrong_arity(args[0]))
             elif args[1] == str(self.pool.redis_db).encode() or (args[1] == b"0" and not self.pool.redis_db):
                 client.answer(OK)
             else:
@@ -800,7 +800,7 @@ class ShardPool:
     def _auth(self, client: RedisClient, creds: list[bytes]) -> bytes:
         password = self.pool.redis_auth
         if not creds or len(creds) > 2:
-            return error("ERR wrong number of arguments for 'auth' command")
+            return wrong_arity(b"auth")
         if not password:
             return error("ERR AUTH <password> called without any password configured for the default user")
         if creds[-1] != password.encode() or (len(creds) == 2 and creds[0] != b"default"):
@@ -966,10 +966,6 @@ class ShardPool:
                 "out_queue_bytes": sum(len(b) for c in conns for b in c.out),
             }
         return out
-
-
-def _arity(args: list[bytes]) -> bytes:
-    return error(f"ERR wrong number of arguments for '{args[0].decode('utf-8', 'replace').lower()}' command")
 
 
 def _loop_running() -> bool:
