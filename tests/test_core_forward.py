@@ -6,7 +6,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from distpat.core.forward import forward_request, forward_response
+from distpat.core.forward import (
+    MEMO_NAME_BYTES,
+    MEMO_NAMES,
+    RequestForwarder,
+    forward_request,
+    forward_response,
+)
 from distpat.core.http import (
     BodyKind,
     Headers,
@@ -87,11 +93,20 @@ def outcome(fn):  # type: ignore[no-untyped-def]
         return Refused(exc.status)
 
 
-def reference_request(headers: Headers, http10: bool, forwarded: bool):  # type: ignore[no-untyped-def]
+# A sidecar's: a client-certificate field always replaced, a response field always set.
+DROP_REQUEST = frozenset({b"x-custom"})
+EXTRA_REQUEST = ((b"X-Custom", b"CN=client"),)
+DROP_RESPONSE = frozenset({b"x-custom"})
+EXTRA_RESPONSE = ((b"X-Custom", b"max-age=60"),)
+
+
+def reference_request(headers: Headers, http10: bool, forwarded: bool, sidecar: bool):  # type: ignore[no-untyped-def]
     framing = request_framing(headers, version=(1, 0) if http10 else (1, 1))
     kept: Headers = []
     expect = False
     for name, value in headers:
+        if sidecar and name.lower() in DROP_REQUEST:
+            continue
         if name.lower() == b"expect":
             if value.strip(b" \t").lower() != b"100-continue":
                 raise RemoteProtocolError("expectation", status=417)
@@ -101,13 +116,17 @@ def reference_request(headers: Headers, http10: bool, forwarded: bool):  # type:
     out = forward_request_headers(
         kept, client_addr="10.9.8.7", scheme="https", via=b"1.1 t", forwarded=forwarded
     )
+    if sidecar:
+        out.extend(EXTRA_REQUEST)
     if framing.kind is BodyKind.CHUNKED:
         out.append((b"Transfer-Encoding", b"chunked"))
     return framing, request_head(b"POST", b"/p?q", out), expect
 
 
-@given(headers=fields, http10=st.booleans(), forwarded=st.booleans())
-def test_forward_request_matches_the_general_rules(headers: Headers, http10: bool, forwarded: bool) -> None:
+@given(headers=fields, http10=st.booleans(), forwarded=st.booleans(), sidecar=st.booleans())
+def test_forward_request_matches_the_general_rules(
+    headers: Headers, http10: bool, forwarded: bool, sidecar: bool
+) -> None:
     fast = outcome(
         lambda: forward_request(
             b"POST",
@@ -118,12 +137,14 @@ def test_forward_request_matches_the_general_rules(headers: Headers, http10: boo
             scheme="https",
             via=b"1.1 t",
             forwarded=forwarded,
+            drop=DROP_REQUEST if sidecar else frozenset(),
+            extra=EXTRA_REQUEST if sidecar else (),
         )
     )
     if fast is None:  # left to the general path: a Connection option names another field
         assert any(n.lower() == b"connection" for n, _ in headers)
         return
-    expected = outcome(lambda: reference_request(headers, http10, forwarded))
+    expected = outcome(lambda: reference_request(headers, http10, forwarded, sidecar))
     if isinstance(expected, Refused):
         # both refuse; the status may differ only where two problems meet (417 vs 400)
         assert isinstance(fast, Refused)
@@ -133,9 +154,14 @@ def test_forward_request_matches_the_general_rules(headers: Headers, http10: boo
     assert fast == (framing.kind, -1 if framing.length is None else framing.length, head, expect)
 
 
-def reference_response(method: bytes, status: int, headers: Headers, http10: bool, keep_alive: bool):  # type: ignore[no-untyped-def]
+def reference_response(  # type: ignore[no-untyped-def]
+    method: bytes, status: int, headers: Headers, http10: bool, keep_alive: bool, sidecar: bool
+):
     framing = response_framing(method, status, headers)
     out = forward_response_headers(headers, via=b"1.1 t")
+    if sidecar:
+        out = [(n, v) for n, v in out if n.lower() not in DROP_RESPONSE]
+        out.extend(EXTRA_RESPONSE)
     rechunk, close = False, not keep_alive
     if framing.kind in (BodyKind.CHUNKED, BodyKind.UNTIL_CLOSE):
         out = [(n, v) for n, v in out if n.lower() != b"content-length"]
@@ -169,17 +195,27 @@ def reference_response(method: bytes, status: int, headers: Headers, http10: boo
     status=st.sampled_from([100, 200, 204, 206, 301, 304, 404, 500, 599]),
     http10=st.booleans(),
     keep_alive=st.booleans(),
+    sidecar=st.booleans(),
 )
 def test_forward_response_matches_the_general_rules(
-    headers: Headers, method: bytes, status: int, http10: bool, keep_alive: bool
+    headers: Headers, method: bytes, status: int, http10: bool, keep_alive: bool, sidecar: bool
 ) -> None:
     fast = outcome(
-        lambda: forward_response(method, status, headers, via=b"1.1 t", http10=http10, keep_alive=keep_alive)
+        lambda: forward_response(
+            method,
+            status,
+            headers,
+            via=b"1.1 t",
+            http10=http10,
+            keep_alive=keep_alive,
+            drop=DROP_RESPONSE if sidecar else frozenset(),
+            extra=EXTRA_RESPONSE if sidecar else (),
+        )
     )
     if fast is None:
         assert any(n.lower() == b"connection" for n, _ in headers)
         return
-    expected = outcome(lambda: reference_response(method, status, headers, http10, keep_alive))
+    expected = outcome(lambda: reference_response(method, status, headers, http10, keep_alive, sidecar))
     if isinstance(fast, Refused):
         assert fast == expected
         return
@@ -243,3 +279,21 @@ def test_expect_continue_is_taken_out(value: bytes) -> None:
     _, _, head, expect = req
     assert expect
     assert b"expect" not in head.lower()
+
+
+def test_the_name_memo_is_bounded_and_never_changes_an_answer() -> None:
+    forwarder = RequestForwarder(client_addr="10.0.0.1", scheme="http", via=b"1.1 t")
+    table = forwarder._names
+    known = len(table.lower)
+    for i in range(MEMO_NAMES + 500):
+        name = b"X-Name-%d" % i
+        out = forwarder.forward(
+            b"GET", b"/", [(b"Host", b"h"), (name, b"v"), (b"CONNECTION", b"close")], False
+        )
+        assert out is not None
+        assert name + b": v\r\n" in out[2]
+        assert b"CONNECTION" not in out[2]
+    long_name = b"X-" + b"a" * MEMO_NAME_BYTES
+    assert forwarder.forward(b"GET", b"/", [(b"Host", b"h"), (long_name, b"v")], False) is not None
+    assert len(table.seen) <= known + MEMO_NAMES
+    assert long_name not in table.seen

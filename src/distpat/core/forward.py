@@ -5,11 +5,20 @@ fields, add the proxy's own (X-Forwarded-*, Via), decide how the body is
 re-framed and serialise the head. Done with the general functions of
 :mod:`distpat.core.http` that is five passes over the fields and a list of
 pairs built and joined twice, about two thirds of the engine's Python time
-per request. The functions here do it in one pass straight into the head's
+per request. The forwarders here do it in one pass straight into the head's
 bytes, for the overwhelmingly common case; they return None for the rare one
 they leave to the general functions (a Connection field naming fields other
 than the standard hop-by-hop ones), and the tests check that the two always
 agree.
+
+A :class:`RequestForwarder` lives as long as a client connection and a
+:class:`ResponseForwarder` as long as a server, so what is the same for every
+request they forward (the client's address, the proxy's own fields) is
+serialised once. The field names seen are kept, with what they mean, in a
+table shared by the forwarders with the same dropped fields, so that a name
+met before costs one dictionary lookup and no lowercasing. The tables are bounded (names of at most
+:data:`MEMO_NAME_BYTES` bytes, :data:`MEMO_NAMES` names), so a client sending
+endless new names costs time, not memory.
 
 Fields come from httptools, which refuses CR, LF and NUL in them, so the
 heads are not scanned again for header injection (the general functions,
@@ -25,7 +34,11 @@ from typing import Final
 from distpat.core.http import (
     _OWS,
     _REASONS,
+    CHUNKED_BODY,
     HOP_BY_HOP,
+    LENGTH_BODY,
+    NO_BODY,
+    UNTIL_CLOSE_BODY,
     BodyKind,
     Headers,
     _forwarded_element,
@@ -34,10 +47,26 @@ from distpat.core.http import (
 )
 from distpat.errors import RemoteProtocolError
 
-__all__ = ["ForwardedRequest", "ForwardedResponse", "forward_request", "forward_response", "other_codings"]
+__all__ = [
+    "MEMO_NAMES",
+    "MEMO_NAME_BYTES",
+    "ForwardedRequest",
+    "ForwardedResponse",
+    "RequestForwarder",
+    "ResponseForwarder",
+    "forward_request",
+    "forward_response",
+    "other_codings",
+]
 
-# What each field name means to the request pass; absent names are copied as they are.
-_HOP, _CONNECTION, _FRAMING, _HOST, _XFF, _VIA, _XF_SET, _FORWARDED, _EXPECT = range(9)
+
+MEMO_NAMES: Final = 1024
+"""Field names a forwarder remembers the meaning of (beyond the ones it knows from the start)."""
+MEMO_NAME_BYTES: Final = 64
+"""Longer field names are looked up lowercased every time, never remembered."""
+
+# What each field name means to a pass; names absent from a table are copied as they are (_COPY).
+_COPY, _HOP, _CONNECTION, _FRAMING, _HOST, _XFF, _VIA, _XF_SET, _FORWARDED, _EXPECT, _LENGTH = range(11)
 _REQUEST_FIELDS: Final[dict[bytes, int]] = {
     **dict.fromkeys(HOP_BY_HOP, _HOP),
     b"connection": _CONNECTION,
@@ -55,7 +84,7 @@ _RESPONSE_FIELDS: Final[dict[bytes, int]] = {
     **dict.fromkeys(HOP_BY_HOP, _HOP),
     b"connection": _CONNECTION,
     b"transfer-encoding": _FRAMING,
-    b"content-length": _FRAMING,
+    b"content-length": _LENGTH,
     b"via": _VIA,
 }
 # Connection options that name nothing beyond the fields already dropped.
@@ -64,19 +93,30 @@ _COMMON_OPTIONS: Final = frozenset({b"keep-alive", b"close"})
 _STATUS_LINES: Final[dict[int, bytes]] = {
     code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in _REASONS.items()
 }
-
-
 _NO_FIELDS: Final[frozenset[bytes]] = frozenset()
 
 
-@lru_cache(maxsize=16)
-def _request_kinds(drop: frozenset[bytes]) -> dict[bytes, int]:
-    return {**_REQUEST_FIELDS, **dict.fromkeys(drop, _HOP)}
+class _NameTable:
+    """What field names mean: the known lowercase names, and a memo of names as seen (shared, bounded)."""
+
+    __slots__ = ("lower", "seen")
+
+    def __init__(self, fields: dict[bytes, int], drop: frozenset[bytes]) -> None:
+        self.lower = {**fields, **dict.fromkeys(drop, _HOP)}
+        self.seen = dict(self.lower)
+
+    def kind(self, name: bytes) -> int:
+        """The meaning of a name not in ``seen`` (the forwarders look there first, inline)."""
+        kind = self.lower.get(name.lower(), _COPY)
+        seen = self.seen
+        if len(name) <= MEMO_NAME_BYTES and len(seen) < len(self.lower) + MEMO_NAMES:
+            seen[name] = kind
+        return kind
 
 
 @lru_cache(maxsize=16)
-def _response_kinds(drop: frozenset[bytes]) -> dict[bytes, int]:
-    return {**_RESPONSE_FIELDS, **dict.fromkeys(drop, _HOP)}
+def _name_table(response: bool, drop: frozenset[bytes]) -> _NameTable:
+    return _NameTable(_RESPONSE_FIELDS if response else _REQUEST_FIELDS, drop)
 
 
 def _append(joined: bytes | None, value: bytes) -> bytes | None:
@@ -97,6 +137,17 @@ def _options_are_plain(values: list[bytes]) -> bool:
     return True
 
 
+def _framing_fields(fields: Headers | None, length: bytes | None) -> Headers:
+    """The framing fields of a response once there is more than one Content-Length or Transfer-Encoding."""
+    if fields is not None:
+        return fields
+    return [] if length is None else [(b"content-length", length)]
+
+
+def _lines(fields: Sequence[tuple[bytes, bytes]]) -> bytes:
+    return b"".join(name + b": " + value + b"\r\n" for name, value in fields)
+
+
 ForwardedRequest = tuple[BodyKind, int, bytes, bool]
 """``(body kind, body length or -1, head bytes, expect 100-continue)``: a plain tuple, because building
 even a frozen dataclass costs half a microsecond, a fair share of a proxied request's Python time."""
@@ -104,6 +155,241 @@ even a frozen dataclass costs half a microsecond, a fair share of a proxied requ
 ForwardedResponse = tuple[BodyKind, bytes, bool, bool]
 """``(body kind, head bytes, rechunk, close)``: ``rechunk`` when the body is re-sent chunked (upstream
 chunked or close-delimited, client HTTP/1.1); ``close`` when the client connection closes after it."""
+
+
+class RequestForwarder:
+    """Request heads from one client, as ``request_framing`` + ``forward_request_headers`` + ``request_head``.
+
+    ``client_addr`` and ``scheme`` go into X-Forwarded-For/-Proto (and
+    Forwarded when ``forwarded``), ``via`` into Via. Fields named in ``drop``
+    (lowercase) are left out and ``extra`` fields added (a TLS sidecar's
+    client identity).
+    """
+
+    __slots__ = (
+        "_names",
+        "_seen",
+        "_addr",
+        "_proto",
+        "_via",
+        "_forwarded",
+        "_plain",
+        "_xfp",
+        "_end",
+        "_end_chunked",
+    )
+
+    def __init__(
+        self,
+        *,
+        client_addr: str,
+        scheme: str,
+        via: bytes,
+        forwarded: bool = False,
+        drop: frozenset[bytes] = _NO_FIELDS,
+        extra: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
+        self._names = _name_table(False, drop)
+        self._seen = self._names.seen
+        self._addr = client_addr.encode("ascii", "backslashreplace") or b"unknown"
+        self._proto = scheme.encode("ascii", "backslashreplace")
+        self._via = via
+        self._forwarded = forwarded
+        self._xfp = b"X-Forwarded-Proto: " + self._proto + b"\r\n"
+        # Via, X-Forwarded-For and -Proto of a request that came without Via and X-Forwarded-For
+        self._plain = b"Via: " + via + b"\r\nX-Forwarded-For: " + self._addr + b"\r\n" + self._xfp
+        extra_lines = _lines(extra)
+        self._end = extra_lines + b"\r\n"
+        self._end_chunked = extra_lines + b"Transfer-Encoding: chunked\r\n\r\n"
+
+    def forward(
+        self, method: bytes, target: bytes, headers: Headers, http10: bool
+    ) -> ForwardedRequest | None:
+        """The upstream request head, or None when a Connection field names other fields.
+
+        ``Expect: 100-continue`` is taken out (the engine answers it); any
+        other expectation is refused with 417.
+
+        Raises:
+            RemoteProtocolError: bad framing (400), two Host fields (400), an unknown expectation (417).
+        """
+        parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+        seen = self._seen
+        body_fields: Headers | None = None
+        connection: list[bytes] | None = None
+        host: bytes | None = None
+        xff: bytes | None = None
+        vias: bytes | None = None
+        fwd: bytes | None = None
+        expect = False
+        for name, value in headers:
+            kind = seen.get(name)  # inline, as in ResponseForwarder: a call per field costs more
+            if kind is None:
+                kind = self._names.kind(name)
+            if kind == _COPY:
+                parts += (name, b": ", value, b"\r\n")
+            elif kind == _HOST:
+                if host is not None:
+                    raise RemoteProtocolError("request has more than one Host field", status=400)
+                host = value.strip(_OWS)
+                parts += (name, b": ", value, b"\r\n")
+            elif kind == _FRAMING:
+                if body_fields is None:
+                    body_fields = []
+                body_fields.append((name, value))
+                if name.lower() == b"content-length":
+                    parts += (name, b": ", value, b"\r\n")
+            elif kind == _CONNECTION:
+                if connection is None:
+                    connection = []
+                connection.append(value)
+            elif kind == _XFF:
+                xff = _append(xff, value)
+            elif kind == _VIA:
+                vias = _append(vias, value)
+            elif kind == _FORWARDED:
+                if self._forwarded:
+                    fwd = _append(fwd, value)
+                else:
+                    parts += (name, b": ", value, b"\r\n")
+            elif kind == _EXPECT:
+                if value.strip(_OWS).lower() != b"100-continue":
+                    raise RemoteProtocolError("only 'Expect: 100-continue' is supported", status=417)
+                expect = True
+            # _HOP and _XF_SET fields are dropped
+        if connection is not None and not _options_are_plain(connection):
+            return None
+        if body_fields:
+            framing = request_framing(body_fields, version=(1, 0) if http10 else (1, 1))
+            body, length = framing.kind, -1 if framing.length is None else framing.length
+        else:
+            body, length = NO_BODY, -1
+        if vias is None and xff is None:
+            parts.append(self._plain)
+        else:
+            via, addr = self._via, self._addr
+            parts += (b"Via: ", via if vias is None else vias + b", " + via, b"\r\n")
+            parts += (b"X-Forwarded-For: ", addr if xff is None else xff + b", " + addr, b"\r\n")
+            parts.append(self._xfp)
+        if host:
+            parts += (b"X-Forwarded-Host: ", host, b"\r\n")
+        if self._forwarded:
+            element = _forwarded_element(self._addr, self._proto, host)
+            parts += (b"Forwarded: ", element if fwd is None else fwd + b", " + element, b"\r\n")
+        parts.append(self._end_chunked if body is CHUNKED_BODY else self._end)
+        return body, length, b"".join(parts), expect
+
+
+class ResponseForwarder:
+    """Response heads for clients, as ``response_framing`` + ``forward_response_headers`` + ``response_head``.
+
+    Chunked and close-delimited bodies are re-sent chunked to an HTTP/1.1
+    client (Content-Length dropped, other transfer codings still declared)
+    and close-delimited to an HTTP/1.0 one. Fields named in ``drop``
+    (lowercase) are left out and ``extra`` fields added (a sidecar's
+    Strict-Transport-Security).
+    """
+
+    __slots__ = ("_names", "_seen", "_via", "_extra", "_keep", "_close", "_keep10")
+
+    def __init__(
+        self, *, via: bytes, drop: frozenset[bytes] = _NO_FIELDS, extra: Sequence[tuple[bytes, bytes]] = ()
+    ) -> None:
+        self._names = _name_table(True, drop)
+        self._seen = self._names.seen
+        self._via = via
+        self._extra = _lines(extra)
+        # the end of a head whose body keeps its framing and that came without Via
+        tail = b"Via: " + via + b"\r\n" + self._extra
+        self._keep = tail + b"\r\n"
+        self._close = tail + b"Connection: close\r\n\r\n"
+        self._keep10 = tail + b"Connection: keep-alive\r\n\r\n"
+
+    def forward(
+        self, method: bytes, status: int, headers: Headers, http10: bool, keep_alive: bool
+    ) -> ForwardedResponse | None:
+        """The client response head, or None when a Connection field names other fields.
+
+        ``keep_alive`` False (the client asked to close, or the server is
+        draining) adds ``Connection: close``; an HTTP/1.0 client that keeps
+        the connection gets ``Connection: keep-alive``.
+
+        Raises:
+            RemoteProtocolError: status 502 for framing that cannot be trusted.
+        """
+        line = _STATUS_LINES.get(status)
+        parts = [line if line is not None else b"HTTP/1.1 %d \r\n" % status]
+        seen = self._seen
+        length: bytes | None = None  # the one Content-Length value, when there is exactly one
+        body_fields: Headers | None = None  # every Content-Length and Transfer-Encoding, past the first
+        connection: list[bytes] | None = None
+        vias: bytes | None = None
+        lengths: list[int] = []  # where Content-Length lines sit in parts, in case the body is re-framed
+        for name, value in headers:
+            kind = seen.get(name)
+            if kind is None:
+                kind = self._names.kind(name)
+            if kind == _COPY:
+                parts += (name, b": ", value, b"\r\n")
+            elif kind == _LENGTH:
+                if body_fields is None and length is None:
+                    length = value
+                else:
+                    body_fields = _framing_fields(body_fields, length)
+                    length = None
+                    body_fields.append((name, value))
+                lengths.append(len(parts))
+                parts.append(name + b": " + value + b"\r\n")
+            elif kind == _FRAMING:
+                body_fields = _framing_fields(body_fields, length)
+                length = None
+                body_fields.append((name, value))
+            elif kind == _CONNECTION:
+                if connection is None:
+                    connection = []
+                connection.append(value)
+            elif kind == _VIA:
+                vias = _append(vias, value)
+        if connection is not None and not _options_are_plain(connection):
+            return None
+        if (
+            length is not None
+            and status >= 200
+            and status != 204
+            and status != 304
+            and method != b"HEAD"
+            and method != b"CONNECT"
+            and length.isdigit()
+            and len(length) <= 18
+        ):  # the usual case, one plain Content-Length: the same answer response_framing gives
+            body = LENGTH_BODY
+        else:
+            if length is not None:
+                body_fields = [(b"content-length", length)]
+            body = response_framing(method, status, body_fields or ()).kind
+        close = not keep_alive
+        if vias is None and body is not CHUNKED_BODY and body is not UNTIL_CLOSE_BODY:
+            parts.append(self._close if close else self._keep10 if http10 else self._keep)
+            return body, b"".join(parts), False, close
+        parts += (b"Via: ", self._via if vias is None else vias + b", " + self._via, b"\r\n", self._extra)
+        rechunk = False
+        if body is CHUNKED_BODY or body is UNTIL_CLOSE_BODY:
+            for i in reversed(lengths):  # the body is re-framed: no Content-Length describes it
+                del parts[i]
+            codings = other_codings(body_fields or [])
+            if http10:
+                close = True
+                if codings:
+                    parts += (b"Content-Encoding: ", codings, b"\r\n")  # HTTP/1.0 has no transfer codings
+            else:
+                rechunk = True
+                parts += (b"Transfer-Encoding: ", codings + b", chunked" if codings else b"chunked", b"\r\n")
+        if close:
+            parts.append(b"Connection: close\r\n")
+        elif http10:
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        return body, b"".join(parts), rechunk, close
 
 
 def forward_request(
@@ -119,82 +405,11 @@ def forward_request(
     drop: frozenset[bytes] = _NO_FIELDS,
     extra: Sequence[tuple[bytes, bytes]] = (),
 ) -> ForwardedRequest | None:
-    """The upstream request head, as ``request_framing`` + ``forward_request_headers`` + ``request_head``.
-
-    ``Expect: 100-continue`` is taken out (the engine answers it); any other
-    expectation is refused with 417. Fields named in ``drop`` (lowercase) are
-    left out and ``extra`` fields added (a TLS sidecar's client identity).
-    Returns None when a Connection field names other fields, for the general
-    functions to handle.
-
-    Raises:
-        RemoteProtocolError: bad framing (400), two Host fields (400), an unknown expectation (417).
-    """
-    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
-    kinds = _request_kinds(drop) if drop else _REQUEST_FIELDS
-    body_fields: Headers | None = None
-    connection: list[bytes] | None = None
-    host: bytes | None = None
-    xff: bytes | None = None
-    vias: bytes | None = None
-    fwd: bytes | None = None
-    expect = False
-    for name, value in headers:
-        kind = kinds.get(name.lower())
-        if kind is None:
-            parts += (name, b": ", value, b"\r\n")
-        elif kind == _HOST:
-            if host is not None:
-                raise RemoteProtocolError("request has more than one Host field", status=400)
-            host = value.strip(_OWS)
-            parts += (name, b": ", value, b"\r\n")
-        elif kind == _FRAMING:
-            if body_fields is None:
-                body_fields = []
-            body_fields.append((name, value))
-            if name.lower() == b"content-length":
-                parts += (name, b": ", value, b"\r\n")
-        elif kind == _CONNECTION:
-            if connection is None:
-                connection = []
-            connection.append(value)
-        elif kind == _XFF:
-            xff = _append(xff, value)
-        elif kind == _VIA:
-            vias = _append(vias, value)
-        elif kind == _FORWARDED:
-            if forwarded:
-                fwd = _append(fwd, value)
-            else:
-                parts += (name, b": ", value, b"\r\n")
-        elif kind == _EXPECT:
-            if value.strip(_OWS).lower() != b"100-continue":
-                raise RemoteProtocolError("only 'Expect: 100-continue' is supported", status=417)
-            expect = True
-        # _HOP and _XF_SET fields are dropped
-    if connection is not None and not _options_are_plain(connection):
-        return None
-    if body_fields:
-        framing = request_framing(body_fields, version=(1, 0) if http10 else (1, 1))
-        body, length = framing.kind, -1 if framing.length is None else framing.length
-    else:
-        body, length = BodyKind.NONE, -1
-    addr = client_addr.encode("ascii", "backslashreplace") or b"unknown"
-    proto = scheme.encode("ascii", "backslashreplace")
-    parts += (b"Via: ", via if vias is None else vias + b", " + via, b"\r\n")
-    parts += (b"X-Forwarded-For: ", addr if xff is None else xff + b", " + addr, b"\r\n")
-    parts += (b"X-Forwarded-Proto: ", proto, b"\r\n")
-    if host:
-        parts += (b"X-Forwarded-Host: ", host, b"\r\n")
-    if forwarded:
-        element = _forwarded_element(addr, proto, host)
-        parts += (b"Forwarded: ", element if fwd is None else fwd + b", " + element, b"\r\n")
-    for name, value in extra:
-        parts += (name, b": ", value, b"\r\n")
-    if body is BodyKind.CHUNKED:
-        parts.append(b"Transfer-Encoding: chunked\r\n")
-    parts.append(b"\r\n")
-    return body, length, b"".join(parts), expect
+    """One request through a new :class:`RequestForwarder` (see :meth:`RequestForwarder.forward`)."""
+    forwarder = RequestForwarder(
+        client_addr=client_addr, scheme=scheme, via=via, forwarded=forwarded, drop=drop, extra=extra
+    )
+    return forwarder.forward(method, target, headers, http10)
 
 
 def forward_response(
@@ -208,83 +423,10 @@ def forward_response(
     drop: frozenset[bytes] = _NO_FIELDS,
     extra: Sequence[tuple[bytes, bytes]] = (),
 ) -> ForwardedResponse | None:
-    """The client response head, as ``response_framing`` + ``forward_response_headers`` + ``response_head``.
-
-    Chunked and close-delimited bodies are re-sent chunked to an HTTP/1.1
-    client (Content-Length dropped, other transfer codings still declared)
-    and close-delimited to an HTTP/1.0 one. ``keep_alive`` False (the client
-    asked to close, or the server is draining) adds ``Connection: close``;
-    an HTTP/1.0 client that keeps the connection gets ``Connection:
-    keep-alive``. Fields named in ``drop`` (lowercase) are left out and
-    ``extra`` fields added (a sidecar's Strict-Transport-Security). Returns
-    None when a Connection field names other fields.
-
-    Raises:
-        RemoteProtocolError: status 502 for framing that cannot be trusted.
-    """
-    line = _STATUS_LINES.get(status)
-    parts = [line if line is not None else b"HTTP/1.1 %d \r\n" % status]
-    kinds = _response_kinds(drop) if drop else _RESPONSE_FIELDS
-    body_fields: Headers | None = None
-    connection: list[bytes] | None = None
-    vias: bytes | None = None
-    lengths: list[int] = []  # where Content-Length lines sit in parts, in case the body is re-framed
-    for name, value in headers:
-        kind = kinds.get(name.lower())
-        if kind is None:
-            parts += (name, b": ", value, b"\r\n")
-        elif kind == _FRAMING:
-            if body_fields is None:
-                body_fields = []
-            body_fields.append((name, value))
-            if name.lower() == b"content-length":
-                lengths.append(len(parts))
-                parts.append(name + b": " + value + b"\r\n")
-        elif kind == _CONNECTION:
-            if connection is None:
-                connection = []
-            connection.append(value)
-        elif kind == _VIA:
-            vias = _append(vias, value)
-    if connection is not None and not _options_are_plain(connection):
-        return None
-    if (
-        body_fields is not None
-        and len(body_fields) == 1
-        and len(lengths) == 1
-        and status >= 200
-        and status != 204
-        and status != 304
-        and method != b"HEAD"
-        and method != b"CONNECT"
-        and body_fields[0][1].isdigit()
-        and len(body_fields[0][1]) <= 18
-    ):  # the usual case, one plain Content-Length: the same answer response_framing gives
-        body = BodyKind.LENGTH
-    else:
-        body = response_framing(method, status, body_fields or ()).kind
-    parts += (b"Via: ", via if vias is None else vias + b", " + via, b"\r\n")
-    for name, value in extra:
-        parts += (name, b": ", value, b"\r\n")
-    rechunk = False
-    close = not keep_alive
-    if body is BodyKind.CHUNKED or body is BodyKind.UNTIL_CLOSE:
-        for i in reversed(lengths):  # the body is re-framed: no Content-Length describes it
-            del parts[i]
-        codings = other_codings(body_fields or [])
-        if http10:
-            close = True
-            if codings:
-                parts += (b"Content-Encoding: ", codings, b"\r\n")  # HTTP/1.0 has no transfer codings
-        else:
-            rechunk = True
-            parts += (b"Transfer-Encoding: ", codings + b", chunked" if codings else b"chunked", b"\r\n")
-    if close:
-        parts.append(b"Connection: close\r\n")
-    elif http10:
-        parts.append(b"Connection: keep-alive\r\n")
-    parts.append(b"\r\n")
-    return body, b"".join(parts), rechunk, close
+    """One response through a new :class:`ResponseForwarder` (see :meth:`ResponseForwarder.forward`)."""
+    return ResponseForwarder(via=via, drop=drop, extra=extra).forward(
+        method, status, headers, http10, keep_alive
+    )
 
 
 def other_codings(body_fields: Headers) -> bytes:

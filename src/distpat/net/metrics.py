@@ -160,7 +160,7 @@ class ProxyMetrics:
 
     # -- requests -------------------------------------------------------------------------------
 
-    def request_finished(self, *, status: int, upstream: str | None, upstream_seconds: float | None) -> None:
+    def request_finished(self, status: int, upstream: str | None, upstream_seconds: float | None) -> None:
         """Count one answered request; observe the upstream's response time when there was one.
 
         ``upstream`` is None when the proxy answered by itself (counted with ``upstream=""``);

@@ -229,12 +229,12 @@ class ProxyServer:
 
     def _request_done(self, ex: Exchange) -> None:
         now = ex.client.loop.time()
-        upstream = ex.upstream.name if ex.upstream is not None and ex.upstream_started else None
-        self.metrics.request_finished(
-            status=ex.status,
-            upstream=upstream,
-            upstream_seconds=now - ex.upstream_started if upstream is not None else None,
-        )
+        if ex.upstream is not None and ex.upstream_started:
+            upstream: str | None = ex.upstream.name
+            self.metrics.request_finished(ex.status, upstream, now - ex.upstream_started)
+        else:
+            upstream = None
+            self.metrics.request_finished(ex.status, None, None)
         fmt = self.config.access_log
         if fmt is not None and access_log.isEnabledFor(logging.INFO):
             request_line = b"%s %s HTTP/%s" % (ex.method, ex.target, b"1.0" if ex.http10 else b"1.1")

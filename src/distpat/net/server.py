@@ -25,10 +25,14 @@ from dataclasses import dataclass, field
 import httptools
 
 from distpat.core.certs import format_subject
-from distpat.core.forward import ForwardedRequest, forward_request, forward_response, other_codings
+from distpat.core.forward import ForwardedRequest, RequestForwarder, ResponseForwarder, other_codings
 from distpat.core.hooks import LocalResponse, ProxyHook, RequestView
 from distpat.core.http import (
+    CHUNKED_BODY,
     LAST_CHUNK,
+    LENGTH_BODY,
+    NO_BODY,
+    UNTIL_CLOSE_BODY,
     BodyKind,
     Framing,
     chunk,
@@ -45,6 +49,7 @@ from distpat.net.upstream import Upstream, UpstreamConnection, UpstreamGroup
 
 __all__ = ["ClientConnection", "EngineSettings", "EngineState", "Exchange"]
 
+
 log = logging.getLogger("distpat.proxy")
 
 LINGER = 2.0
@@ -55,6 +60,7 @@ READ_BUFFER_BYTES = 64 * 1024
 callbacks copies, so no connection needs its own."""
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+_NOT_TRIED: frozenset[Upstream] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +103,7 @@ class EngineState:
     """Components acting on each request and response (see distpat.core.hooks)."""
     request_drop: frozenset[bytes] = field(init=False)
     response_drop: frozenset[bytes] = field(init=False)
+    responses: ResponseForwarder = field(init=False)
     read_buffer: memoryview = field(default_factory=lambda: memoryview(bytearray(READ_BUFFER_BYTES)))
     """Where every client connection's reads land (see ClientConnection.get_buffer)."""
 
@@ -104,6 +111,9 @@ class EngineState:
         header = self.settings.client_cert_header
         self.request_drop = frozenset() if header is None else frozenset({header.lower()})
         self.response_drop = frozenset(name.lower() for name, _ in self.settings.response_fields)
+        self.responses = ResponseForwarder(
+            via=self.settings.via, drop=self.response_drop, extra=self.settings.response_fields
+        )
 
 
 def client_subject(transport: asyncio.BaseTransport) -> str | None:
@@ -169,6 +179,7 @@ class Exchange:
         keep_alive: bool,
         head: bytes,
         body: BodyKind,
+        headers: list[tuple[bytes, bytes]],
     ) -> None:
         self.client = client
         self.method = method
@@ -178,13 +189,13 @@ class Exchange:
         self.head = head
         self.body = body  # how the request body is framed
         self.body_sent = 0
-        self.body_done = body is BodyKind.NONE
-        self.pending: list[bytes] = []
+        self.body_done = body is NO_BODY
+        self.pending: list[bytes] | None = None  # body bytes that arrived before an upstream connection
         self.pending_bytes = 0
         self.upstream: Upstream | None = None
         self.conn: UpstreamConnection | None = None
         self.reused = False
-        self.tried: frozenset[Upstream] = frozenset()
+        self.tried: frozenset[Upstream] = _NOT_TRIED  # upstreams that failed this request (not ``upstream``)
         self.status = 0
         self.response_started = False
         self.informational = False
@@ -192,7 +203,7 @@ class Exchange:
         self.close_after = False
         self.upstream_reusable = False
         self.sent_bytes = 0
-        self.started = client.loop.time()
+        self.started = client.head_started  # the request's first byte (a connection's first: its accept)
         self.upstream_started = 0.0
         self.finished = False
         self.last_io = 0.0  # the client connection's tick times the exchange out from here
@@ -202,7 +213,7 @@ class Exchange:
         self.expect_continue = False  # the client waits for 100 Continue before its body
         self.view: RequestView | None = None  # set when hooks run
         self.local: LocalResponse | None = None  # a hook's answer
-        self.request_headers: list[tuple[bytes, bytes]] = []  # as received, for the access log
+        self.request_headers = headers  # as received, for the access log
         self.needs_host = False  # an HTTP/1.0 request without Host: the upstream's name is sent
 
     # -- finding an upstream ------------------------------------------------------
@@ -227,7 +238,6 @@ class Exchange:
             self.fail_local(502, "no upstream available")
             return
         self.upstream = upstream
-        self.tried = self.tried | {upstream}
         conn = upstream.take_idle()
         if conn is not None:
             self.reused = True
@@ -248,6 +258,7 @@ class Exchange:
             upstream.record_connect_failure(loop.time())
             if self.finished:
                 return
+            self.tried = self.tried | {upstream}
             reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
             log.warning("upstream %s: connect failed: %s", upstream.name, reason)
             if self.method in IDEMPOTENT and self.body_sent == 0 and self._another_upstream():
@@ -282,11 +293,11 @@ class Exchange:
             self.to_upstream.append(self.head)
         if self.pending:
             data = b"".join(self.pending)
-            self.pending.clear()
+            self.pending = None
             self.pending_bytes = 0
             self._send_body(data)
             self.client.resume_reading("buffer")
-        if self.body_done and self.body is BodyKind.CHUNKED:
+        if self.body_done and self.body is CHUNKED_BODY:
             self.to_upstream.append(LAST_CHUNK)
         if not self.client.feeding:  # else the client's read handler flushes once at its end
             self.flush_upstream()
@@ -310,12 +321,14 @@ class Exchange:
         assert self.conn is not None
         self.body_sent += len(data)
         self.last_io = self.client.loop.time()
-        self.to_upstream.append(chunk(data) if self.body is BodyKind.CHUNKED else data)
+        self.to_upstream.append(chunk(data) if self.body is CHUNKED_BODY else data)
 
     def feed_body(self, data: bytes) -> None:
         if self.conn is not None:
             self._send_body(data)
             return
+        if self.pending is None:
+            self.pending = []
         self.pending.append(data)
         self.pending_bytes += len(data)
         if self.pending_bytes > self.client.state.settings.pipeline_buffer_bytes:
@@ -323,7 +336,7 @@ class Exchange:
 
     def end_body(self) -> None:
         self.body_done = True
-        if self.conn is not None and self.body is BodyKind.CHUNKED:
+        if self.conn is not None and self.body is CHUNKED_BODY:
             self.to_upstream.append(LAST_CHUNK)
 
     # -- the response (UpstreamHandler) ----------------------------------------------------
@@ -352,26 +365,17 @@ class Exchange:
         )
         if self.view is None:  # no hooks: the one-pass form
             try:
-                plan = forward_response(
-                    self.method,
-                    status,
-                    headers,
-                    via=client.via,
-                    http10=self.http10,
-                    keep_alive=keep,
-                    drop=client.state.response_drop,
-                    extra=client.state.settings.response_fields,
-                )
+                plan = client.state.responses.forward(self.method, status, headers, self.http10, keep)
             except RemoteProtocolError as exc:
                 self._upstream_broken(ConnectionError(str(exc)))
                 return
             if plan is not None:
                 body, head, self.rechunk, self.close_after = plan
-                self.until_close = body is BodyKind.UNTIL_CLOSE
+                self.until_close = body is UNTIL_CLOSE_BODY
                 self.upstream_reusable = keep_alive and not self.until_close
                 self.response_started = True
                 self.to_client.append(head)
-                self._arm(client.state.settings.response_timeout)
+                self.last_io = client.loop.time()  # the response timeout runs from here
                 return
         try:
             framing = response_framing(self.method, status, headers)
@@ -386,7 +390,7 @@ class Exchange:
         if self.view is not None:
             self._run_response_hooks(status, out)
         kind = framing.kind
-        if kind is BodyKind.CHUNKED or kind is BodyKind.UNTIL_CLOSE:
+        if kind is CHUNKED_BODY or kind is UNTIL_CLOSE_BODY:
             # The body is re-framed: any Content-Length no longer describes it, and
             # codings other than chunked (gzip, ...) must still be declared.
             out = [(n, v) for n, v in out if n.lower() != b"content-length"]
@@ -403,11 +407,11 @@ class Exchange:
             self.close_after = True
         elif self.http10:
             out.append((b"Connection", b"keep-alive"))
-        self.until_close = kind is BodyKind.UNTIL_CLOSE
+        self.until_close = kind is UNTIL_CLOSE_BODY
         self.upstream_reusable = keep_alive and not self.until_close
         self.response_started = True
         self.to_client.append(response_head(status, out))
-        self._arm(client.state.settings.response_timeout)
+        self.last_io = client.loop.time()
 
     def on_response_body(self, data: bytes) -> None:
         self.sent_bytes += len(data)
@@ -418,10 +422,16 @@ class Exchange:
         if self.informational and not self.response_started:
             self.informational = False
             return
+        out = self.to_client
         if self.rechunk:
-            self.to_client.append(LAST_CHUNK)
-        self.flush()
-        self._release(reuse=self.upstream_reusable and self.body_done)
+            out.append(LAST_CHUNK)
+        if out:  # as flush(), inline: this runs for every request
+            self.client.write(b"".join(out) if len(out) > 1 else out[0])
+            out.clear()
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.upstream.outstanding -= 1
+            conn.release(reuse=self.upstream_reusable and self.body_done)
         self.finish()
 
     def on_upstream_lost(self, exc: Exception | None) -> None:
@@ -458,14 +468,13 @@ class Exchange:
             not reached  # not one byte of a response: the request never reached the upstream
             and self.reused
             and self.method in IDEMPOTENT
-            and self.body is BodyKind.NONE
+            and self.body is NO_BODY
             and not self.response_started
         )
         self._release(reuse=False)
         if retry:
             # A pooled connection the upstream had already closed: the request
             # never reached it. Try again on a fresh connection.
-            self.tried = self.tried - {self.upstream} if self.upstream else self.tried
             self.reused = False
             self.start()
             return
@@ -478,11 +487,6 @@ class Exchange:
             if self.upstream is not None:
                 self.upstream.outstanding -= 1
             conn.release(reuse=reuse)
-
-    def _arm(self, delay: float) -> None:
-        # No timer per request: the client connection's tick compares the
-        # clock with ``last_io`` (moved on by traffic either way).
-        self.last_io = self.client.loop.time()
 
     def timed_out(self) -> None:
         """Called by the client connection's tick once ``last_io`` is a response timeout old."""
@@ -548,7 +552,7 @@ class Exchange:
             return
         self.finished = True
         self._release(reuse=False)
-        self.pending.clear()
+        self.pending = None
 
 
 class ClientConnection(asyncio.BufferedProtocol):
@@ -581,6 +585,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         "tick_every",
         "pending_error",
         "extra_request",
+        "requests",
     )
 
     def __init__(self, state: EngineState) -> None:
@@ -611,6 +616,18 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.pending_error: tuple[int, str] | None = None  # answered once the queue ahead is done
         self.extra_request: tuple[tuple[bytes, bytes], ...] = ()  # fields added to each forwarded request
         self.tick_every = min(settings.header_timeout, settings.keepalive_timeout, settings.response_timeout)
+        self.requests = self._forwarder()
+
+    def _forwarder(self) -> RequestForwarder:
+        settings = self.state.settings
+        return RequestForwarder(
+            client_addr=self.peer,
+            scheme=settings.scheme,
+            via=self.via,
+            forwarded=settings.forwarded,
+            drop=self.state.request_drop,
+            extra=self.extra_request,
+        )
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -625,6 +642,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             subject = client_subject(transport)
             if subject is not None:
                 self.extra_request = ((header, subject.encode("utf-8")),)
+        self.requests = self._forwarder()  # with the peer's address, and its certificate's subject
         if len(state.connections) >= state.settings.max_connections:
             self.closing = True
             self.write(error_response(503, "too many connections", close=True))
@@ -760,18 +778,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         local: LocalResponse | None = None
         try:
             if not self.state.hooks:  # the one-pass form; None leaves a rare case to the general one
-                fast = forward_request(
-                    method,
-                    self.url,
-                    headers,
-                    http10=http10,
-                    client_addr=self.peer,
-                    scheme=settings.scheme,
-                    via=self.via,
-                    forwarded=settings.forwarded,
-                    drop=self.state.request_drop,
-                    extra=self.extra_request,
-                )
+                fast = self.requests.forward(method, self.url, headers, http10)
             if fast is not None:
                 body, length, head, expect_continue = fast
             else:
@@ -783,13 +790,12 @@ class ClientConnection(asyncio.BufferedProtocol):
         except LocalProtocolError as exc:  # a hook set a header value with CR or LF in it
             self.reject = _Reject(500, f"a hook produced an invalid request head: {exc}")
             raise self.reject from None
-        if body is BodyKind.LENGTH and length > settings.max_body_bytes:
+        if body is LENGTH_BODY and length > settings.max_body_bytes:
             self.reject = _Reject(413, f"request body larger than {settings.max_body_bytes} bytes")
             raise self.reject
         keep_alive = parser.should_keep_alive() and not self.state.draining
-        ex = Exchange(self, method, self.url, http10, keep_alive, head, body)
+        ex = Exchange(self, method, self.url, http10, keep_alive, head, body, headers)
         ex.view, ex.local = view, local
-        ex.request_headers = headers
         ex.needs_host = not has_host and not (
             view is not None and any(n.lower() == b"host" for n, _ in view.headers)
         )
@@ -833,7 +839,7 @@ class ClientConnection(asyncio.BufferedProtocol):
                 if local is not None:
                     break
             out = view.headers
-        if framing.kind is BodyKind.CHUNKED:
+        if framing.kind is CHUNKED_BODY:
             out.append((b"Transfer-Encoding", b"chunked"))
         return framing, request_head(method, self.url, out), expect_continue, view, local
 
