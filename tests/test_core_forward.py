@@ -101,6 +101,8 @@ EXTRA_RESPONSE = ((b"X-Custom", b"max-age=60"),)
 
 
 def reference_request(headers: Headers, http10: bool, forwarded: bool, sidecar: bool):  # type: ignore[no-untyped-def]
+    if not http10 and not any(name.lower() == b"host" for name, _ in headers):
+        raise RemoteProtocolError("no Host", status=400)
     framing = request_framing(headers, version=(1, 0) if http10 else (1, 1))
     kept: Headers = []
     expect = False
@@ -254,7 +256,7 @@ def test_the_common_cases_take_the_fast_path() -> None:
         forward_request(
             b"GET",
             b"/",
-            [(b"Connection", b"X-Secret"), (b"X-Secret", b"1")],
+            [(b"Host", b"h"), (b"Connection", b"X-Secret"), (b"X-Secret", b"1")],
             http10=False,
             client_addr="a",
             scheme="http",
@@ -269,7 +271,7 @@ def test_expect_continue_is_taken_out(value: bytes) -> None:
     req = forward_request(
         b"POST",
         b"/",
-        [(b"Expect", value), (b"Content-Length", b"1")],
+        [(b"Host", b"h"), (b"Expect", value), (b"Content-Length", b"1")],
         http10=False,
         client_addr="a",
         scheme="http",

@@ -38,6 +38,7 @@ from distpat.core.http import (
     HOP_BY_HOP,
     LENGTH_BODY,
     NO_BODY,
+    NO_HOST,
     UNTIL_CLOSE_BODY,
     BodyKind,
     Headers,
@@ -211,7 +212,8 @@ class RequestForwarder:
         other expectation is refused with 417.
 
         Raises:
-            RemoteProtocolError: bad framing (400), two Host fields (400), an unknown expectation (417).
+            RemoteProtocolError: bad framing (400), no Host field in HTTP/1.1 or two Host fields (400),
+                an unknown expectation (417).
         """
         parts = [method, b" ", target, b" HTTP/1.1\r\n"]
         seen = self._seen
@@ -257,6 +259,8 @@ class RequestForwarder:
                     raise RemoteProtocolError("only 'Expect: 100-continue' is supported", status=417)
                 expect = True
             # _HOP and _XF_SET fields are dropped
+        if host is None and not http10:
+            raise RemoteProtocolError(NO_HOST, status=400)
         if connection is not None and not _options_are_plain(connection):
             return None
         if body_fields:

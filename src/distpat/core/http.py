@@ -35,6 +35,7 @@ __all__ = [
     "LAST_CHUNK",
     "LENGTH_BODY",
     "NO_BODY",
+    "NO_HOST",
     "UNTIL_CLOSE_BODY",
     "BodyKind",
     "Framing",
@@ -45,6 +46,7 @@ __all__ = [
     "error_response",
     "forward_request_headers",
     "forward_response_headers",
+    "has_host",
     "request_framing",
     "request_head",
     "response_framing",
@@ -52,6 +54,8 @@ __all__ = [
     "strip_hop_by_hop",
     "wants_close",
 ]
+
+NO_HOST: Final = "an HTTP/1.1 request needs a Host header (RFC 9112 section 3.2)"
 
 Headers: TypeAlias = list[tuple[bytes, bytes]]
 """A message's header fields in received order: ``(name, value)``, names in any case."""
@@ -276,6 +280,11 @@ def _add_tokens(tokens: set[bytes], value: bytes) -> None:
         token = token.strip(_OWS)
         if token:
             tokens.add(token)
+
+
+def has_host(headers: _Fields) -> bool:
+    """Whether the fields include Host."""
+    return any(name.lower() == b"host" for name, _ in headers)
 
 
 def connection_tokens(headers: _Fields) -> frozenset[bytes]:

@@ -32,6 +32,7 @@ from distpat.core.http import (
     LAST_CHUNK,
     LENGTH_BODY,
     NO_BODY,
+    NO_HOST,
     UNTIL_CLOSE_BODY,
     BodyKind,
     Framing,
@@ -39,6 +40,7 @@ from distpat.core.http import (
     error_response,
     forward_request_headers,
     forward_response_headers,
+    has_host,
     request_framing,
     request_head,
     response_framing,
@@ -586,6 +588,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         "pending_error",
         "extra_request",
         "requests",
+        "max_header_bytes",
     )
 
     def __init__(self, state: EngineState) -> None:
@@ -598,6 +601,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.header_bytes = 0
+        self.max_header_bytes = state.settings.max_header_bytes
         self.parsing: Exchange | None = None
         self.queue: deque[Exchange] = deque()
         self.pauses: set[str] = set()
@@ -740,14 +744,14 @@ class ClientConnection(asyncio.BufferedProtocol):
     def on_url(self, url: bytes) -> None:
         self.url += url
         self.header_bytes += len(url)
-        if self.header_bytes > self.state.settings.max_header_bytes:
+        if self.header_bytes > self.max_header_bytes:
             self.reject = _Reject(431, "request header fields too large")
             raise self.reject
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
         self.header_bytes += len(name) + len(value) + 4
-        if self.header_bytes > self.state.settings.max_header_bytes:
+        if self.header_bytes > self.max_header_bytes:
             self.reject = _Reject(431, "request header fields too large")
             raise self.reject
 
@@ -765,20 +769,12 @@ class ClientConnection(asyncio.BufferedProtocol):
             raise self.reject
         http10 = version == "1.0"
         headers = self.headers
-        has_host = False
-        for name, _ in headers:  # a plain loop: a generator costs four times as much here
-            if name.lower() == b"host":
-                has_host = True
-                break
-        if not http10 and not has_host:
-            self.reject = _Reject(400, "an HTTP/1.1 request needs a Host header (RFC 9112 section 3.2)")
-            raise self.reject
         fast: ForwardedRequest | None = None
         view: RequestView | None = None
         local: LocalResponse | None = None
         try:
             if not self.state.hooks:  # the one-pass form; None leaves a rare case to the general one
-                fast = self.requests.forward(method, self.url, headers, http10)
+                fast = self.requests.forward(method, self.url, headers, http10)  # Host checked too
             if fast is not None:
                 body, length, head, expect_continue = fast
             else:
@@ -795,13 +791,13 @@ class ClientConnection(asyncio.BufferedProtocol):
             raise self.reject
         keep_alive = parser.should_keep_alive() and not self.state.draining
         ex = Exchange(self, method, self.url, http10, keep_alive, head, body, headers)
-        ex.view, ex.local = view, local
-        ex.needs_host = not has_host and not (
-            view is not None and any(n.lower() == b"host" for n, _ in view.headers)
-        )
+        if view is not None or local is not None:
+            ex.view, ex.local = view, local
+        if http10 and not has_host(headers):  # the upstream's name is sent, unless a hook set one
+            ex.needs_host = view is None or not has_host(view.headers)
+        ex.expect_continue = expect_continue  # answered when the exchange becomes active
         self.parsing = ex
         self.queue.append(ex)
-        ex.expect_continue = expect_continue  # answered when the exchange becomes active
         if len(self.queue) == 1:
             ex.start()
         elif len(self.queue) >= settings.max_pipelined:
@@ -811,6 +807,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         self, method: bytes, http10: bool, headers: list[tuple[bytes, bytes]]
     ) -> tuple[Framing, bytes, bool, RequestView | None, LocalResponse | None]:
         """The request through core/http's general functions, and the hooks, if any."""
+        if not http10 and not has_host(headers):
+            raise RemoteProtocolError(NO_HOST, status=400)
         settings = self.state.settings
         framing = request_framing(headers, version=(1, 0) if http10 else (1, 1))
         expect_continue = False
