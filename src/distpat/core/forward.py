@@ -91,6 +91,8 @@ _RESPONSE_FIELDS: Final[dict[bytes, int]] = {
 # Connection options that name nothing beyond the fields already dropped.
 _PLAIN_OPTIONS: Final = HOP_BY_HOP | {b"close", b"keep-alive", b""}
 _COMMON_OPTIONS: Final = frozenset({b"keep-alive", b"close"})
+# Connection values that are plain as received, so need no lowercasing or splitting.
+_PLAIN_VALUES: Final = frozenset({b"keep-alive", b"close", b"Keep-Alive", b"Close", b"keep-Alive"})
 _STATUS_LINES: Final[dict[int, bytes]] = {
     code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in _REASONS.items()
 }
@@ -242,9 +244,10 @@ class RequestForwarder:
                 if name.lower() == b"content-length":
                     parts += (name, b": ", value, b"\r\n")
             elif kind == _CONNECTION:
-                if connection is None:
-                    connection = []
-                connection.append(value)
+                if value not in _PLAIN_VALUES:
+                    if connection is None:
+                        connection = []
+                    connection.append(value)
             elif kind == _XFF:
                 xff = _append(xff, value)
             elif kind == _VIA:
@@ -349,9 +352,10 @@ class ResponseForwarder:
                 length = None
                 body_fields.append((name, value))
             elif kind == _CONNECTION:
-                if connection is None:
-                    connection = []
-                connection.append(value)
+                if value not in _PLAIN_VALUES:
+                    if connection is None:
+                        connection = []
+                    connection.append(value)
             elif kind == _VIA:
                 vias = _append(vias, value)
         if connection is not None and not _options_are_plain(connection):

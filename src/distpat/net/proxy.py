@@ -94,7 +94,8 @@ class ProxyServer:
         self.state = EngineState(
             settings=config.settings,
             upstreams=self.group,
-            on_request_done=self._request_done,
+            count_request=self.metrics.request_finished,
+            on_request_done=self._request_done if config.access_log is not None else None,
             on_connection_change=self._connection_change,
             hooks=tuple(hooks),
         )
@@ -228,13 +229,9 @@ class ProxyServer:
             self.metrics.connection_closed()
 
     def _request_done(self, ex: Exchange) -> None:
+        """The access log's line for a finished request."""
         now = ex.client.loop.time()
-        if ex.upstream is not None and ex.upstream_started:
-            upstream: str | None = ex.upstream.name
-            self.metrics.request_finished(ex.status, upstream, now - ex.upstream_started)
-        else:
-            upstream = None
-            self.metrics.request_finished(ex.status, None, None)
+        upstream = ex.upstream.name if ex.upstream is not None and ex.upstream_started else None
         fmt = self.config.access_log
         if fmt is not None and access_log.isEnabledFor(logging.INFO):
             request_line = b"%s %s HTTP/%s" % (ex.method, ex.target, b"1.0" if ex.http10 else b"1.1")

@@ -97,6 +97,9 @@ class EngineState:
     upstreams: UpstreamGroup
     connections: set[ClientConnection] = field(default_factory=set)
     draining: bool = False
+    count_request: Callable[[int, str | None, float | None], None] | None = None
+    """Counts each answered request: its status, the upstream that answered (None when the proxy
+    did) and the upstream's response time (None without a response)."""
     on_request_done: Callable[[Exchange], None] | None = None
     on_connection_change: Callable[[int], None] | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -543,7 +546,15 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
-        callback = self.client.state.on_request_done
+        state = self.client.state
+        count = state.count_request
+        if count is not None:
+            upstream = self.upstream
+            if upstream is not None and self.upstream_started:
+                count(self.status, upstream.name, self.client.loop.time() - self.upstream_started)
+            else:
+                count(self.status, None, None)
+        callback = state.on_request_done
         if callback is not None:
             callback(self)
         self.client.exchange_finished(self)
@@ -853,7 +864,8 @@ class ClientConnection(asyncio.BufferedProtocol):
     def on_message_complete(self) -> None:
         ex, self.parsing = self.parsing, None
         if ex is not None:
-            ex.end_body()
+            if not ex.body_done:
+                ex.end_body()
             if not ex.keep_alive:
                 self.pause_reading("closing")  # nothing after this request will be read
 
