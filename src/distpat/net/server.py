@@ -631,18 +631,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.pending_error: tuple[int, str] | None = None  # answered once the queue ahead is done
         self.extra_request: tuple[tuple[bytes, bytes], ...] = ()  # fields added to each forwarded request
         self.tick_every = min(settings.header_timeout, settings.keepalive_timeout, settings.response_timeout)
-        self.requests = self._forwarder()
-
-    def _forwarder(self) -> RequestForwarder:
-        settings = self.state.settings
-        return RequestForwarder(
-            client_addr=self.peer,
-            scheme=settings.scheme,
-            via=self.via,
-            forwarded=settings.forwarded,
-            drop=self.state.request_drop,
-            extra=self.extra_request,
-        )
+        self.requests: RequestForwarder  # made in connection_made, with the peer's address
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -657,7 +646,14 @@ class ClientConnection(asyncio.BufferedProtocol):
             subject = client_subject(transport)
             if subject is not None:
                 self.extra_request = ((header, subject.encode("utf-8")),)
-        self.requests = self._forwarder()  # with the peer's address, and its certificate's subject
+        self.requests = RequestForwarder(
+            client_addr=self.peer,
+            scheme=state.settings.scheme,
+            via=self.via,
+            forwarded=state.settings.forwarded,
+            drop=state.request_drop,
+            extra=self.extra_request,  # the client certificate's subject
+        )
         if len(state.connections) >= state.settings.max_connections:
             self.closing = True
             self.write(error_response(503, "too many connections", close=True))
