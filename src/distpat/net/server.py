@@ -308,10 +308,11 @@ class Exchange:
             self.flush_upstream()
 
     def flush_upstream(self) -> None:
-        if self.to_upstream and self.conn is not None:
-            data = b"".join(self.to_upstream) if len(self.to_upstream) > 1 else self.to_upstream[0]
-            self.to_upstream.clear()
-            self.conn.write(data)
+        out, conn = self.to_upstream, self.conn
+        if out and conn is not None:
+            data = b"".join(out) if len(out) > 1 else out[0]
+            out.clear()
+            conn.write(data)
 
     def flush(self) -> None:
         """Write what the upstream's last read produced for the client, in one write."""
@@ -430,8 +431,10 @@ class Exchange:
         out = self.to_client
         if self.rechunk:
             out.append(LAST_CHUNK)
-        if out:  # as flush(), inline: this runs for every request
-            self.client.write(b"".join(out) if len(out) > 1 else out[0])
+        if out:  # as flush() and client.write(), inline: this runs for every request
+            transport = self.client.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(b"".join(out) if len(out) > 1 else out[0])
             out.clear()
         conn, self.conn = self.conn, None
         if conn is not None:

@@ -261,7 +261,11 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             self.paused = False
             self.transport.resume_reading()
         self.got_data = False
-        self.upstream.keep_idle(self)
+        upstream = self.upstream
+        if len(upstream.idle) < upstream.policy.max_idle:  # kept idle, up to nginx's ``keepalive``
+            upstream.idle.append(self)
+        else:
+            self.close()
 
     def close(self) -> None:
         # Aborted, not closed gracefully: nothing queued for an upstream is
@@ -358,12 +362,6 @@ class Upstream:
             if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
                 return conn
         return None
-
-    def keep_idle(self, conn: UpstreamConnection) -> None:
-        if len(self.idle) < self.policy.max_idle:
-            self.idle.append(conn)
-        else:
-            conn.close()
 
     def forget(self, conn: UpstreamConnection) -> None:
         self.open.discard(conn)
