@@ -106,6 +106,7 @@ def forward(raw: bytes, cuts: list[int]) -> bytes:
             if start < cut <= len(raw):
                 client.data_received(raw[start:cut])
                 start = cut
+        await asyncio.sleep(0)  # the end of the turn: what was written is sent (distpat.net.batch)
         client.connection_lost(None)
         return bytes(upstream_side.data)
 

@@ -47,6 +47,7 @@ from distpat.core.http import (
     response_head,
 )
 from distpat.errors import LocalProtocolError, RemoteProtocolError
+from distpat.net.batch import WriteBatch, take_out
 from distpat.net.upstream import Upstream, UpstreamConnection, UpstreamGroup
 
 __all__ = ["ClientConnection", "EngineSettings", "EngineState", "Exchange"]
@@ -110,6 +111,8 @@ class EngineState:
     response_drop: frozenset[bytes] = field(init=False)
     responses: ResponseForwarder = field(init=False)
     read_buffer: memoryview = field(default_factory=lambda: memoryview(bytearray(READ_BUFFER_BYTES)))
+    batch: WriteBatch = field(default_factory=WriteBatch)
+    """Writes to clients and upstreams, sent together at the end of each event-loop turn."""
     """Where every client connection's reads land (see ClientConnection.get_buffer)."""
 
     def __post_init__(self) -> None:
@@ -312,7 +315,8 @@ class Exchange:
         if out and conn is not None:
             data = b"".join(out) if len(out) > 1 else out[0]
             out.clear()
-            conn.write(data)
+            if not conn.closed:
+                self.client.state.batch.write(conn, data)
 
     def flush(self) -> None:
         """Write what the upstream's last read produced for the client, in one write."""
@@ -431,10 +435,8 @@ class Exchange:
         out = self.to_client
         if self.rechunk:
             out.append(LAST_CHUNK)
-        if out:  # as flush() and client.write(), inline: this runs for every request
-            transport = self.client.transport
-            if transport is not None and not transport.is_closing():
-                transport.write(b"".join(out) if len(out) > 1 else out[0])
+        if out:  # as flush(), inline: this runs for every request
+            self.client.write(b"".join(out) if len(out) > 1 else out[0])
             out.clear()
         conn, self.conn = self.conn, None
         if conn is not None:
@@ -603,6 +605,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         "extra_request",
         "requests",
         "max_header_bytes",
+        "out",
+        "out_bytes",
+        "out_listed",
     )
 
     def __init__(self, state: EngineState) -> None:
@@ -616,6 +621,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.header_bytes = 0
         self.max_header_bytes = state.settings.max_header_bytes
+        self.out: list[bytes] = []  # written, kept for the end of the turn (see distpat.net.batch)
+        self.out_bytes = 0
+        self.out_listed = False
         self.parsing: Exchange | None = None
         self.queue: deque[Exchange] = deque()
         self.pauses: set[str] = set()
@@ -673,6 +681,7 @@ class ClientConnection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self._cancel_tick()
+        take_out(self)
         for ex in self.queue:
             ex.abandon()
         self.queue.clear()
@@ -882,8 +891,17 @@ class ClientConnection(asyncio.BufferedProtocol):
                 self.transport.resume_reading()
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+        """Send ``data`` to the client at the end of this event-loop turn (distpat.net.batch)."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            self.state.batch.write(self, data)
+
+    def send_out(self) -> None:
+        """Write what is kept for the client now."""
+        data = take_out(self)
+        transport = self.transport
+        if data is not None and transport is not None and not transport.is_closing():
+            transport.write(data)
 
     # -- the request queue ------------------------------------------------------------------
 
@@ -915,6 +933,7 @@ class ClientConnection(asyncio.BufferedProtocol):
     def abort(self, reason: str) -> None:
         log.info("client %s: connection aborted: %s", self.peer, reason)
         self.closing = True
+        take_out(self)  # nothing kept is sent
         if self.transport is not None:
             self.transport.abort()
 
@@ -923,6 +942,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._cancel_tick()
         if self.transport is None:
             return
+        self.send_out()  # what was written goes before the close
         if linger or self.parsing is not None or self.in_head:
             self._linger()
         else:
