@@ -15,7 +15,7 @@ this shared machine lands on all of them alike. wrk, the proxies and the backend
 cores, as for the anchors in shared/ANCHORS.md. Then distpat (or --rss-target) is made to hold 10,000
 idle keep-alive client connections while its resident memory is read from /proc. Run:
 
-    .venv/bin/python benchmarks/http_proxy.py             # full run (about 2 minutes)
+    .venv/bin/python benchmarks/http_proxy.py             # full run (about 3 minutes)
     .venv/bin/python benchmarks/http_proxy.py --quick     # 1 s wrk runs, 2 rounds
 
 A contender that does not start, answers wrongly or fails under load is reported unavailable, with its
@@ -623,7 +623,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="1 s wrk runs and 2 rounds, for a smoke run")
     p.add_argument("--duration", type=int, default=None, help="seconds per wrk run (default 4; --quick 1)")
-    p.add_argument("--rounds", type=int, default=None, help="alternating rounds, at least 2 (default 3)")
+    p.add_argument("--rounds", type=int, default=None, help="alternating rounds, at least 2 (default 5)")
     p.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
     p.add_argument(
         "--idle-connections", type=int, default=IDLE_GOAL_CONNECTIONS, help="for the RSS part (default 10000)"
@@ -637,7 +637,7 @@ def main() -> None:
     p.add_argument("--distpat", default=None, help="command that runs distpat (default: .venv/bin/distpat)")
     args = p.parse_args()
     args.duration = args.duration or (1 if args.quick else 4)
-    args.rounds = max(2, args.rounds or (2 if args.quick else 3))
+    args.rounds = max(2, args.rounds or (2 if args.quick else 5))
     if args.duration < 1 or args.connections < 1 or args.idle_connections < 0:
         p.error("--duration and --connections must be at least 1, --idle-connections at least 0")
 
