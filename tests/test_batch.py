@@ -4,75 +4,75 @@ from __future__ import annotations
 
 import asyncio
 
-from distpat.net.batch import HOLD_BYTES, WriteBatch, take_out
+from distpat.net.batch import HOLD_BYTES, WriteBatch
 
 
-class Conn:
-    """A Deferred connection writing into a list, one entry per transport write."""
+class Sink:
+    """A transport recording each write; several share one log to show the order across them."""
 
-    def __init__(self) -> None:
-        self.out: list[bytes] = []
-        self.out_bytes = 0
-        self.out_listed = False
-        self.sent: list[bytes] = []
-        self.closed = False
+    def __init__(self, name: str, log: list[tuple[str, bytes]]) -> None:
+        self.name = name
+        self.log = log
+        self.closing = False
 
-    def send_out(self) -> None:
-        data = take_out(self)
-        if data is not None and not self.closed:
-            self.sent.append(data)
+    def write(self, data: bytes) -> None:
+        self.log.append((self.name, data))
+
+    def is_closing(self) -> bool:
+        return self.closing
 
 
-def test_small_writes_wait_for_the_end_of_the_turn_and_go_as_one() -> None:
-    async def run() -> tuple[list[bytes], list[bytes], list[bytes]]:
-        batch, a, b = WriteBatch(), Conn(), Conn()
-        batch.write(a, b"one ")
-        batch.write(b, b"other")
-        batch.write(a, b"two")
-        before = list(a.sent)
+def test_small_writes_wait_for_the_end_of_the_turn_and_keep_their_order() -> None:
+    async def run() -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
+        log: list[tuple[str, bytes]] = []
+        batch, a, b = WriteBatch(), Sink("a", log), Sink("b", log)
+        batch.write(a, b"one")  # type: ignore[arg-type]
+        batch.write(b, b"other")  # type: ignore[arg-type]
+        batch.write(a, b"two")  # type: ignore[arg-type]
+        before = list(log)
         await asyncio.sleep(0)
-        return before, a.sent, b.sent
+        return before, log
 
-    before, a_sent, b_sent = asyncio.run(run())
+    before, after = asyncio.run(run())
     assert before == []
-    assert a_sent == [b"one two"]
-    assert b_sent == [b"other"]
+    assert after == [("a", b"one"), ("b", b"other"), ("a", b"two")]
 
 
 def test_a_large_write_goes_at_once_after_what_was_kept() -> None:
-    async def run() -> list[bytes]:
-        batch, a = WriteBatch(), Conn()
-        batch.write(a, b"head")
-        batch.write(a, b"x" * HOLD_BYTES)
-        assert a.sent == [b"head" + b"x" * HOLD_BYTES]  # no call_soon needed: sent in order, now
-        assert a.out == []
-        assert a.out_bytes == 0
-        batch.write(a, b"tail")
+    async def run() -> list[tuple[str, bytes]]:
+        log: list[tuple[str, bytes]] = []
+        batch, a, b = WriteBatch(), Sink("a", log), Sink("b", log)
+        batch.write(b, b"small")  # type: ignore[arg-type]
+        batch.write(a, b"head")  # type: ignore[arg-type]
+        batch.write(a, b"x" * HOLD_BYTES)  # type: ignore[arg-type]
+        # sent now, without waiting for the turn to end, and after what came before it
+        assert log == [("b", b"small"), ("a", b"head"), ("a", b"x" * HOLD_BYTES)]
+        batch.write(a, b"tail")  # type: ignore[arg-type]
         await asyncio.sleep(0)
-        return a.sent
+        return log
 
-    assert asyncio.run(run())[-1] == b"tail"
+    assert asyncio.run(run())[-1] == ("a", b"tail")
 
 
-def test_bytes_kept_for_a_closed_connection_are_dropped() -> None:
-    async def run() -> Conn:
-        batch, a = WriteBatch(), Conn()
-        batch.write(a, b"late")
-        a.closed = True
+def test_writes_kept_for_a_transport_closed_meanwhile_are_dropped() -> None:
+    async def run() -> list[tuple[str, bytes]]:
+        log: list[tuple[str, bytes]] = []
+        batch, a, b = WriteBatch(), Sink("a", log), Sink("b", log)
+        batch.write(a, b"late")  # type: ignore[arg-type]
+        batch.write(b, b"on time")  # type: ignore[arg-type]
+        a.closing = True  # aborted: what was kept for it is not sent
         await asyncio.sleep(0)
-        return a
+        return log
 
-    a = asyncio.run(run())
-    assert a.sent == []
-    assert a.out == []
-    assert a.out_bytes == 0
+    assert asyncio.run(run()) == [("b", b"on time")]
 
 
-def test_one_callback_per_turn_whatever_the_number_of_connections() -> None:
-    async def run() -> int:
+def test_one_callback_per_turn_whatever_the_number_of_writes() -> None:
+    async def run() -> tuple[int, int]:
         loop = asyncio.get_running_loop()
         scheduled = 0
         real_call_soon = loop.call_soon
+        batch = WriteBatch()
 
         def counting_call_soon(*args: object, **kwargs: object) -> asyncio.Handle:
             nonlocal scheduled
@@ -80,15 +80,14 @@ def test_one_callback_per_turn_whatever_the_number_of_connections() -> None:
                 scheduled += 1
             return real_call_soon(*args, **kwargs)  # type: ignore[arg-type]
 
-        batch = WriteBatch()
         loop.call_soon = counting_call_soon  # type: ignore[method-assign]
-        conns = [Conn() for _ in range(50)]
-        for conn in conns:
-            batch.write(conn, b"a")
-            batch.write(conn, b"b")
+        log: list[tuple[str, bytes]] = []
+        sinks = [Sink(str(i), log) for i in range(50)]
+        for sink in sinks:
+            batch.write(sink, b"a")  # type: ignore[arg-type]
+            batch.write(sink, b"b")  # type: ignore[arg-type]
         await asyncio.sleep(0)
         loop.call_soon = real_call_soon  # type: ignore[method-assign]
-        assert all(conn.sent == [b"ab"] for conn in conns)
-        return scheduled
+        return scheduled, len(log)
 
-    assert asyncio.run(run()) == 1
+    assert asyncio.run(run()) == (1, 100)

@@ -47,7 +47,7 @@ from distpat.core.http import (
     response_head,
 )
 from distpat.errors import LocalProtocolError, RemoteProtocolError
-from distpat.net.batch import WriteBatch, take_out
+from distpat.net.batch import WriteBatch
 from distpat.net.upstream import Upstream, UpstreamConnection, UpstreamGroup
 
 __all__ = ["ClientConnection", "EngineSettings", "EngineState", "Exchange"]
@@ -315,8 +315,8 @@ class Exchange:
         if out and conn is not None:
             data = b"".join(out) if len(out) > 1 else out[0]
             out.clear()
-            if not conn.closed:
-                self.client.state.batch.write(conn, data)
+            if conn.transport is not None and not conn.closed:
+                self.client.state.batch.write(conn.transport, data)
 
     def flush(self) -> None:
         """Write what the upstream's last read produced for the client, in one write."""
@@ -605,9 +605,6 @@ class ClientConnection(asyncio.BufferedProtocol):
         "extra_request",
         "requests",
         "max_header_bytes",
-        "out",
-        "out_bytes",
-        "out_listed",
     )
 
     def __init__(self, state: EngineState) -> None:
@@ -621,9 +618,6 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.header_bytes = 0
         self.max_header_bytes = state.settings.max_header_bytes
-        self.out: list[bytes] = []  # written, kept for the end of the turn (see distpat.net.batch)
-        self.out_bytes = 0
-        self.out_listed = False
         self.parsing: Exchange | None = None
         self.queue: deque[Exchange] = deque()
         self.pauses: set[str] = set()
@@ -681,7 +675,6 @@ class ClientConnection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self._cancel_tick()
-        take_out(self)
         for ex in self.queue:
             ex.abandon()
         self.queue.clear()
@@ -894,14 +887,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         """Send ``data`` to the client at the end of this event-loop turn (distpat.net.batch)."""
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            self.state.batch.write(self, data)
-
-    def send_out(self) -> None:
-        """Write what is kept for the client now."""
-        data = take_out(self)
-        transport = self.transport
-        if data is not None and transport is not None and not transport.is_closing():
-            transport.write(data)
+            self.state.batch.write(transport, data)
 
     # -- the request queue ------------------------------------------------------------------
 
@@ -933,7 +919,6 @@ class ClientConnection(asyncio.BufferedProtocol):
     def abort(self, reason: str) -> None:
         log.info("client %s: connection aborted: %s", self.peer, reason)
         self.closing = True
-        take_out(self)  # nothing kept is sent
         if self.transport is not None:
             self.transport.abort()
 
@@ -942,7 +927,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._cancel_tick()
         if self.transport is None:
             return
-        self.send_out()  # what was written goes before the close
+        self.state.batch.flush()  # what was written goes before the close
         if linger or self.parsing is not None or self.in_head:
             self._linger()
         else:

@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 import httptools
 
 from distpat.errors import ConfigError
-from distpat.net.batch import take_out
 
 __all__ = [
     "Upstream",
@@ -97,9 +96,6 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         "release_pending",
         "stray",
         "_lost",
-        "out",
-        "out_bytes",
-        "out_listed",
     )
 
     def __init__(self, upstream: Upstream) -> None:
@@ -117,9 +113,6 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.release_pending = False  # released during feed_data: pooled only once it returns
         self.stray = False  # bytes no request asked for: the connection cannot be trusted again
         self._lost = asyncio.get_running_loop().create_future()
-        self.out: list[bytes] = []  # written, kept for the end of the turn (see distpat.net.batch)
-        self.out_bytes = 0
-        self.out_listed = False
 
     # -- asyncio.Protocol ---------------------------------------------------
 
@@ -166,7 +159,6 @@ class UpstreamConnection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        take_out(self)
         self.upstream.forget(self)
         handler, self.handler = self.handler, None
         if handler is not None:
@@ -231,12 +223,6 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         if handler is not None:
             handler.on_upstream_lost(exc)
 
-    def send_out(self) -> None:
-        """Write what the exchange has kept for the upstream (see distpat.net.batch) now."""
-        data = take_out(self)
-        if data is not None and self.transport is not None and not self.closed:
-            self.transport.write(data)
-
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:
             self.paused = True
@@ -281,7 +267,6 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         # Aborted, not closed gracefully: nothing queued for an upstream is
         # worth waiting for once its exchange is over (and an upstream that
         # stopped reading would otherwise hold the close, and shutdown, forever).
-        take_out(self)  # nothing kept is sent
         if self.transport is not None and not self.closed:
             self.closed = True
             self.transport.abort()
