@@ -91,3 +91,24 @@ def test_one_callback_per_turn_whatever_the_number_of_writes() -> None:
         return scheduled, len(log)
 
     assert asyncio.run(run()) == (1, 100)
+
+
+def test_a_write_that_raises_is_reported_and_the_others_still_go_out() -> None:
+    async def run() -> tuple[list[tuple[str, bytes]], list[BaseException]]:
+        reported: list[BaseException] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: reported.append(ctx["exception"]))
+        log: list[tuple[str, bytes]] = []
+        batch, a, b = WriteBatch(), Sink("a", log), Sink("b", log)
+
+        def refuse(data: bytes) -> None:
+            raise RuntimeError("cannot write after write_eof")
+
+        a.write = refuse  # type: ignore[method-assign]
+        batch.write(a, b"x")  # type: ignore[arg-type]
+        batch.write(b, b"y")  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        return log, reported
+
+    log, reported = asyncio.run(run())
+    assert log == [("b", b"y")]
+    assert [str(e) for e in reported] == ["cannot write after write_eof"]

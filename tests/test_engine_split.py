@@ -149,3 +149,28 @@ def test_any_split_forwards_the_same_request(request: tuple[bytes, bytes], data:
         assert message(split) == (head, body)
         if b"Content-Length" in head:
             assert split == whole
+
+
+def test_a_response_kept_for_the_turn_goes_out_when_the_client_half_closes() -> None:
+    """The upstream's answer and the client's FIN handled in one event-loop turn: nothing is lost."""
+
+    async def run() -> bytes:
+        server = ProxyServer(ProxyConfig(listen=("127.0.0.1", 0), upstreams=("http://127.0.0.1:9",)))
+        upstream = server.group.upstreams[0]
+        conn = UpstreamConnection(upstream)
+        conn.connection_made(MemoryTransport())  # type: ignore[arg-type]
+        upstream.open.add(conn)
+        upstream.idle.append(conn)
+        client_side = MemoryTransport()
+        client = ClientConnection(server.state)
+        client.connection_made(client_side)  # type: ignore[arg-type]
+        client.data_received(b"GET / HTTP/1.1\r\nHost: example.test\r\n\r\n")
+        await asyncio.sleep(0)  # the request reaches the upstream
+        # In one turn: the whole response arrives (kept for the end of the turn), then the FIN.
+        conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+        assert client.eof_received() is None  # nothing left to answer: the event loop closes the transport
+        client_side.close()
+        await asyncio.sleep(0)
+        return bytes(client_side.data)
+
+    assert asyncio.run(run()).endswith(b"\r\n\r\nhello")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -562,3 +563,29 @@ async def test_an_http10_request_without_host_gets_the_upstreams_name() -> None:
         assert first.header(b"x-forwarded-host") is None
         assert second.header(b"host") == b"named.test"
         assert [v for n, v in second.headers if n.lower() == b"host"] == [b"named.test"]
+
+
+async def test_access_log_request_time_counts_from_the_request_not_the_connection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with Backend() as backend:
+        server = ProxyServer(
+            ProxyConfig(listen=("127.0.0.1", 0), upstreams=(backend.url,), access_log="json")
+        )
+        await server.start()
+        try:
+            client = await RawClient.connect(server.port)
+            try:
+                await asyncio.sleep(0.5)  # connected, idle before its first request
+                with caplog.at_level("INFO", logger="distpat.access"):
+                    await client.send(b"GET /t HTTP/1.1\r\nHost: example.test\r\n\r\n")
+                    [r] = await client.read_responses(1)
+            finally:
+                await client.close()
+        finally:
+            await server.shutdown(1)
+    assert r.status == 200
+    [line] = [json.loads(rec.getMessage()) for rec in caplog.records if rec.name == "distpat.access"]
+    assert line["request"] == "GET /t HTTP/1.1"
+    assert line["status"] == 200
+    assert 0 <= line["request_time"] < 0.4

@@ -13,7 +13,7 @@ sends everything kept first, then itself, at once, as before, so the
 transport's ``pause_writing`` flow control sees large bodies as they come.
 Kept writes to a transport that is closing by the time they are sent are
 dropped, so a connection must :meth:`WriteBatch.flush` before it closes
-gracefully.
+gracefully, and before it lets the event loop close it (``eof_received``).
 """
 
 from __future__ import annotations
@@ -52,9 +52,19 @@ class WriteBatch:
             self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        """Send every kept write, in order, to the transports still open."""
+        """Send every kept write, in order, to the transports still open.
+
+        A write that raises is reported to the event loop's exception handler, as a failing
+        callback would be, and the other writes still go out.
+        """
         self._scheduled = False
         kept, self._kept = self._kept, []
         for transport, data in kept:
             if not transport.is_closing():
-                transport.write(data)
+                try:
+                    transport.write(data)
+                except Exception as exc:  # one connection's failure is not the others'
+                    loop = self._loop or asyncio.get_running_loop()
+                    loop.call_exception_handler(
+                        {"message": "writing a kept write failed", "exception": exc, "transport": transport}
+                    )

@@ -111,9 +111,9 @@ class EngineState:
     response_drop: frozenset[bytes] = field(init=False)
     responses: ResponseForwarder = field(init=False)
     read_buffer: memoryview = field(default_factory=lambda: memoryview(bytearray(READ_BUFFER_BYTES)))
+    """Where every client connection's reads land (see ClientConnection.get_buffer)."""
     batch: WriteBatch = field(default_factory=WriteBatch)
     """Writes to clients and upstreams, sent together at the end of each event-loop turn."""
-    """Where every client connection's reads land (see ClientConnection.get_buffer)."""
 
     def __post_init__(self) -> None:
         header = self.settings.client_cert_header
@@ -211,7 +211,7 @@ class Exchange:
         self.close_after = False
         self.upstream_reusable = False
         self.sent_bytes = 0
-        self.started = client.head_started  # the request's first byte (a connection's first: its accept)
+        self.started = client.loop.time()  # its head is complete (the access log's request_time)
         self.upstream_started = 0.0
         self.finished = False
         self.last_io = 0.0  # the client connection's tick times the exchange out from here
@@ -688,7 +688,11 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def eof_received(self) -> bool | None:
         # A client that half-closes after sending its request still gets its
-        # answer; one that closes between requests is simply done.
+        # answer; one that closes between requests is simply done. Either way
+        # what was written for it this turn goes out first: returning None
+        # closes the transport (and over TLS the event loop shuts it down
+        # whatever this returns).
+        self.state.batch.flush()
         if self.parsing is not None or self.in_head or not self.queue:
             # Closed between requests, or in the middle of one that can now never
             # be complete: done (its upstream connection is dropped at once).
