@@ -432,12 +432,9 @@ class Exchange:
         if self.informational and not self.response_started:
             self.informational = False
             return
-        out = self.to_client
         if self.rechunk:
-            out.append(LAST_CHUNK)
-        if out:  # as flush(), inline: this runs for every request
-            self.client.write(b"".join(out) if len(out) > 1 else out[0])
-            out.clear()
+            self.to_client.append(LAST_CHUNK)
+        self.flush()
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.upstream.outstanding -= 1
