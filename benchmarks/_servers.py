@@ -19,14 +19,15 @@ import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -42,12 +43,15 @@ __all__ = [
     "descendants",
     "free_ports",
     "interruptible",
+    "median_of",
     "nginx_config",
+    "nginx_proxy_body",
     "open_fd_count",
     "open_files_limit",
     "parse_redis_benchmark",
     "parse_wrk",
     "raise_nofile_limit",
+    "ratio",
     "redis_call",
     "require_tool",
     "rss_bytes",
@@ -64,6 +68,28 @@ __all__ = [
 
 LOOPBACK = "127.0.0.1"
 _SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
+R = TypeVar("R")
+
+
+# --- rounds -------------------------------------------------------------------------------------------
+
+
+def median_of(rounds: Sequence[R | None], key: Callable[[R], float]) -> float | None:
+    """The median of ``key`` over the measured rounds (None: a round failed or was skipped)."""
+    values = [key(r) for r in rounds if r is not None]
+    return statistics.median(values) if values else None
+
+
+def ratio(
+    results: Mapping[str, Sequence[R | None]], num: str, den: str, key: Callable[[R], float]
+) -> float | None:
+    """Median over rounds of the same-round ratio ``key(num) / key(den)``; None if no round has both."""
+    pairs = [
+        key(a) / key(b)
+        for a, b in zip(results.get(num, []), results.get(den, []), strict=False)
+        if a is not None and b is not None and key(b) > 0
+    ]
+    return statistics.median(pairs) if pairs else None
 
 
 # --- tools --------------------------------------------------------------------------------------------
@@ -349,6 +375,30 @@ def start_nginx(
     )
     argv = [nginx, "-p", str(workdir), "-c", str(conf), "-e", "stderr"]
     return start_process(name, argv, port=port, log_dir=base_dir, timeout=timeout)
+
+
+def nginx_proxy_body(backend_port: int, listen: str, *server_lines: str) -> str:
+    """nginx's ``http { }`` body as a reverse proxy to the backend, as the anchors ran it.
+
+    An upstream with ``keepalive 64``, HTTP/1.1 to it and ``Connection ""``; ``listen`` is what follows
+    ``listen`` (``127.0.0.1:8080 ssl backlog=4096``) and ``server_lines`` go into the server block.
+    """
+    extra = "".join(f"    {line}\n" for line in server_lines)
+    return f"""
+upstream backend {{
+    server {LOOPBACK}:{backend_port};
+    keepalive 64;
+    keepalive_requests 1000000;
+}}
+server {{
+    listen {listen};
+{extra}    location / {{
+        proxy_pass http://backend;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+    }}
+}}
+"""
 
 
 def start_backend(nginx: str, *, port: int, base_dir: Path) -> Service:

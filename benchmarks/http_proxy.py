@@ -32,6 +32,7 @@ import os
 import shlex
 import shutil
 import signal
+import ssl
 import statistics
 import sys
 import tempfile
@@ -52,9 +53,12 @@ from _servers import (
     WrkError,
     WrkResult,
     free_ports,
+    median_of,
+    nginx_proxy_body,
     open_fd_count,
     open_files_limit,
     raise_nofile_limit,
+    ratio,
     require_tool,
     rss_bytes,
     run_wrk_url,
@@ -157,9 +161,15 @@ class Contender:
         self.error = self.error or error
 
 
-def check(port: int, expected: Mapping[str, bytes]) -> str | None:
-    """GET each path over one keep-alive connection; None if every answer is 200 with the expected body."""
-    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=10)
+def check(port: int, expected: Mapping[str, bytes], context: ssl.SSLContext | None = None) -> str | None:
+    """GET each path over one keep-alive connection (verified TLS with ``context``); None if every
+    answer is 200 with the expected body."""
+    over = " over TLS" if context is not None else ""
+    conn = (
+        http.client.HTTPSConnection(LOOPBACK, port, timeout=10, context=context)
+        if context is not None
+        else http.client.HTTPConnection(LOOPBACK, port, timeout=10)
+    )
     path = ""
     try:
         for path, body in expected.items():
@@ -168,14 +178,26 @@ def check(port: int, expected: Mapping[str, bytes]) -> str | None:
             data = resp.read()
             if resp.status != 200 or data != body:
                 return (
-                    f"GET {path} answered {resp.status} with {len(data)} bytes "
+                    f"GET {path}{over} answered {resp.status} with {len(data)} bytes "
                     f"(expected 200 with the backend's {len(body)} bytes)"
                 )
-    except (OSError, http.client.HTTPException) as e:
-        return f"GET {path} failed: {type(e).__name__}: {e}"
+    except (OSError, http.client.HTTPException) as e:  # ssl.SSLError is an OSError
+        return f"GET {path}{over} failed: {type(e).__name__}: {e}"
     finally:
         conn.close()
     return None
+
+
+def start_checked_backend(
+    stack: contextlib.ExitStack, nginx: str, port: int, tmp: Path, expected: Mapping[str, bytes]
+) -> Service:
+    """The backend (stopped by ``stack``), or SystemExit if it does not answer ``expected``."""
+    backend = start_backend(nginx, port=port, base_dir=tmp)
+    stack.callback(backend.stop)
+    error = check(port, expected)
+    if error:
+        raise SystemExit(f"the backend nginx does not answer as it should: {error}")
+    return backend
 
 
 def distpat_command(option: str | None) -> list[str]:
@@ -202,11 +224,7 @@ def start_all(
 
     backend_port, nginx_port, distpat_port, aiohttp_port = free_ports(4)
     upstream = f"http://{LOOPBACK}:{backend_port}"
-    backend = start_backend(nginx, port=backend_port, base_dir=tmp)
-    stack.callback(backend.stop)
-    error = check(backend_port, expected)
-    if error:
-        raise SystemExit(f"the backend nginx does not answer as it should: {error}")
+    backend = start_checked_backend(stack, nginx, backend_port, tmp, expected)
 
     starters: dict[str, tuple[int, Callable[[], Service]]] = {
         NGINX: (
@@ -217,21 +235,7 @@ def start_all(
                 port=nginx_port,
                 base_dir=tmp,
                 worker_connections=max(4096, args.idle_connections + 1024),
-                http_body=f"""
-upstream backend {{
-    server {LOOPBACK}:{backend_port};
-    keepalive 64;
-    keepalive_requests 1000000;
-}}
-server {{
-    listen {LOOPBACK}:{nginx_port} backlog=4096;
-    location / {{
-        proxy_pass http://backend;
-        proxy_http_version 1.1;
-        proxy_set_header Connection "";
-    }}
-}}
-""",
+                http_body=nginx_proxy_body(backend_port, f"{LOOPBACK}:{nginx_port} backlog=4096"),
             ),
         ),
         DISTPAT: (
@@ -320,21 +324,6 @@ def measure(contenders: Sequence[Contender], path: str, wrk: str, args: argparse
 
 def _measured(rounds: list[WrkResult | None]) -> list[WrkResult]:
     return [r for r in rounds if r is not None]
-
-
-def median_of(rounds: list[WrkResult | None], key: Callable[[WrkResult], float]) -> float | None:
-    values = [key(r) for r in _measured(rounds)]
-    return statistics.median(values) if values else None
-
-
-def ratio(results: Rounds, num: str, den: str, key: Callable[[WrkResult], float]) -> float | None:
-    """Median over rounds of the same-round ratio ``key(num) / key(den)``; None if no round has both."""
-    pairs = [
-        key(a) / key(b)
-        for a, b in zip(results.get(num, []), results.get(den, []), strict=False)
-        if a is not None and b is not None and key(b) > 0
-    ]
-    return statistics.median(pairs) if pairs else None
 
 
 def unavailable_line(c: Contender) -> str:

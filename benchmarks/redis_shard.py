@@ -57,6 +57,8 @@ from _servers import (
     ServiceError,
     free_ports,
     interruptible,
+    median_of,
+    ratio,
     redis_call,
     require_tool,
     run_redis_benchmark,
@@ -74,7 +76,7 @@ from http_proxy import (
     verdict,
     why_missing,
 )
-from tls_sidecar import Measured, Rounds, TlsContender, alternate, median_of, ratio, ratio_line
+from tls_sidecar import Measured, Rounds, TlsContender, alternate, ratio_line
 
 POOL = "alpha"
 SHARDS = ("s1", "s2", "s3")

@@ -44,13 +44,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.client
 import os
 import re
 import signal
 import socket
 import ssl
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -72,11 +70,13 @@ from _servers import (
     WrkResult,
     cpu_seconds,
     free_ports,
+    median_of,
+    nginx_proxy_body,
     raise_nofile_limit,
+    ratio,
     require_tool,
     run_parallel,
     run_wrk_url,
-    start_backend,
     start_nginx,
     start_process,
     tool_output,
@@ -89,6 +89,7 @@ from http_proxy import (
     error_note,
     goal_line,
     milliseconds,
+    start_checked_backend,
     unavailable_line,
 )
 
@@ -159,27 +160,6 @@ def make_certs(directory: Path, key_type: str) -> Certs:
 
 
 # --- probes over verified TLS -------------------------------------------------------------------------
-
-
-def check_tls(port: int, context: ssl.SSLContext, expected: Mapping[str, bytes]) -> str | None:
-    """GET each path over one verified keep-alive TLS connection; None if each is 200 with its body."""
-    conn = http.client.HTTPSConnection(LOOPBACK, port, timeout=10, context=context)
-    path = ""
-    try:
-        for path, body in expected.items():
-            conn.request("GET", path)
-            resp = conn.getresponse()
-            data = resp.read()
-            if resp.status != 200 or data != body:
-                return (
-                    f"GET {path} over TLS answered {resp.status} with {len(data)} bytes "
-                    f"(expected 200 with the backend's {len(body)} bytes)"
-                )
-    except (OSError, http.client.HTTPException) as e:  # ssl.SSLError is an OSError
-        return f"GET {path} over TLS failed: {type(e).__name__}: {e}"
-    finally:
-        conn.close()
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,11 +307,7 @@ def start_all(
     expected = {SMALL_PATH: SMALL_BODY, LARGE_PATH: large}
 
     backend_port, nginx_port, distpat_port = free_ports(3)
-    backend = start_backend(nginx, port=backend_port, base_dir=tmp)
-    stack.callback(backend.stop)
-    error = check(backend_port, expected)
-    if error:
-        raise SystemExit(f"the backend nginx does not answer as it should: {error}")
+    start_checked_backend(stack, nginx, backend_port, tmp, expected)
 
     context = ssl.create_default_context(cafile=str(certs.ca))
     starters: dict[str, tuple[int, Callable[[], Service]]] = {
@@ -343,25 +319,14 @@ def start_all(
                 port=nginx_port,
                 base_dir=tmp,
                 worker_connections=4096,
-                http_body=f"""
-upstream backend {{
-    server {LOOPBACK}:{backend_port};
-    keepalive 64;
-    keepalive_requests 1000000;
-}}
-server {{
-    listen {LOOPBACK}:{nginx_port} ssl backlog=4096;
-    ssl_certificate {certs.chain};
-    ssl_certificate_key {certs.key};
-    ssl_protocols TLSv1.2 TLSv1.3;
-    ssl_session_cache shared:SSL:10m;
-    location / {{
-        proxy_pass http://backend;
-        proxy_http_version 1.1;
-        proxy_set_header Connection "";
-    }}
-}}
-""",
+                http_body=nginx_proxy_body(
+                    backend_port,
+                    f"{LOOPBACK}:{nginx_port} ssl backlog=4096",
+                    f"ssl_certificate {certs.chain};",
+                    f"ssl_certificate_key {certs.key};",
+                    "ssl_protocols TLSv1.2 TLSv1.3;",
+                    "ssl_session_cache shared:SSL:10m;",
+                ),
             ),
         ),
         DISTPAT: (
@@ -397,7 +362,7 @@ server {{
             contender.fail(str(e))
         else:
             stack.callback(contender.service.stop)
-            error = check_tls(port, context, expected)
+            error = check(port, expected, context)
             if error:
                 contender.fail(error)
                 contender.service.stop()
@@ -449,21 +414,6 @@ def alternate(
         for c in contenders:
             results[c.name].append(done[c.name])
     return results
-
-
-def median_of(rounds: Sequence[Measured[T] | None], key: Callable[[Measured[T]], float]) -> float | None:
-    values = [key(m) for m in rounds if m is not None]
-    return statistics.median(values) if values else None
-
-
-def ratio(results: Rounds[T], num: str, den: str, key: Callable[[Measured[T]], float]) -> float | None:
-    """Median over rounds of the same-round ratio ``key(num) / key(den)``; None if no round has both."""
-    pairs = [
-        key(a) / key(b)
-        for a, b in zip(results.get(num, []), results.get(den, []), strict=False)
-        if a is not None and b is not None and key(b) > 0
-    ]
-    return statistics.median(pairs) if pairs else None
 
 
 def plain(rounds: Sequence[Measured[T] | None]) -> list[T | None]:
