@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import os
-import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -17,8 +14,9 @@ from distpat.errors import ConfigError
 from distpat.net.proxy import ProxyConfig, ProxyServer
 from distpat.net.tcp import TcpProxyConfig, TcpProxyServer
 from distpat.net.tls import CertificateStore
+from distpat.net.workers import run_workers
 
-__all__ = ["add_options", "loop_factory", "register", "run_server", "run_workers", "serve", "setup_logging"]
+__all__ = ["add_options", "loop_factory", "register", "run_server", "serve", "setup_logging"]
 
 log = logging.getLogger("distpat.proxy")
 
@@ -88,47 +86,7 @@ def serve(config: AnyConfig, values: dict[str, Any]) -> int:
     if workers == 1:
         _serve(config, values["loop"])
         return 0
-    return run_workers(config, workers, values["loop"])
-
-
-def run_workers(config: AnyConfig, workers: int, loop_name: str) -> int:
-    """Fork ``workers`` processes sharing the port (SO_REUSEPORT); forward SIGTERM/SIGINT/SIGHUP to them.
-
-    Only the first worker serves the admin listener.
-    """
-    children: list[int] = []
-    for i in range(workers):
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child
-            code = 0
-            try:
-                child = config if i == 0 else _without_admin(config)
-                _serve(child, loop_name)
-            except BaseException:
-                log.exception("worker %d failed", i)
-                code = 1
-            os._exit(code)
-        children.append(pid)
-
-    def forward(signum: int, _frame: Any) -> None:
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGHUP, forward)
-    status = 0
-    for pid in children:
-        _, code = os.waitpid(pid, 0)
-        status = status or os.waitstatus_to_exitcode(code)
-    return status
-
-
-def _without_admin(config: AnyConfig) -> AnyConfig:
-    from dataclasses import replace
-
-    return replace(config, admin=None)
+    return run_workers(config, workers, lambda child: _serve(child, values["loop"]))
 
 
 def _run(args: argparse.Namespace) -> int:

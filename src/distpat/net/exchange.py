@@ -1,0 +1,466 @@
+"""One request and its response: the link between a client connection and an upstream connection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from distpat.core.forward import other_codings
+from distpat.core.hooks import LocalResponse, RequestView
+from distpat.core.http import (
+    CHUNKED_BODY,
+    LAST_CHUNK,
+    NO_BODY,
+    UNTIL_CLOSE_BODY,
+    BodyKind,
+    chunk,
+    error_response,
+    forward_response_headers,
+    response_framing,
+    response_head,
+)
+from distpat.errors import RemoteProtocolError
+from distpat.net.engine import IDEMPOTENT
+from distpat.net.upstream import Upstream, UpstreamConnection
+
+if TYPE_CHECKING:
+    from distpat.net.server import ClientConnection
+
+__all__ = ["Exchange"]
+
+log = logging.getLogger("distpat.proxy")
+
+_NOT_TRIED: frozenset[Upstream] = frozenset()
+
+
+class Exchange:
+    """One request and its response, linking a client connection to an upstream connection."""
+
+    __slots__ = (
+        "client",
+        "method",
+        "target",
+        "http10",
+        "keep_alive",
+        "head",
+        "body",
+        "body_sent",
+        "body_done",
+        "pending",
+        "pending_bytes",
+        "upstream",
+        "conn",
+        "reused",
+        "tried",
+        "status",
+        "response_started",
+        "informational",
+        "rechunk",
+        "close_after",
+        "upstream_reusable",
+        "sent_bytes",
+        "started",
+        "upstream_started",
+        "finished",
+        "last_io",
+        "to_client",
+        "to_upstream",
+        "view",
+        "local",
+        "until_close",
+        "expect_continue",
+        "request_headers",
+        "needs_host",
+    )
+
+    def __init__(
+        self,
+        client: ClientConnection,
+        method: bytes,
+        target: bytes,
+        http10: bool,
+        keep_alive: bool,
+        head: bytes,
+        body: BodyKind,
+        headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        self.client = client
+        self.method = method
+        self.target = target
+        self.http10 = http10
+        self.keep_alive = keep_alive
+        self.head = head
+        self.body = body  # how the request body is framed
+        self.body_sent = 0
+        self.body_done = body is NO_BODY
+        self.pending: list[bytes] | None = None  # body bytes that arrived before an upstream connection
+        self.pending_bytes = 0
+        self.upstream: Upstream | None = None
+        self.conn: UpstreamConnection | None = None
+        self.reused = False
+        self.tried: frozenset[Upstream] = _NOT_TRIED  # upstreams that failed this request (not ``upstream``)
+        self.status = 0
+        self.response_started = False
+        self.informational = False
+        self.rechunk = False
+        self.close_after = False
+        self.upstream_reusable = False
+        self.sent_bytes = 0
+        self.started = client.loop.time()  # its head is complete (the access log's request_time)
+        self.upstream_started = 0.0
+        self.finished = False
+        self.last_io = 0.0  # the client connection's tick times the exchange out from here
+        self.to_client: list[bytes] = []  # coalesced: one write per upstream read
+        self.to_upstream: list[bytes] = []  # coalesced: one write per client read
+        self.until_close = False  # the response body ends when the upstream closes
+        self.expect_continue = False  # the client waits for 100 Continue before its body
+        self.view: RequestView | None = None  # set when hooks run
+        self.local: LocalResponse | None = None  # a hook's answer
+        self.request_headers = headers  # as received, for the access log
+        self.needs_host = False  # an HTTP/1.0 request without Host: the upstream's name is sent
+
+    # -- finding an upstream ------------------------------------------------------
+
+    def start(self) -> None:
+        state = self.client.state
+        if self.expect_continue:
+            self.expect_continue = False
+            if not self.http10 and not self.body_done:
+                self.client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if self.local is not None:
+            self._answer_locally(self.local)
+            return
+        if self.view is not None and self.view.upstream is not None and not self.tried:
+            upstream = state.upstreams.by_name(self.view.upstream)
+            if upstream is None:
+                self.fail_local(500, f"a hook chose upstream {self.view.upstream!r}, which is not configured")
+                return
+        else:
+            upstream = state.upstreams.choose(self.tried)
+        if upstream is None:
+            self.fail_local(502, "no upstream available")
+            return
+        self.upstream = upstream
+        conn = upstream.take_idle()
+        if conn is not None:
+            self.reused = True
+            self.attach(conn)
+            return
+        self.reused = False
+        task = asyncio.ensure_future(self._connect(upstream))
+        tasks = self.client.state.tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def _connect(self, upstream: Upstream) -> None:
+        loop = self.client.loop
+        timeout = self.client.state.settings.connect_timeout
+        try:
+            conn = await upstream.connect(timeout)
+        except (OSError, TimeoutError) as exc:
+            upstream.record_connect_failure(loop.time())
+            if self.finished:
+                return
+            self.tried = self.tried | {upstream}
+            reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+            log.warning("upstream %s: connect failed: %s", upstream.name, reason)
+            if self.method in IDEMPOTENT and self.body_sent == 0 and self._another_upstream():
+                self.start()  # nothing reached the upstream: try the next one
+            else:
+                self.fail_local(502, f"upstream {upstream.name} unreachable: {reason}")
+            return
+        upstream.record_success()
+        if self.finished:  # the client went away while we connected: keep the connection
+            conn.release(reuse=True)
+            return
+        self.attach(conn)
+
+    def _another_upstream(self) -> bool:
+        ups = self.client.state.upstreams.upstreams
+        return any(u not in self.tried for u in ups)
+
+    def attach(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+        conn.handler = self
+        upstream = conn.upstream
+        upstream.outstanding += 1
+        self.upstream_started = self.last_io = self.client.loop.time()  # the response timeout runs from here
+        if self.client.write_paused:
+            conn.pause_reading()
+        conn.head_request = self.method == b"HEAD"
+        if self.needs_host:  # HTTP/1.1 requires Host; as nginx's $proxy_host, the upstream's host:port
+            line_end = self.head.index(b"\r\n") + 2
+            self.to_upstream.append(self.head[:line_end] + b"Host: " + upstream.host_field + b"\r\n")
+            self.to_upstream.append(self.head[line_end:])
+        else:
+            self.to_upstream.append(self.head)
+        if self.pending:
+            data = b"".join(self.pending)
+            self.pending = None
+            self.pending_bytes = 0
+            self._send_body(data)
+            self.client.resume_reading("buffer")
+        if self.body_done and self.body is CHUNKED_BODY:
+            self.to_upstream.append(LAST_CHUNK)
+        if not self.client.feeding:  # else the client's read handler flushes once at its end
+            self.flush_upstream()
+
+    def flush_upstream(self) -> None:
+        out, conn = self.to_upstream, self.conn
+        if out and conn is not None:
+            data = b"".join(out) if len(out) > 1 else out[0]
+            out.clear()
+            if conn.transport is not None and not conn.closed:
+                self.client.state.batch.write(conn.transport, data)
+
+    def flush(self) -> None:
+        """Write what the upstream's last read produced for the client, in one write."""
+        out = self.to_client
+        if out:
+            self.client.write(b"".join(out) if len(out) > 1 else out[0])
+            out.clear()
+
+    # -- the request body ----------------------------------------------------------
+
+    def _send_body(self, data: bytes) -> None:
+        assert self.conn is not None
+        self.body_sent += len(data)
+        self.last_io = self.client.loop.time()
+        self.to_upstream.append(chunk(data) if self.body is CHUNKED_BODY else data)
+
+    def feed_body(self, data: bytes) -> None:
+        if self.conn is not None:
+            self._send_body(data)
+            return
+        if self.pending is None:
+            self.pending = []
+        self.pending.append(data)
+        self.pending_bytes += len(data)
+        if self.pending_bytes > self.client.state.settings.pipeline_buffer_bytes:
+            self.client.pause_reading("buffer")
+
+    def end_body(self) -> None:
+        self.body_done = True
+        if self.conn is not None and self.body is CHUNKED_BODY:
+            self.to_upstream.append(LAST_CHUNK)
+
+    # -- the response (UpstreamHandler) ----------------------------------------------------
+
+    def on_response_head(self, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
+        client = self.client
+        if status < 200:
+            if status == 101:
+                self._upstream_broken(ConnectionError("upstream switched protocols"))
+                return
+            self.informational = True
+            if not self.http10:
+                self.to_client.append(
+                    response_head(status, forward_response_headers(headers, via=client.via))
+                )
+            return
+        self.status = status
+        # Close after this response: asked to; or the request body is still
+        # arriving (an early answer: the rest cannot be read past); or
+        # draining and nothing else is queued behind this request.
+        keep = (
+            self.keep_alive
+            and not self.close_after
+            and self.body_done
+            and not (client.state.draining and len(client.queue) <= 1 and client.parsing is None)
+        )
+        if self.view is None:  # no hooks: the one-pass form
+            try:
+                plan = client.state.responses.forward(self.method, status, headers, self.http10, keep)
+            except RemoteProtocolError as exc:
+                self._upstream_broken(ConnectionError(str(exc)))
+                return
+            if plan is not None:
+                body, head, self.rechunk, self.close_after = plan
+                self.until_close = body is UNTIL_CLOSE_BODY
+                self.upstream_reusable = keep_alive and not self.until_close
+                self.response_started = True
+                self.to_client.append(head)
+                self.last_io = client.loop.time()  # the response timeout runs from here
+                return
+        try:
+            framing = response_framing(self.method, status, headers)
+        except RemoteProtocolError as exc:
+            self._upstream_broken(ConnectionError(str(exc)))
+            return
+        out = forward_response_headers(headers, via=client.via)
+        drop = client.state.response_drop
+        if drop:
+            out = [(n, v) for n, v in out if n.lower() not in drop]
+            out.extend(client.state.settings.response_fields)
+        if self.view is not None:
+            self._run_response_hooks(status, out)
+        kind = framing.kind
+        if kind is CHUNKED_BODY or kind is UNTIL_CLOSE_BODY:
+            # The body is re-framed: any Content-Length no longer describes it, and
+            # codings other than chunked (gzip, ...) must still be declared.
+            out = [(n, v) for n, v in out if n.lower() != b"content-length"]
+            codings = other_codings(headers)
+            if self.http10:
+                self.close_after = True
+                if codings:
+                    out.append((b"Content-Encoding", codings))  # HTTP/1.0 has no transfer codings
+            else:
+                self.rechunk = True
+                out.append((b"Transfer-Encoding", codings + b", chunked" if codings else b"chunked"))
+        if not keep:
+            out.append((b"Connection", b"close"))
+            self.close_after = True
+        elif self.http10:
+            out.append((b"Connection", b"keep-alive"))
+        self.until_close = kind is UNTIL_CLOSE_BODY
+        self.upstream_reusable = keep_alive and not self.until_close
+        self.response_started = True
+        self.to_client.append(response_head(status, out))
+        self.last_io = client.loop.time()
+
+    def on_response_body(self, data: bytes) -> None:
+        self.sent_bytes += len(data)
+        self.last_io = self.client.loop.time()
+        self.to_client.append(chunk(data) if self.rechunk else data)
+
+    def on_response_complete(self) -> None:
+        if self.informational and not self.response_started:
+            self.informational = False
+            return
+        if self.rechunk:
+            self.to_client.append(LAST_CHUNK)
+        self.flush()
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.upstream.outstanding -= 1
+            conn.release(reuse=self.upstream_reusable and self.body_done)
+        self.finish()
+
+    def on_upstream_lost(self, exc: Exception | None) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None and self.upstream is not None:
+            self.upstream.outstanding -= 1
+        if self.finished:
+            return
+        if self.response_started:
+            if exc is None and self.until_close and self.status:
+                # a close-delimited response ends with the connection (and only such a one:
+                # a Content-Length or chunked body cut short is an upstream failure)
+                if self.rechunk:
+                    self.to_client.append(LAST_CHUNK)
+                self.flush()
+                self.finish()
+            else:
+                self.flush()
+                self.client.abort("upstream closed mid-response")
+            return
+        reached = conn is not None and conn.got_data
+        self._upstream_broken(exc or ConnectionError("upstream closed the connection"), reached=reached)
+
+    def on_upstream_pause_writing(self) -> None:
+        self.client.pause_reading("upstream")
+
+    def on_upstream_resume_writing(self) -> None:
+        self.client.resume_reading("upstream")
+
+    # -- failure and completion ---------------------------------------------------------
+
+    def _upstream_broken(self, exc: Exception, *, reached: bool = True) -> None:
+        retry = (
+            not reached  # not one byte of a response: the request never reached the upstream
+            and self.reused
+            and self.method in IDEMPOTENT
+            and self.body is NO_BODY
+            and not self.response_started
+        )
+        self._release(reuse=False)
+        if retry:
+            # A pooled connection the upstream had already closed: the request
+            # never reached it. Try again on a fresh connection.
+            self.reused = False
+            self.start()
+            return
+        name = self.upstream.name if self.upstream else "?"
+        self.fail_local(502, f"upstream {name} failed: {exc}")
+
+    def _release(self, *, reuse: bool) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            if self.upstream is not None:
+                self.upstream.outstanding -= 1
+            conn.release(reuse=reuse)
+
+    def timed_out(self) -> None:
+        """Called by the client connection's tick once ``last_io`` is a response timeout old."""
+        if self.finished:
+            return
+        if self.response_started:
+            self._release(reuse=False)
+            self.client.abort("upstream stopped sending")
+            return
+        name = self.upstream.name if self.upstream else "?"
+        self._release(reuse=False)
+        self.fail_local(
+            504, f"upstream {name} did not answer in {self.client.state.settings.response_timeout:g}s"
+        )
+
+    def _answer_locally(self, local: LocalResponse) -> None:
+        self.status = local.status
+        headers = [*local.headers, (b"Content-Type", local.content_type)]
+        self._run_response_hooks(local.status, headers)
+        body = b"" if self.method == b"HEAD" else local.body
+        headers.append((b"Content-Length", b"%d" % len(local.body)))
+        self.close_after = self.close_after or not self.keep_alive or not self.body_done
+        if self.close_after:
+            headers.append((b"Connection", b"close"))
+        elif self.http10:
+            headers.append((b"Connection", b"keep-alive"))
+        self.sent_bytes = len(body)
+        self.response_started = True
+        self.client.write(response_head(local.status, headers) + body)
+        self.finish()
+
+    def _run_response_hooks(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        view = self.view
+        if view is not None:
+            now = self.client.loop.time()
+            for hook in self.client.state.hooks:
+                hook.on_response(view, status, headers, now)
+
+    def fail_local(self, status: int, message: str) -> None:
+        """Answer the client ourselves (the upstream is unreachable, slow or broken)."""
+        if self.finished:
+            return
+        self._release(reuse=False)
+        self.to_client.clear()
+        self.status = status
+        self.close_after = self.close_after or not self.keep_alive or not self.body_done
+        self.client.write(error_response(status, message, close=self.close_after))
+        self.response_started = True
+        self.finish()
+
+    def finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        state = self.client.state
+        count = state.count_request
+        if count is not None:
+            upstream = self.upstream
+            if upstream is not None and self.upstream_started:
+                count(self.status, upstream.name, self.client.loop.time() - self.upstream_started)
+            else:
+                count(self.status, None, None)
+        callback = state.on_request_done
+        if callback is not None:
+            callback(self)
+        self.client.exchange_finished(self)
+
+    def abandon(self) -> None:
+        """The client went away: drop the upstream connection and everything pending."""
+        if self.finished:
+            return
+        self.finished = True
+        self._release(reuse=False)
+        self.pending = None
