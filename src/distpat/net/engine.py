@@ -63,9 +63,10 @@ class EngineState:
     upstreams: UpstreamGroup
     connections: set[ClientConnection] = field(default_factory=set)
     draining: bool = False
-    count_request: Callable[[int, str | None, float | None], None] | None = None
+    count_request: Callable[[int, str | None, float | None, int, int], None] | None = None
     """Counts each answered request: its status, the upstream that answered (None when the proxy
-    did) and the upstream's response time (None without a response)."""
+    did), the upstream's response time (None without a response), the request body bytes received
+    and the response body bytes sent."""
     on_request_done: Callable[[Exchange], None] | None = None
     on_connection_change: Callable[[int], None] | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 from distpat.core.forward import other_codings
@@ -27,11 +28,17 @@ from distpat.net.upstream import Upstream, UpstreamConnection
 if TYPE_CHECKING:
     from distpat.net.server import ClientConnection
 
-__all__ = ["Exchange"]
+__all__ = ["Exchange", "body_size"]
 
 log = logging.getLogger("distpat.proxy")
 
 _NOT_TRIED: frozenset[Upstream] = frozenset()
+
+
+def body_size(response: bytes) -> int:
+    """The body length of a whole response the proxy wrote itself (head and body in one)."""
+    end = response.find(b"\r\n\r\n")
+    return 0 if end < 0 else len(response) - end - 4
 
 
 class Exchange:
@@ -72,6 +79,9 @@ class Exchange:
         "expect_continue",
         "request_headers",
         "needs_host",
+        "upstream_t0",
+        "request_time",
+        "request_line",
     )
 
     def __init__(
@@ -107,8 +117,13 @@ class Exchange:
         self.close_after = False
         self.upstream_reusable = False
         self.sent_bytes = 0
-        self.started = client.loop.time()  # its head is complete (the access log's request_time)
-        self.upstream_started = 0.0
+        # Durations are read from perf_counter, which resolves microseconds (uvloop's loop.time()
+        # advances in whole milliseconds); the loop's clock stays for timers (last_io, ...).
+        self.started = perf_counter()  # its head is complete (the access log's request_time)
+        self.upstream_started = 0.0  # loop time, for the response timeout
+        self.upstream_t0 = 0.0  # perf_counter at the same moment, for the upstream's response time
+        self.request_time = 0.0  # seconds from head complete to finish, set by finish()
+        self.request_line: bytes | None = None  # only for a refusal: what could be parsed, or "-"
         self.finished = False
         self.last_io = 0.0  # the client connection's tick times the exchange out from here
         self.to_client: list[bytes] = []  # coalesced: one write per upstream read
@@ -186,6 +201,7 @@ class Exchange:
         upstream = conn.upstream
         upstream.outstanding += 1
         self.upstream_started = self.last_io = self.client.loop.time()  # the response timeout runs from here
+        self.upstream_t0 = perf_counter()
         if self.client.write_paused:
             conn.pause_reading()
         conn.head_request = self.method == b"HEAD"
@@ -436,7 +452,9 @@ class Exchange:
         self.to_client.clear()
         self.status = status
         self.close_after = self.close_after or not self.keep_alive or not self.body_done
-        self.client.write(error_response(status, message, close=self.close_after))
+        response = error_response(status, message, close=self.close_after)
+        self.sent_bytes = body_size(response)
+        self.client.write(response)
         self.response_started = True
         self.finish()
 
@@ -444,18 +462,40 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
+        self._record()
+        self.client.exchange_finished(self)
+
+    def _record(self) -> None:
+        """Count this answer in the metrics and hand it to the access log."""
+        end = perf_counter()
+        self.request_time = end - self.started
         state = self.client.state
         count = state.count_request
         if count is not None:
             upstream = self.upstream
+            received = self.body_sent + self.pending_bytes
             if upstream is not None and self.upstream_started:
-                count(self.status, upstream.name, self.client.loop.time() - self.upstream_started)
+                count(self.status, upstream.name, end - self.upstream_t0, received, self.sent_bytes)
             else:
-                count(self.status, None, None)
+                count(self.status, None, None, received, self.sent_bytes)
         callback = state.on_request_done
         if callback is not None:
             callback(self)
-        self.client.exchange_finished(self)
+
+    def refused(self, status: int, response: bytes) -> None:
+        """The proxy answered this request with ``response`` (an error) before it was forwarded."""
+        self.status = status
+        self.sent_bytes = body_size(response)
+        self._record()
+
+    @classmethod
+    def refusal(cls, client: ClientConnection, status: int, response: bytes, request_line: bytes) -> None:
+        """Count and log an answer to a request that never became an exchange (it could not be
+        parsed, or the connection was refused): ``request_line`` is what is known of it, or ``-``."""
+        ex = cls(client, b"-", b"", False, False, b"", NO_BODY, [])
+        ex.request_line = request_line
+        ex.finished = True
+        ex.refused(status, response)
 
     def abandon(self) -> None:
         """The client went away: drop the upstream connection and everything pending."""

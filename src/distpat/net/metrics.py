@@ -26,20 +26,56 @@ Metrics (all names as they appear in the text exposition):
 ``distpat_upstream_healthy{upstream}`` (gauge)
     1 while the upstream is considered healthy, 0 while it is not.
 ``distpat_upstream_in_flight{upstream}`` (gauge)
-    Requests sent to the upstream and not yet finished.
+    Requests sent to the upstream and not yet finished (read from each upstream's own count of
+    outstanding requests at scrape time).
+``distpat_http_request_body_bytes_total`` / ``distpat_http_response_body_bytes_total`` (counters)
+    Request body bytes received from clients, response body bytes sent to them (as nginx's
+    ``$body_bytes_sent``), for every answered request.
+``distpat_build_info{version, python, loop}`` (gauge, always 1)
+    The distpat version, the Python version and the event loop (``uvloop`` or ``asyncio``).
+``distpat_tls_handshake_failures_total{reason}`` (counter, TLS listeners)
+    Handshakes refused, by reason: ``protocol_version``, ``no_client_certificate``,
+    ``bad_client_certificate``, ``no_shared_cipher``, ``not_tls``, ``other``.
+``distpat_tls_certificate_expiry_seconds{certificate, names}`` (gauge, TLS listeners)
+    Seconds until the served certificate's notAfter (negative once expired); follows reloads.
 """
 
 from __future__ import annotations
 
+import asyncio
+import platform
+import time
 from bisect import bisect_left
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-__all__ = ["UPSTREAM_LATENCY_BUCKETS", "ProxyMetrics"]
+import distpat
+
+__all__ = ["UPSTREAM_LATENCY_BUCKETS", "ProxyMetrics", "TLSSource"]
+
+
+class TLSSource(Protocol):
+    """What the TLS metrics are read from at scrape time (distpat.net.tls.CertificateStore)."""
+
+    @property
+    def handshake_failures(self) -> dict[str, int]: ...
+
+    def expiries(self) -> Iterable[tuple[str, str, float]]:
+        """(certificate file, its names, notAfter as a Unix time) of each certificate served."""
+        ...
+
+
+def _loop_name() -> str:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return "none"
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+
 
 UPSTREAM_LATENCY_BUCKETS: tuple[float, ...] = (
     0.0005,
@@ -102,6 +138,54 @@ class _TrafficCollector:
         yield CounterMetricFamily(
             "distpat_connections", "Client connections accepted since start.", value=m._accepted
         )
+        yield CounterMetricFamily(
+            "distpat_http_request_body_bytes",
+            "Request body bytes received from clients.",
+            value=m._request_bytes,
+        )
+        yield CounterMetricFamily(
+            "distpat_http_response_body_bytes",
+            "Response body bytes sent to clients.",
+            value=m._response_bytes,
+        )
+        in_flight = GaugeMetricFamily(
+            "distpat_upstream_in_flight",
+            "Requests sent to the upstream and not yet finished.",
+            labels=("upstream",),
+        )
+        counts = dict(m._in_flight)
+        if m._in_flight_source is not None:
+            for name, count in m._in_flight_source():
+                counts[name] = counts.get(name, 0) + count
+        for name, count in sorted(counts.items()):
+            in_flight.add_metric((name,), count)
+        yield in_flight
+        info = GaugeMetricFamily(
+            "distpat_build_info",
+            "The distpat version, Python version and event loop; always 1.",
+            labels=("version", "python", "loop"),
+        )
+        info.add_metric((distpat.__version__, platform.python_version(), _loop_name()), 1)
+        yield info
+        tls = m._tls
+        if tls is not None:
+            failures = CounterMetricFamily(
+                "distpat_tls_handshake_failures",
+                "TLS handshakes refused, by reason.",
+                labels=("reason",),
+            )
+            for reason, count in sorted(tls.handshake_failures.items()):
+                failures.add_metric((reason,), count)
+            yield failures
+            expiry = GaugeMetricFamily(
+                "distpat_tls_certificate_expiry_seconds",
+                "Seconds until the served certificate's notAfter (negative once expired).",
+                labels=("certificate", "names"),
+            )
+            now = time.time()
+            for path, names, not_after in tls.expiries():
+                expiry.add_metric((path, names), not_after - now)
+            yield expiry
 
 
 class ProxyMetrics:
@@ -115,11 +199,14 @@ class ProxyMetrics:
         "_accepted",
         "_healthy",
         "_in_flight",
-        "_in_flight_children",
+        "_in_flight_source",
         "_latency",
         "_open",
         "_registry",
+        "_request_bytes",
         "_requests",
+        "_response_bytes",
+        "_tls",
         "_upstream_healthy",
         "_upstream_healthy_children",
     )
@@ -132,6 +219,13 @@ class ProxyMetrics:
         self._latency: dict[str, list[Any]] = {}  # upstream -> [bucket counts, sum]
         self._open = 0
         self._accepted = 0
+        self._request_bytes = 0
+        self._response_bytes = 0
+        # upstream -> requests in flight counted by hand (upstream_request_started/finished) ...
+        self._in_flight: dict[str, int] = {}
+        # ... and the engine's own per-upstream counts, read at scrape time (watch_upstreams)
+        self._in_flight_source: Callable[[], Iterable[tuple[str, int]]] | None = None
+        self._tls: TLSSource | None = None
         registry.register(_TrafficCollector(self))
         self._upstream_healthy = Gauge(
             "distpat_upstream_healthy",
@@ -139,14 +233,7 @@ class ProxyMetrics:
             ("upstream",),
             registry=registry,
         )
-        self._in_flight = Gauge(
-            "distpat_upstream_in_flight",
-            "Requests sent to the upstream and not yet finished.",
-            ("upstream",),
-            registry=registry,
-        )
         self._upstream_healthy_children: dict[str, Gauge] = {}
-        self._in_flight_children: dict[str, Gauge] = {}
         # upstream -> healthy, so healthy_upstreams() never reads the gauge back.
         self._healthy: dict[str, bool] = {}
 
@@ -160,12 +247,22 @@ class ProxyMetrics:
 
     # -- requests -------------------------------------------------------------------------------
 
-    def request_finished(self, status: int, upstream: str | None, upstream_seconds: float | None) -> None:
+    def request_finished(
+        self,
+        status: int,
+        upstream: str | None,
+        upstream_seconds: float | None,
+        request_bytes: int = 0,
+        response_bytes: int = 0,
+    ) -> None:
         """Count one answered request; observe the upstream's response time when there was one.
 
         ``upstream`` is None when the proxy answered by itself (counted with ``upstream=""``);
-        ``upstream_seconds`` is None when no upstream response was received.
+        ``upstream_seconds`` is None when no upstream response was received. ``request_bytes``
+        and ``response_bytes`` are the body bytes received and sent.
         """
+        self._request_bytes += request_bytes
+        self._response_bytes += response_bytes
         name = upstream or ""
         key = (status, name)
         requests = self._requests
@@ -203,13 +300,25 @@ class ProxyMetrics:
         """How many known upstreams were last reported healthy."""
         return sum(self._healthy.values())
 
+    def watch_upstreams(self, source: Callable[[], Iterable[tuple[str, int]]] | None) -> None:
+        """Read ``distpat_upstream_in_flight`` from ``source`` at scrape time: (upstream, requests
+        in flight) pairs, such as the proxy's own per-upstream counts. Nothing is done per request."""
+        self._in_flight_source = source
+
+    def watch_tls(self, source: TLSSource | None) -> None:
+        """Expose the handshake failures and certificate expiry of a TLS listener."""
+        self._tls = source
+
     def upstream_request_started(self, upstream: str) -> None:
-        """A request was sent to ``upstream``; pair with :meth:`upstream_request_finished`."""
-        self._in_flight_child(upstream).inc()
+        """A request was sent to ``upstream``; pair with :meth:`upstream_request_finished`.
+
+        For callers that count by hand; the proxy's engine is read through :meth:`watch_upstreams`.
+        """
+        self._in_flight[upstream] = self._in_flight.get(upstream, 0) + 1
 
     def upstream_request_finished(self, upstream: str) -> None:
         """A request to ``upstream`` ended (answered, failed or cancelled)."""
-        self._in_flight_child(upstream).dec()
+        self._in_flight[upstream] = self._in_flight.get(upstream, 0) - 1
 
     def remove_upstream(self, upstream: str) -> None:
         """Forget an upstream that left the configuration: drop its health and in-flight series.
@@ -220,15 +329,7 @@ class ProxyMetrics:
         self._healthy.pop(upstream, None)
         if self._upstream_healthy_children.pop(upstream, None) is not None:
             self._upstream_healthy.remove(upstream)
-        if self._in_flight_children.pop(upstream, None) is not None:
-            self._in_flight.remove(upstream)
-
-    def _in_flight_child(self, upstream: str) -> Gauge:
-        gauge = self._in_flight_children.get(upstream)
-        if gauge is None:
-            gauge = self._in_flight.labels(upstream)
-            self._in_flight_children[upstream] = gauge
-        return gauge
+        self._in_flight.pop(upstream, None)
 
     # -- exposition -----------------------------------------------------------------------------
 

@@ -91,6 +91,7 @@ class ProxyServer:
             u.on_health_change = self._health_changed
             self.metrics.set_upstream_health(u.name, True)
         self.group = UpstreamGroup(upstreams, balance=config.balance)
+        self.metrics.watch_upstreams(self._in_flight)
         self.state = EngineState(
             settings=config.settings,
             upstreams=self.group,
@@ -115,6 +116,7 @@ class ProxyServer:
         settings = self.config.settings
         if self.config.tls is not None and self.tls is None:
             self.tls = CertificateStore(self.config.tls)  # ConfigError for a bad pair: nothing starts
+            self.metrics.watch_tls(self.tls)
         self._server = await loop.create_server(
             lambda: ClientConnection(self.state),
             host,
@@ -222,6 +224,9 @@ class ProxyServer:
                 upstream.fails,
             )
 
+    def _in_flight(self) -> list[tuple[str, int]]:
+        return [(u.name, u.outstanding) for u in self.group.upstreams]
+
     def _connection_change(self, delta: int) -> None:
         if delta > 0:
             self.metrics.connection_opened()
@@ -230,11 +235,14 @@ class ProxyServer:
 
     def _request_done(self, ex: Exchange) -> None:
         """The access log's line for a finished request."""
-        now = ex.client.loop.time()
         upstream = ex.upstream.name if ex.upstream is not None and ex.upstream_started else None
         fmt = self.config.access_log
         if fmt is not None and access_log.isEnabledFor(logging.INFO):
-            request_line = b"%s %s HTTP/%s" % (ex.method, ex.target, b"1.0" if ex.http10 else b"1.1")
+            request_line = ex.request_line or b"%s %s HTTP/%s" % (
+                ex.method,
+                ex.target,
+                b"1.0" if ex.http10 else b"1.1",
+            )
             user_agent = referer = b""
             for name, value in ex.request_headers:
                 lower = name.lower()
@@ -252,7 +260,7 @@ class ProxyServer:
                             "status": ex.status,
                             "body_bytes_sent": ex.sent_bytes,
                             "upstream": upstream,
-                            "request_time": round(now - ex.started, 6),
+                            "request_time": round(ex.request_time, 6),
                             "user_agent": user_agent.decode("latin-1"),
                         }
                     )

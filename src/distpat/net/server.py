@@ -114,7 +114,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.idle_since = 0.0
         self.tick_at = 0.0
         settings = state.settings
-        self.pending_error: tuple[int, str] | None = None  # answered once the queue ahead is done
+        # answered once the queue ahead is done: status, message, the refused request's line
+        self.pending_error: tuple[int, str, Exchange | bytes] | None = None
         self.extra_request: tuple[tuple[bytes, bytes], ...] = ()  # fields added to each forwarded request
         self.tick_every = min(settings.header_timeout, settings.keepalive_timeout, settings.response_timeout)
         self.requests: RequestForwarder  # made in connection_made, with the peer's address
@@ -142,7 +143,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         )
         if len(state.connections) >= state.settings.max_connections:
             self.closing = True
-            self.write(error_response(503, "too many connections", close=True))
+            response = error_response(503, "too many connections", close=True)
+            self.write(response)
+            Exchange.refusal(self, 503, response, b"-")
             self._close()
             return
         state.connections.add(self)
@@ -262,7 +265,10 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.reject = _Reject(505, f"HTTP/{version} is not supported; use HTTP/1.1 or HTTP/1.0")
             raise self.reject
         if parser.should_upgrade():  # Upgrade or CONNECT: refused before anything is forwarded
-            self.reject = _Reject(501, "protocol upgrades (Upgrade, CONNECT) are not supported")
+            if method == b"CONNECT":
+                self.reject = _Reject(501, "CONNECT is not supported: this is a reverse proxy")
+            else:
+                self.reject = _Reject(501, "protocol upgrades (Upgrade, CONNECT) are not supported")
             raise self.reject
         http10 = version == "1.0"
         headers = self.headers
@@ -381,8 +387,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.queue.popleft()
         if ex.close_after or self.closing:
             if self.pending_error is not None and not self.queue and not self.closing:
-                status, message = self.pending_error
-                self.write(error_response(status, message, close=True))
+                self._answer_error(*self.pending_error)
             self._close()
             return
         if self.pauses:
@@ -435,6 +440,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.loop.call_later(LINGER, transport.close)
 
     def _protocol_error(self, status: int, message: str) -> None:
+        refused: Exchange | bytes = self._refused_line()
         self.in_head = self.in_head_or_new = False  # nothing more is parsed on this connection
         ex = self.parsing
         if ex is not None and self.queue and self.queue[-1] is ex:
@@ -443,15 +449,42 @@ class ClientConnection(asyncio.BufferedProtocol):
                 return
             self.queue.pop().abandon()
             self.parsing = None
+            refused = ex
         if self.queue:  # answer what came before in order, then this error, then close
-            self.pending_error = (status, message)
+            self.pending_error = (status, message, refused)
             self.queue[-1].close_after = True
             self.pause_reading("error")
             return
         self.closing = True
         self._cancel_tick()
-        self.write(error_response(status, message, close=True))
+        self._answer_error(status, message, refused)
         self._close(linger=True)  # the client may still be sending what we refused
+
+    def _answer_error(self, status: int, message: str, refused: Exchange | bytes) -> None:
+        """Write an error the proxy answers itself, and count and log it like any other answer."""
+        response = error_response(status, message, close=True)
+        self.write(response)
+        if isinstance(refused, Exchange):
+            refused.refused(status, response)
+        else:
+            Exchange.refusal(self, status, response, refused)
+
+    def _refused_line(self) -> bytes:
+        """What is known of the request being refused, for the access log: ``-`` when nothing is.
+
+        The target is read only while a head is being parsed (or was just completed and refused):
+        otherwise ``url`` is still the previous request's.
+        """
+        if not self.url or not (self.in_head or self.reject is not None):
+            return b"-"
+        try:
+            method = self.parser.get_method()
+        except httptools.HttpParserError:
+            return b"- " + self.url
+        version = self.parser.get_http_version()
+        if version == "0.0":  # the request line is not complete yet
+            return b"%s %s" % (method, self.url)
+        return b"%s %s HTTP/%s" % (method, self.url, version.encode("ascii"))
 
     # -- timeouts ----------------------------------------------------------------------------
     #

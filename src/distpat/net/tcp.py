@@ -205,6 +205,7 @@ class TcpProxyServer:
         loop = asyncio.get_running_loop()
         if self.tls is None:
             self.tls = CertificateStore(self.config.tls)
+            self.metrics.watch_tls(self.tls)
         host, port = self.config.listen
         self._server = await loop.create_server(
             lambda: _Tunnel(self),

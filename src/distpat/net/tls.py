@@ -29,7 +29,14 @@ from typing import Any
 from distpat.core.certs import choose_certificate
 from distpat.errors import ConfigError
 
-__all__ = ["TLS12_CIPHERS", "CertificateStore", "TLSOptions", "certificate_info"]
+__all__ = [
+    "TLS12_CIPHERS",
+    "CertificateStore",
+    "TLSOptions",
+    "certificate_info",
+    "certificate_not_after",
+    "failure_reason",
+]
 
 log = logging.getLogger("distpat.tls")
 
@@ -51,6 +58,35 @@ class TLSOptions:
     """Seconds between checks of the files for changes."""
 
 
+_FAILURE_REASONS = {
+    "UNSUPPORTED_PROTOCOL": "protocol_version",
+    "VERSION_TOO_LOW": "protocol_version",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "protocol_version",
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "no_client_certificate",
+    "CERTIFICATE_VERIFY_FAILED": "bad_client_certificate",
+    "NO_SHARED_CIPHER": "no_shared_cipher",
+    "NO_SHARED_GROUPS": "no_shared_cipher",
+    "NO_SUITABLE_SIGNATURE_ALGORITHM": "no_shared_cipher",
+    "HTTP_REQUEST": "not_tls",
+    "HTTPS_PROXY_REQUEST": "not_tls",
+    "WRONG_VERSION_NUMBER": "not_tls",
+    "UNKNOWN_PROTOCOL": "not_tls",
+}
+"""OpenSSL's reason codes for a refused handshake -> the ``reason`` label of
+``distpat_tls_handshake_failures_total``; any other reason is ``other``."""
+
+
+def failure_reason(exc: ssl.SSLError) -> str:
+    """The metric's reason for a handshake that failed with ``exc``."""
+    return _FAILURE_REASONS.get(str(exc.reason), "other")
+
+
+class _ServerContext(ssl.SSLContext):
+    """A server context that knows where to count its refused handshakes."""
+
+    handshake_failures: dict[str, int] | None = None
+
+
 class DirectSSLObject(ssl.SSLObject):
     """An :class:`ssl.SSLObject` whose ``read``, ``write`` and ``pending`` are the C object's own methods.
 
@@ -58,6 +94,11 @@ class DirectSSLObject(ssl.SSLObject):
     event loop's TLS layer calls them several times per request, and each
     call is a Python frame. Bound to the instance, they cost a C call. The
     behaviour is the same: the wrappers add nothing but the frame.
+
+    ``do_handshake`` stays a Python method, to count a refused handshake by its
+    reason: neither asyncio's nor uvloop's TLS layer reports one (an
+    :class:`ssl.SSLError` is an OSError, which both log only in debug mode),
+    and the application protocol never sees the connection.
     """
 
     @classmethod
@@ -67,12 +108,46 @@ class DirectSSLObject(ssl.SSLObject):
         self.read, self.write, self.pending = inner.read, inner.write, inner.pending  # type: ignore[method-assign]
         return self
 
+    def do_handshake(self) -> None:
+        try:
+            self._sslobj.do_handshake()  # type: ignore[attr-defined]
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError as exc:
+            failures = getattr(self.context, "handshake_failures", None)
+            if failures is not None:
+                reason = failure_reason(exc)
+                failures[reason] = failures.get(reason, 0) + 1
+                log.info("TLS handshake refused (%s): %s", reason, exc.reason or exc)
+            raise
+
 
 @dataclass(frozen=True, slots=True)
 class _Served:
     context: ssl.SSLContext
     names: tuple[str, ...]
     serial: str
+    path: str = ""
+    not_after: float = 0.0
+    """The certificate's notAfter, as a Unix time."""
+
+
+def _decode(path: str) -> dict[str, Any]:
+    try:
+        # The standard library decodes a certificate file only through this
+        # helper (ssl's own tests use it); the context loads the same file.
+        decoded: dict[str, Any] = ssl._ssl._test_decode_cert(path)  # type: ignore[attr-defined]
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a PEM certificate: {exc}") from None
+    return decoded
+
+
+def certificate_not_after(path: str) -> float:
+    """The notAfter of a PEM certificate, as a Unix time (ConfigError as :func:`certificate_info`)."""
+    text = _decode(path).get("notAfter")
+    if not text:
+        raise ConfigError(f"{path}: the certificate has no notAfter")
+    return float(ssl.cert_time_to_seconds(text))
 
 
 def certificate_info(path: str) -> tuple[tuple[str, ...], str]:
@@ -81,12 +156,7 @@ def certificate_info(path: str) -> tuple[tuple[str, ...], str]:
     Raises:
         ConfigError: the file cannot be read or holds no certificate.
     """
-    try:
-        # The standard library decodes a certificate file only through this
-        # helper (ssl's own tests use it); the context loads the same file.
-        decoded: dict[str, Any] = ssl._ssl._test_decode_cert(path)  # type: ignore[attr-defined]
-    except (OSError, ssl.SSLError, ValueError) as exc:
-        raise ConfigError(f"{path}: not a PEM certificate: {exc}") from None
+    decoded = _decode(path)
     names = tuple(value for kind, value in decoded.get("subjectAltName", ()) if kind == "DNS")
     ips = tuple(value for kind, value in decoded.get("subjectAltName", ()) if kind == "IP Address")
     if not names and not ips:
@@ -121,6 +191,8 @@ class CertificateStore:
         if options.client_ca is not None:
             self.paths.append(options.client_ca)
         self._signature = _signature(self.paths)
+        self.handshake_failures: dict[str, int] = {}
+        """Refused handshakes by reason (see :func:`failure_reason`), counted by every context."""
         self.served = self._load()  # raises ConfigError: a bad pair at startup stops the process
         self.generation = 1
         # The first pair's context is also the front one: a handshake it serves needs no switch
@@ -133,8 +205,9 @@ class CertificateStore:
 
     def _context(self, cert: str, key: str) -> ssl.SSLContext:
         options = self.options
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx = _ServerContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.sslobject_class = DirectSSLObject
+        ctx.handshake_failures = self.handshake_failures
         ctx.minimum_version = (
             ssl.TLSVersion.TLSv1_3 if options.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
         )
@@ -163,7 +236,7 @@ class CertificateStore:
         for cert, key in self.options.pairs:
             ctx = self._context(cert, key)
             names, serial = certificate_info(cert)
-            served.append(_Served(ctx, names, serial))
+            served.append(_Served(ctx, names, serial, cert, certificate_not_after(cert)))
         return tuple(served)
 
     def _on_sni(self, ssl_object: ssl.SSLObject, server_name: str | None, _front: ssl.SSLContext) -> None:
@@ -172,6 +245,10 @@ class CertificateStore:
         if ssl_object.context is not chosen:
             ssl_object.context = chosen
         return
+
+    def expiries(self) -> list[tuple[str, str, float]]:
+        """(file, names, notAfter) of each certificate in service (the expiry gauge's source)."""
+        return [(s.path, "/".join(s.names), s.not_after) for s in self.served]
 
     # -- reloading --------------------------------------------------------------------
 
