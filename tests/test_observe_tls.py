@@ -1,0 +1,86 @@
+"""Refused TLS handshakes are counted by reason, and certificate expiry is a gauge (`distpat sidecar`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import time
+import urllib.request
+from pathlib import Path
+
+from cryptography import x509
+
+from tests.httpkit import HOST, Backend
+from tests.nutcracker import free_ports
+from tests.test_admin import Samples, sample, samples_of
+from tests.tlskit import Issuer, openssl_client, running_sidecar
+
+
+async def scrape(port: int) -> Samples:
+    def get() -> str:
+        with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=10) as response:
+            return str(response.read().decode())
+
+    return samples_of(await asyncio.to_thread(get))
+
+
+def python_handshake(port: int, ca: Path, version: ssl.TLSVersion) -> None:
+    """A TLS client offering only ``version`` and no client certificate; reads until refused."""
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.minimum_version = ctx.maximum_version = version
+    with (
+        socket.create_connection((HOST, port), timeout=10) as raw,
+        contextlib.suppress(ssl.SSLError, OSError),
+        ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        tls.recv(1024)  # TLS 1.3: the server's refusal arrives after the client's side is done
+
+
+def plain_http(port: int) -> None:
+    with socket.create_connection((HOST, port), timeout=10) as raw:
+        raw.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        with contextlib.suppress(OSError):
+            raw.recv(1024)
+
+
+async def test_refused_handshakes_are_counted_by_reason(tmp_path: Path) -> None:
+    issuer = Issuer(tmp_path)
+    server = issuer.pair("server", "localhost", "127.0.0.1")
+    port, admin = free_ports(2)
+    async with Backend() as backend:
+        args = ("--cert", str(server.cert), "--key", str(server.key), "--upstream", backend.url)
+        more = ("--client-ca", str(issuer.ca_path), "--admin", f"{HOST}:{admin}", "--shutdown-timeout", "2")
+        async with running_sidecar(tmp_path, port, *args, *more, also=(admin,)) as sidecar:
+            before = await scrape(admin)
+            old = await openssl_client(port, "-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0")
+            assert old.returncode != 0
+            await asyncio.to_thread(python_handshake, port, issuer.ca_path, ssl.TLSVersion.TLSv1_3)
+            await asyncio.to_thread(python_handshake, port, issuer.ca_path, ssl.TLSVersion.TLSv1_2)
+            await asyncio.to_thread(plain_http, port)
+            deadline = time.monotonic() + 10
+            while True:
+                after = await scrape(admin)
+                failures = {
+                    dict(labels)["reason"]: value
+                    for (name, labels), value in after.items()
+                    if name == "distpat_tls_handshake_failures_total"
+                }
+                if sum(failures.values()) >= 4 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+            log = sidecar.log()
+        assert backend.requests == []
+    assert not any(name == "distpat_tls_handshake_failures_total" for name, _ in before)
+    assert failures == {"protocol_version": 1, "no_client_certificate": 2, "not_tls": 1}, log
+    assert "TLS handshake refused (no_client_certificate)" in log
+    not_after = x509.load_pem_x509_certificate(server.cert_pem).not_valid_after_utc.timestamp()
+    expiry = sample(
+        after,
+        "distpat_tls_certificate_expiry_seconds",
+        certificate=str(server.cert),
+        names="localhost/127.0.0.1",
+    )
+    assert abs(expiry - (not_after - time.time())) < 60
