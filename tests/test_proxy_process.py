@@ -240,3 +240,53 @@ async def test_workers_share_the_port() -> None:
             assert len(children) == 2
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(proc.wait, 15) == 0
+
+
+async def _scrape(admin: int) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.get(f"http://{HOST}:{admin}/metrics") as r:
+        return r.status, await r.text()
+
+
+async def test_workers_metrics_and_readiness_add_up_every_worker() -> None:
+    from tests.test_admin import sample, samples_of
+
+    port, admin = free_ports(2)
+    count = 40
+    async with Backend() as backend:
+        args = ("--listen", f"{HOST}:{port}", "--upstream", backend.url, "--workers", "2")
+        with proxy_process(*args, "--admin", f"{HOST}:{admin}") as proc:
+            await wait_listening(port, proc)
+            await wait_listening(admin, proc)
+            results = await asyncio.gather(
+                *(
+                    exchange(port, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+                    for _ in range(count)
+                )
+            )
+            assert [r.status for [r] in results] == [200] * count
+            status, text = await _scrape(admin)
+            assert status == 200
+            s = samples_of(text)
+            name = backend.url.removeprefix("http://")
+            assert sample(s, "distpat_http_requests_total", status="200", upstream=name) == count
+            assert sample(s, "distpat_connections_total") == count + 1  # and wait_listening's
+            assert sample(s, "distpat_upstream_response_seconds_count", upstream=name) == count
+            assert sample(s, "distpat_upstream_response_seconds_bucket", upstream=name, le="+Inf") == count
+            assert sample(s, "distpat_workers") == 2
+            assert sample(s, "distpat_workers_answering") == 2
+            assert sample(s, "distpat_upstream_healthy", upstream=name) == 1
+            # which workers served them is the kernel's choice; each answers for its own
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"http://{HOST}:{admin}/readyz") as r:
+                    assert (r.status, await r.text()) == (200, "ready\n")
+                # A dead worker drops out of the sum; it does not hang the scrape.
+                children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+                os.kill(int(children[0]), signal.SIGKILL)
+                await asyncio.sleep(0.2)
+                async with asyncio.timeout(10), session.get(f"http://{HOST}:{admin}/metrics") as r:
+                    assert r.status == 200
+                    assert sample(samples_of(await r.text()), "distpat_workers_answering") == 1
+                async with session.get(f"http://{HOST}:{admin}/readyz") as r:
+                    assert r.status == 200
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(proc.wait, 15) != 0  # the killed worker's status

@@ -15,6 +15,7 @@ from distpat.net.proxy import ProxyConfig, ProxyServer
 from distpat.net.tcp import TcpProxyConfig, TcpProxyServer
 from distpat.net.tls import CertificateStore
 from distpat.net.workers import run_workers
+from distpat.net.workerstats import serve_worker_stats
 
 __all__ = ["add_options", "loop_factory", "register", "run_server", "serve", "setup_logging"]
 
@@ -64,9 +65,19 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
 AnyConfig = ProxyConfig | TcpProxyConfig
 
 
-def _serve(config: AnyConfig, loop_name: str) -> None:
+def _serve(config: AnyConfig, loop_name: str, stats_path: str | None = None) -> None:
+    """Serve ``config`` until signalled; a worker also answers its parent on ``stats_path``."""
     server = TcpProxyServer(config) if isinstance(config, TcpProxyConfig) else ProxyServer(config)
-    run_server(server.serve_until_signalled(), loop_name)
+
+    async def main() -> None:
+        stats = await serve_worker_stats(stats_path, server) if stats_path is not None else None
+        try:
+            await server.serve_until_signalled()
+        finally:
+            if stats is not None:
+                stats.close()
+
+    run_server(main(), loop_name)
 
 
 def run_server(main: Coroutine[Any, Any, None], loop_name: str) -> None:
@@ -86,7 +97,7 @@ def serve(config: AnyConfig, values: dict[str, Any]) -> int:
     if workers == 1:
         _serve(config, values["loop"])
         return 0
-    return run_workers(config, workers, lambda child: _serve(child, values["loop"]))
+    return run_workers(config, workers, lambda child, stats_path: _serve(child, values["loop"], stats_path))
 
 
 def _run(args: argparse.Namespace) -> int:

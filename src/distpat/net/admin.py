@@ -18,8 +18,9 @@ Responses carry ``Cache-Control: no-store``. Requests are not access-logged.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
 
 from aiohttp import web
 
@@ -34,8 +35,23 @@ class MetricsSource(Protocol):
     def render(self) -> tuple[bytes, str]: ...
 
 
-_METRICS: web.AppKey[MetricsSource] = web.AppKey("distpat_metrics")
-_READY: web.AppKey[Callable[[], bool]] = web.AppKey("distpat_ready")
+class GatheredMetricsSource(Protocol):
+    """A ``/metrics`` source that must ask others first (the parent of ``--workers N``)."""
+
+    def render(self) -> Awaitable[tuple[bytes, str]]: ...
+
+
+T = TypeVar("T")
+
+
+async def _value(result: T | Awaitable[T]) -> T:
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+_METRICS: web.AppKey[MetricsSource | GatheredMetricsSource] = web.AppKey("distpat_metrics")
+_READY: web.AppKey[Callable[[], bool | Awaitable[bool]]] = web.AppKey("distpat_ready")
 _DRAINING: web.AppKey[Callable[[], bool]] = web.AppKey("distpat_draining")
 
 _NO_STORE = {"Cache-Control": "no-store"}
@@ -47,15 +63,16 @@ def _never_draining() -> bool:
 
 def create_admin_app(
     *,
-    metrics: MetricsSource,
-    ready: Callable[[], bool],
+    metrics: MetricsSource | GatheredMetricsSource,
+    ready: Callable[[], bool | Awaitable[bool]],
     draining: Callable[[], bool] = _never_draining,
 ) -> web.Application:
     """Build the admin application.
 
     ``ready`` says whether the proxy can serve (typically: at least one healthy upstream);
     ``draining`` whether it is shutting down and should be taken out of rotation. Both are
-    called on every ``/readyz`` request, so they must be cheap and must not block.
+    called on every ``/readyz`` request, so they must be cheap and must not block. ``ready``
+    and ``metrics.render`` may be coroutines (the parent of several workers asks each of them).
     """
     app = web.Application()
     app[_METRICS] = metrics
@@ -76,13 +93,13 @@ async def _readyz(request: web.Request) -> web.Response:
     app = request.app
     if app[_DRAINING]():
         return web.Response(status=503, text="draining\n", headers=_NO_STORE)
-    if not app[_READY]():
+    if not await _value(app[_READY]()):
         return web.Response(status=503, text="no healthy upstream\n", headers=_NO_STORE)
     return web.Response(text="ready\n", headers=_NO_STORE)
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    body, content_type = request.app[_METRICS].render()
+    body, content_type = await _value(request.app[_METRICS].render())
     # The content type carries version and charset parameters, which aiohttp's content_type
     # argument refuses; pass the header whole.
     return web.Response(body=body, headers={"Content-Type": content_type, **_NO_STORE})

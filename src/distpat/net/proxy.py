@@ -170,6 +170,11 @@ class ProxyServer:
         """Ready while at least one upstream is not ejected (the readiness probe)."""
         return bool(self.group.healthy())
 
+    @property
+    def draining(self) -> bool:
+        """Shutting down: no new connections, the open ones finish what they have."""
+        return self.state.draining
+
     async def shutdown(self, timeout: float | None = None) -> None:
         """Stop accepting, let requests in flight finish (up to ``timeout``), then close everything."""
         if self.state.draining:

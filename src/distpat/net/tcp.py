@@ -219,11 +219,7 @@ class TcpProxyServer:
         )
         self.tls.start()
         if self.config.admin is not None:
-            app = create_admin_app(
-                metrics=self.metrics,
-                ready=lambda: self.metrics.healthy_upstreams() > 0,
-                draining=lambda: self.draining,
-            )
+            app = create_admin_app(metrics=self.metrics, ready=self.ready, draining=lambda: self.draining)
             self._admin = AdminServer(app)
             await self._admin.start(*self.config.admin)
         log.info(
@@ -239,6 +235,10 @@ class TcpProxyServer:
     @property
     def admin_port(self) -> int | None:
         return self._admin.port if self._admin is not None else None
+
+    def ready(self) -> bool:
+        """Ready while the last connection to the upstream succeeded (the readiness probe)."""
+        return self.metrics.healthy_upstreams() > 0
 
     async def serve_until_signalled(self) -> None:
         from distpat.net.proxy import run_until_signalled

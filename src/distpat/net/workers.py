@@ -1,50 +1,109 @@
-"""Worker processes: ``--workers N`` forks N servers that share one port through SO_REUSEPORT."""
+"""Worker processes: ``--workers N`` forks N servers that share one port through SO_REUSEPORT.
+
+The parent stays small: it forwards SIGTERM, SIGINT and SIGHUP to every worker,
+waits for them, and serves the admin listener itself, gathering each worker's
+metrics and readiness at every request (distpat.net.workerstats), so ``/metrics``
+adds up all workers and a dead worker only drops out of the sum.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
+import tempfile
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
+
+from distpat.net.admin import AdminServer, create_admin_app
+from distpat.net.workerstats import WorkerGroupStats
 
 __all__ = ["run_workers"]
 
 log = logging.getLogger("distpat.proxy")
 
-C = TypeVar("C")
+
+class _WithAdmin(Protocol):
+    @property
+    def admin(self) -> tuple[str, int] | None: ...
 
 
-def run_workers(config: C, workers: int, serve_one: Callable[[C], None]) -> int:
-    """Fork ``workers`` processes, each running ``serve_one``; forward SIGTERM/SIGINT/SIGHUP to them.
+C = TypeVar("C", bound=_WithAdmin)
 
-    Only the first worker serves the admin listener.
+
+def run_workers(config: C, workers: int, serve_one: Callable[[C, str], None]) -> int:
+    """Fork ``workers`` processes, each running ``serve_one(config, stats_path)``; return the first
+    non-zero exit status of theirs, or 0.
+
+    Each worker answers the parent's questions on the Unix socket ``stats_path``
+    (distpat.net.workerstats.serve_worker_stats); none serves the admin listener, which the
+    parent runs when ``config.admin`` is set.
     """
+    directory = tempfile.mkdtemp(prefix="distpat-workers-")
+    paths = [os.path.join(directory, f"worker-{i}.sock") for i in range(workers)]
+    child_config = replace(config, admin=None)  # type: ignore[type-var]
     children: list[int] = []
-    for i in range(workers):
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child
-            code = 0
-            try:
-                serve_one(config if i == 0 else replace(config, admin=None))  # type: ignore[type-var]
-            except BaseException:
-                log.exception("worker %d failed", i)
-                code = 1
-            os._exit(code)
-        children.append(pid)
+    try:
+        for path in paths:
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child
+                code = 0
+                try:
+                    serve_one(child_config, path)
+                except BaseException:
+                    log.exception("worker %s failed", path)
+                    code = 1
+                os._exit(code)
+            children.append(pid)
+        return asyncio.run(_parent(config.admin, children, paths))
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
-    def forward(signum: int, _frame: Any) -> None:
+
+async def _parent(admin: tuple[str, int] | None, children: list[int], paths: list[str]) -> int:
+    loop = asyncio.get_running_loop()
+    draining = False
+
+    def forward(signum: int) -> None:
+        nonlocal draining
+        if signum != signal.SIGHUP:
+            draining = True
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGHUP, forward)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(signum, forward, signum)
+    server: AdminServer | None = None
+    try:
+        if admin is not None:
+            stats = WorkerGroupStats(paths, lambda: draining)
+            app = create_admin_app(metrics=stats, ready=stats.ready, draining=stats.draining)
+            server = AdminServer(app)
+            try:
+                await server.start(*admin)
+            except OSError as exc:
+                log.error("admin listener %s:%d: %s; workers serve without it", *admin, exc.strerror or exc)
+                server = None
+        return await asyncio.to_thread(_wait_all, children)
+    finally:
+        if server is not None:
+            await server.close()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+
+
+def _wait_all(children: list[int]) -> int:
     status = 0
     for pid in children:
+        code: Any
         _, code = os.waitpid(pid, 0)
-        status = status or os.waitstatus_to_exitcode(code)
+        exit_code = os.waitstatus_to_exitcode(code)
+        if exit_code != 0:
+            log.warning("worker %d exited with %d", pid, exit_code)
+        status = status or exit_code
     return status
