@@ -290,3 +290,38 @@ async def test_workers_metrics_and_readiness_add_up_every_worker() -> None:
                     assert r.status == 200
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(proc.wait, 15) != 0  # the killed worker's status
+
+
+async def test_sub_millisecond_requests_land_in_sub_millisecond_buckets_under_uvloop() -> None:
+    import json
+
+    from tests.test_admin import sample, samples_of
+
+    port, admin = free_ports(2)
+    async with Backend() as backend:
+        args = ("--listen", f"{HOST}:{port}", "--upstream", backend.url, "--access-log", "json")
+        with proxy_process(*args, "--admin", f"{HOST}:{admin}", "--loop", "uvloop") as proc:
+            await wait_listening(port, proc)
+            client = await RawClient.connect(port)
+            try:
+                for _ in range(50):  # loopback, one pooled upstream connection: well under 1 ms each
+                    await client.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+                    [r] = await client.read_responses(1)
+                    assert r.status == 200
+            finally:
+                await client.close()
+            _, text = await _scrape(admin)
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(proc.wait, 15) == 0
+            assert proc.stderr is not None
+            log = proc.stderr.read().decode()
+    s = samples_of(text)
+    name = backend.url.removeprefix("http://")
+    assert sample(s, "distpat_upstream_response_seconds_count", upstream=name) == 50
+    # uvloop's clock moves in whole milliseconds: with it, no response took less than 1 ms
+    assert sample(s, "distpat_upstream_response_seconds_bucket", upstream=name, le="0.0005") > 0
+    info = [labels for (n, labels), _ in s.items() if n == "distpat_build_info"]
+    assert dict(info[0])["loop"] == "uvloop"
+    times = [json.loads(line)["request_time"] for line in log.splitlines() if line.startswith("{")]
+    assert len(times) == 50
+    assert any(round(t * 1000) != t * 1000 for t in times), times  # not whole milliseconds
