@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import replace
 from typing import Any
 
 from distpat.config.proxy import OPTIONS, Option, build_config, env_name
@@ -65,9 +66,22 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
 AnyConfig = ProxyConfig | TcpProxyConfig
 
 
-def _serve(config: AnyConfig, loop_name: str, stats_path: str | None = None) -> None:
+Reread = Callable[[], tuple[AnyConfig, dict[str, Any]]]
+"""Builds the configuration again from the same flags, environment and file (for SIGHUP)."""
+
+
+def _serve(
+    config: AnyConfig, loop_name: str, stats_path: str | None = None, reread: Reread | None = None
+) -> None:
     """Serve ``config`` until signalled; a worker also answers its parent on ``stats_path``."""
-    server = TcpProxyServer(config) if isinstance(config, TcpProxyConfig) else ProxyServer(config)
+    server: ProxyServer | TcpProxyServer
+    if isinstance(config, TcpProxyConfig):
+        server = TcpProxyServer(config)  # SIGHUP reloads its certificates only
+    else:
+        worker = stats_path is not None
+        server = ProxyServer(
+            config, config_source=None if reread is None else lambda: _reloaded(reread, worker=worker)
+        )
 
     async def main() -> None:
         stats = await serve_worker_stats(stats_path, server) if stats_path is not None else None
@@ -89,22 +103,42 @@ def run_server(main: Coroutine[Any, Any, None], loop_name: str) -> None:
             raise ConfigError(f"cannot listen: {exc.strerror or exc}") from None
 
 
-def serve(config: AnyConfig, values: dict[str, Any]) -> int:
-    """Run the server in this process, or in ``--workers`` forked ones."""
+def _reloaded(reread: Reread, *, worker: bool) -> ProxyConfig:
+    """The configuration read again on SIGHUP; ConfigError when it is not one this server can take."""
+    config, values = reread()
+    if not isinstance(config, ProxyConfig):
+        raise ConfigError("--mode changed: a restart is needed to apply that")
+    if worker:  # the parent serves the admin listener (distpat.net.workers)
+        config = replace(config, admin=None)
+    level = values.get("log_level")
+    if isinstance(level, str):
+        logging.getLogger("distpat").setLevel(level.upper())
+    return config
+
+
+def serve(config: AnyConfig, values: dict[str, Any], reread: Reread | None = None) -> int:
+    """Run the server in this process, or in ``--workers`` forked ones.
+
+    ``reread`` builds the configuration again (same flags, environment and file): SIGHUP applies
+    what it returns, in every worker (see ProxyServer.reload).
+    """
     if config.tls is not None:
         CertificateStore(config.tls)  # a bad certificate or key stops here, before any fork
     workers: int = values["workers"]
+    loop_name = values["loop"]
     if workers == 1:
-        _serve(config, values["loop"])
+        _serve(config, loop_name, reread=reread)
         return 0
-    return run_workers(config, workers, lambda child, stats_path: _serve(child, values["loop"], stats_path))
+    return run_workers(
+        config, workers, lambda child, stats_path: _serve(child, loop_name, stats_path, reread)
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
     flags = {option.name: getattr(args, option.name) for option in OPTIONS}
     config, values = build_config(flags, config_file=args.config)
     setup_logging(config.access_log)
-    return serve(config, values)
+    return serve(config, values, lambda: build_config(flags, config_file=args.config))
 
 
 def setup_logging(access_log: str | None) -> None:

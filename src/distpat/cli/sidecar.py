@@ -31,4 +31,4 @@ def _run(args: argparse.Namespace) -> int:
     flags = {option.name: getattr(args, option.name) for option in SIDECAR_OPTIONS}
     config, values = build_sidecar_config(flags, config_file=args.config)
     setup_logging(config.access_log if isinstance(config, ProxyConfig) else None)
-    return serve(config, values)
+    return serve(config, values, lambda: build_sidecar_config(flags, config_file=args.config))

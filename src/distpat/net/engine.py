@@ -82,6 +82,12 @@ class EngineState:
     """Writes to clients and upstreams, sent together at the end of each event-loop turn."""
 
     def __post_init__(self) -> None:
+        self.apply(self.settings)
+
+    def apply(self, settings: EngineSettings) -> None:
+        """Use ``settings`` from now on (a reload): new connections take all of them, open ones
+        those they read per request (limits, timeouts, the fields added and dropped)."""
+        self.settings = settings
         header = self.settings.client_cert_header
         self.request_drop = frozenset() if header is None else frozenset({header.lower()})
         self.response_drop = frozenset(name.lower() for name, _ in self.settings.response_fields)

@@ -31,6 +31,8 @@ Metrics (all names as they appear in the text exposition):
 ``distpat_http_request_body_bytes_total`` / ``distpat_http_response_body_bytes_total`` (counters)
     Request body bytes received from clients, response body bytes sent to them (as nginx's
     ``$body_bytes_sent``), for every answered request.
+``distpat_config_reloads_total{result}`` (counter)
+    Configuration reloads on SIGHUP: ``ok`` (applied) or ``refused`` (the old one stays).
 ``distpat_build_info{version, python, loop}`` (gauge, always 1)
     The distpat version, the Python version and the event loop (``uvloop`` or ``asyncio``).
 ``distpat_tls_handshake_failures_total{reason}`` (counter, TLS listeners)
@@ -167,6 +169,14 @@ class _TrafficCollector:
         )
         info.add_metric((distpat.__version__, platform.python_version(), _loop_name()), 1)
         yield info
+        reloads = CounterMetricFamily(
+            "distpat_config_reloads",
+            "Configuration reloads (SIGHUP), applied (ok) or refused.",
+            labels=("result",),
+        )
+        for result, count in m._reloads.items():
+            reloads.add_metric((result,), count)
+        yield reloads
         tls = m._tls
         if tls is not None:
             failures = CounterMetricFamily(
@@ -203,6 +213,7 @@ class ProxyMetrics:
         "_latency",
         "_open",
         "_registry",
+        "_reloads",
         "_request_bytes",
         "_requests",
         "_response_bytes",
@@ -226,6 +237,7 @@ class ProxyMetrics:
         # ... and the engine's own per-upstream counts, read at scrape time (watch_upstreams)
         self._in_flight_source: Callable[[], Iterable[tuple[str, int]]] | None = None
         self._tls: TLSSource | None = None
+        self._reloads = {"ok": 0, "refused": 0}
         registry.register(_TrafficCollector(self))
         self._upstream_healthy = Gauge(
             "distpat_upstream_healthy",
@@ -299,6 +311,10 @@ class ProxyMetrics:
     def healthy_upstreams(self) -> int:
         """How many known upstreams were last reported healthy."""
         return sum(self._healthy.values())
+
+    def config_reloaded(self, *, ok: bool) -> None:
+        """A configuration reload was applied (``ok``) or refused."""
+        self._reloads["ok" if ok else "refused"] += 1
 
     def watch_upstreams(self, source: Callable[[], Iterable[tuple[str, int]]] | None) -> None:
         """Read ``distpat_upstream_in_flight`` from ``source`` at scrape time: (upstream, requests

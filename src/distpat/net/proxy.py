@@ -9,17 +9,18 @@ import signal
 import socket
 import time
 import typing
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 from distpat.core.hooks import ProxyHook
+from distpat.errors import ConfigError
 from distpat.net.admin import AdminServer, create_admin_app
 from distpat.net.health import HealthCheck, HealthChecker
 from distpat.net.metrics import ProxyMetrics
 from distpat.net.redirect import RedirectProtocol
 from distpat.net.server import ClientConnection, EngineSettings, EngineState, Exchange
 from distpat.net.tls import CertificateStore, TLSOptions
-from distpat.net.upstream import Upstream, UpstreamGroup, UpstreamPolicy
+from distpat.net.upstream import Upstream, UpstreamGroup, UpstreamPolicy, parse_upstream_url
 
 __all__ = ["ProxyConfig", "ProxyServer", "Serving", "run_until_signalled"]
 
@@ -83,13 +84,13 @@ class ProxyServer:
         *,
         metrics: ProxyMetrics | None = None,
         hooks: Sequence[ProxyHook] = (),
+        config_source: Callable[[], ProxyConfig] | None = None,
     ) -> None:
         self.config = config
+        self.config_source = config_source
+        """Where :meth:`reload` reads the configuration again (SIGHUP); raises ConfigError."""
         self.metrics = metrics if metrics is not None else ProxyMetrics()
-        upstreams = [Upstream(url, config.policy) for url in config.upstreams]
-        for u in upstreams:
-            u.on_health_change = self._health_changed
-            self.metrics.set_upstream_health(u.name, True)
+        upstreams = [self._new_upstream(url, config.policy) for url in config.upstreams]
         self.group = UpstreamGroup(upstreams, balance=config.balance)
         self.metrics.watch_upstreams(self._in_flight)
         self.state = EngineState(
@@ -211,9 +212,79 @@ class ProxyServer:
         await run_until_signalled(self)
 
     def reload(self) -> None:
-        """SIGHUP: load the TLS certificates again now (a no-op for plain HTTP)."""
+        """SIGHUP: read the configuration again (with a ``config_source``) and apply it, and load
+        the TLS certificates again. A configuration that cannot be read, or that changes what only
+        a restart can (listeners, TLS files), is refused with a log line, and the one in service
+        stays."""
+        if self.config_source is not None:
+            try:
+                new = self.config_source()
+                self.reconfigure(new)
+            except ConfigError as exc:
+                self.metrics.config_reloaded(ok=False)
+                log.error("configuration reload refused, the one in service stays: %s", exc)
+            else:
+                self.metrics.config_reloaded(ok=True)
+                log.info(
+                    "configuration reloaded: upstreams %s", ", ".join(u.name for u in self.group.upstreams)
+                )
         if self.tls is not None:
             self.tls.reload("SIGHUP")
+
+    _RESTART_ONLY = ("listen", "admin", "backlog", "reuse_port", "tls", "redirect_http")
+
+    def reconfigure(self, new: ProxyConfig) -> None:
+        """Serve with ``new`` from now on, keeping every open connection.
+
+        Upstreams still listed keep their pooled connections (and their health); removed ones are
+        out of rotation at once and their connections close as their requests finish. Engine
+        settings apply to new connections, and to new requests where read per request (limits,
+        timeouts); the access log format to the next line. What only a restart can change
+        (:attr:`_RESTART_ONLY`) raises :class:`ConfigError` and nothing is applied.
+        """
+        changed = [name for name in self._RESTART_ONLY if getattr(new, name) != getattr(self.config, name)]
+        if changed:
+            raise ConfigError(f"{', '.join(changed)} changed: a restart is needed to apply that")
+        old = {u.name: u for u in self.group.upstreams}
+        upstreams = []
+        for url in new.upstreams:
+            host, port = parse_upstream_url(url)
+            kept = old.pop(f"{host}:{port}", None)  # Upstream.name
+            if kept is not None:
+                kept.policy = new.policy
+                upstreams.append(kept)
+            else:
+                upstreams.append(self._new_upstream(url, new.policy))
+        group = UpstreamGroup(upstreams, balance=new.balance)  # ConfigError before anything changes
+        for gone in old.values():
+            gone.policy = replace(gone.policy, max_idle=0)  # released connections close
+            for conn in list(gone.idle):
+                conn.close()
+            gone.on_health_change = None
+            self.metrics.remove_upstream(gone.name)
+        self.group = group
+        self.state.upstreams = group
+        self.state.apply(new.settings)
+        self.state.on_request_done = self._request_done if new.access_log is not None else None
+        self.config = new
+        if self._health is not None or new.health_check is not None:
+            task = asyncio.ensure_future(self._restart_health())
+            self.state.tasks.add(task)
+            task.add_done_callback(self.state.tasks.discard)
+
+    async def _restart_health(self) -> None:
+        old, self._health = self._health, None
+        if old is not None:
+            await old.stop()
+        if self.config.health_check is not None and not self.state.draining:
+            self._health = HealthChecker(self.group.upstreams, self.config.health_check)
+            self._health.start()
+
+    def _new_upstream(self, url: str, policy: UpstreamPolicy) -> Upstream:
+        u = Upstream(url, policy)
+        u.on_health_change = self._health_changed
+        self.metrics.set_upstream_health(u.name, True)
+        return u
 
     # -- observation --------------------------------------------------------------------
 
