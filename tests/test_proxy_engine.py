@@ -465,7 +465,6 @@ async def test_bytes_an_upstream_sends_after_its_response_reach_no_other_request
     "raw",
     [
         b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
-        b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
         b"GET / HTTP/2.0\r\nHost: h\r\n\r\n",
         b"GET / HTTP/1.1\r\nX-No-Host: 1\r\n\r\n",
     ],

@@ -38,6 +38,7 @@ from distpat.core.http import (
 from distpat.errors import LocalProtocolError, RemoteProtocolError
 from distpat.net.engine import EngineSettings, EngineState, client_subject
 from distpat.net.exchange import Exchange
+from distpat.net.tunnel import UpgradeExchange, upgrade_fields
 
 __all__ = ["ClientConnection", "EngineSettings", "EngineState", "Exchange"]
 
@@ -86,6 +87,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         "extra_request",
         "requests",
         "max_header_bytes",
+        "upgrade_rest",
     )
 
     def __init__(self, state: EngineState) -> None:
@@ -119,6 +121,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.extra_request: tuple[tuple[bytes, bytes], ...] = ()  # fields added to each forwarded request
         self.tick_every = min(settings.header_timeout, settings.keepalive_timeout, settings.response_timeout)
         self.requests: RequestForwarder  # made in connection_made, with the peer's address
+        self.upgrade_rest = b""  # bytes after an upgrade request's head, until it is answered
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -200,8 +203,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.feeding = True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._protocol_error(501, "protocol upgrades (Upgrade, CONNECT) are not supported")
+        except httptools.HttpParserUpgrade as exc:  # the head of an upgrade request ended
+            self._upgrade_requested(bytes(data[int(exc.args[0]) :]))
         except httptools.HttpParserError as exc:
             reject = self.reject
             if reject is None and isinstance(exc.__context__, _Reject):
@@ -264,11 +267,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         if version != "1.1" and version != "1.0":
             self.reject = _Reject(505, f"HTTP/{version} is not supported; use HTTP/1.1 or HTTP/1.0")
             raise self.reject
-        if parser.should_upgrade():  # Upgrade or CONNECT: refused before anything is forwarded
-            if method == b"CONNECT":
-                self.reject = _Reject(501, "CONNECT is not supported: this is a reverse proxy")
-            else:
-                self.reject = _Reject(501, "protocol upgrades (Upgrade, CONNECT) are not supported")
+        upgrade = parser.should_upgrade()  # Upgrade is forwarded (net/tunnel.py); CONNECT refused
+        if upgrade and method == b"CONNECT":
+            self.reject = _Reject(501, "CONNECT is not supported: this is a reverse proxy")
             raise self.reject
         http10 = version == "1.0"
         headers = self.headers
@@ -293,7 +294,11 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.reject = _Reject(413, f"request body larger than {settings.max_body_bytes} bytes")
             raise self.reject
         keep_alive = parser.should_keep_alive() and not self.state.draining
-        ex = Exchange(self, method, self.url, http10, keep_alive, head, body, headers)
+        if upgrade:  # the two fields the forwarders drop as hop-by-hop, before the blank line
+            head = head[:-2] + upgrade_fields(headers) + b"\r\n"
+        ex = (UpgradeExchange if upgrade else Exchange)(
+            self, method, self.url, http10, keep_alive, head, body, headers
+        )
         if view is not None or local is not None:
             ex.view, ex.local = view, local
         if http10 and not has_host(headers):  # the upstream's name is sent, unless a hook set one
@@ -439,6 +444,30 @@ class ClientConnection(asyncio.BufferedProtocol):
             transport.write_eof()
         self.loop.call_later(LINGER, transport.close)
 
+    # -- protocol upgrades (net/tunnel.py) -----------------------------------------------------
+
+    def _upgrade_requested(self, rest: bytes) -> None:
+        """An upgrade request's head was parsed; ``rest`` is what followed it in the same read.
+
+        Until the upstream answers, nothing more is read: on 101 ``rest`` is the new protocol's
+        (the tunnel takes it); otherwise it is the next request's, for a new parser.
+        """
+        self.parser = httptools.HttpRequestParser(self)
+        self.upgrade_rest = rest
+        self.pause_reading("upgrade")
+
+    def upgrade_declined(self) -> None:
+        """The upgrade request was answered without switching: go on reading HTTP."""
+        self.loop.call_soon(self._resume_http)
+
+    def _resume_http(self) -> None:
+        if self.closing:
+            return
+        rest, self.upgrade_rest = self.upgrade_rest, b""
+        self.resume_reading("upgrade")
+        if rest:
+            self.data_received(rest)
+
     def _protocol_error(self, status: int, message: str) -> None:
         refused: Exchange | bytes = self._refused_line()
         self.in_head = self.in_head_or_new = False  # nothing more is parsed on this connection
@@ -498,6 +527,10 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._cancel_tick()
             self.tick_at = when
             self.timer = self.loop.call_at(when, self._tick)
+
+    def cancel_tick(self) -> None:
+        """Stop this connection's timers (it became a tunnel)."""
+        self._cancel_tick()
 
     def _cancel_tick(self) -> None:
         if self.timer is not None:
