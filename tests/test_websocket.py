@@ -245,3 +245,23 @@ async def test_websocket_echo_through_a_distpat_proxy_process(tmp_path: Path) ->
         ):
             await echo_both_ways(ws)
     assert up.requests == [("/ws", "websocket", "upgrade")]
+
+
+@pytest.mark.parametrize("offer", [b"h2c", b"h2c, TLS/1.2", b"IRC/6.9", b"websocketx"])
+async def test_other_protocols_are_not_offered_to_the_upstream(offer: bytes) -> None:
+    # h2c above all: a tunnel of HTTP/2 requests the proxy would never see ("h2c smuggling")
+    async with upstream_app() as (up, port), proxy_to(port) as p:
+        client = await RawClient.connect(p.port)
+        try:
+            await client.send(
+                b"GET /refuse HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                b"Upgrade: %s\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n" % offer
+            )
+            [first] = await client.read_responses(1)
+            await client.send(b"GET /plain HTTP/1.1\r\nHost: h\r\n\r\n")
+            [plain] = await client.read_responses(1)
+        finally:
+            await client.close()
+    assert first.status == 426  # the upstream's own answer to a plain GET
+    assert up.requests == [("/refuse", None, None)]
+    assert (plain.status, plain.body) == (200, b"plain /plain")

@@ -38,7 +38,7 @@ from distpat.core.http import (
 from distpat.errors import LocalProtocolError, RemoteProtocolError
 from distpat.net.engine import EngineSettings, EngineState, client_subject
 from distpat.net.exchange import Exchange
-from distpat.net.tunnel import UpgradeExchange, upgrade_fields
+from distpat.net.tunnel import UpgradeExchange
 
 __all__ = ["ClientConnection", "EngineSettings", "EngineState", "Exchange"]
 
@@ -294,8 +294,6 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.reject = _Reject(413, f"request body larger than {settings.max_body_bytes} bytes")
             raise self.reject
         keep_alive = parser.should_keep_alive() and not self.state.draining
-        if upgrade:  # the two fields the forwarders drop as hop-by-hop, before the blank line
-            head = head[:-2] + upgrade_fields(headers) + b"\r\n"
         ex = (UpgradeExchange if upgrade else Exchange)(
             self, method, self.url, http10, keep_alive, head, body, headers
         )

@@ -28,15 +28,26 @@ from distpat.net.exchange import Exchange
 if TYPE_CHECKING:
     from distpat.net.upstream import UpstreamConnection
 
-__all__ = ["Splice", "SwitchingParser", "UpgradeExchange", "upgrade_fields"]
+__all__ = ["UPGRADES", "Splice", "SwitchingParser", "UpgradeExchange", "upgrade_fields"]
 
 log = logging.getLogger("distpat.proxy")
 
 
-def upgrade_fields(headers: list[tuple[bytes, bytes]]) -> bytes:
-    """The field lines an upgrade request carries to the upstream: its Upgrade, and Connection."""
-    protocols = b", ".join(value for name, value in headers if name.lower() == b"upgrade")
-    return b"Upgrade: " + protocols + b"\r\nConnection: upgrade\r\n"
+UPGRADES = frozenset({b"websocket"})
+"""The protocols a client may switch to through the proxy. Others (``h2c`` above all: a tunnel
+of HTTP/2 requests the proxy would never see, "h2c smuggling") are not offered to the upstream."""
+
+
+def upgrade_fields(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """The field lines an upgrade request carries to the upstream (``Upgrade: websocket`` and
+    ``Connection: upgrade``), or None when it asks for no protocol of :data:`UPGRADES`."""
+    for name, value in headers:
+        if name.lower() == b"upgrade":
+            for token in value.split(b","):
+                protocol = token.strip().split(b"/")[0].lower()
+                if protocol in UPGRADES:
+                    return b"Upgrade: " + protocol + b"\r\nConnection: upgrade\r\n"
+    return None
 
 
 class SwitchingParser:
@@ -68,15 +79,20 @@ class SwitchingParser:
 class UpgradeExchange(Exchange):
     """An exchange for a request that asks to switch protocols (see the module's docstring)."""
 
-    __slots__ = ("splice", "switching")
+    __slots__ = ("splice", "switching", "offered")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.splice: Splice | None = None
         self.switching: UpstreamConnection | None = None
+        fields = upgrade_fields(self.request_headers)
+        self.offered = fields is not None  # else forwarded as a plain request (Upgrade is hop-by-hop)
+        if fields is not None:  # the two fields the forwarders drop, before the blank line
+            self.head = self.head[:-2] + fields + b"\r\n"
 
     def attach(self, conn: UpstreamConnection) -> None:
-        conn.parser = SwitchingParser(conn.parser)  # type: ignore[assignment]
+        if self.offered:
+            conn.parser = SwitchingParser(conn.parser)  # type: ignore[assignment]
         super().attach(conn)
 
     def on_response_head(self, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
