@@ -138,7 +138,8 @@ class UpgradeExchange(Exchange):
         self.splice.start(early, rest)
 
     def on_response_complete(self) -> None:
-        self.upstream_reusable = False  # its parser was made for a switch: not pooled
+        if self.offered:
+            self.upstream_reusable = False  # its parser was made for a switch: not pooled
         super().on_response_complete()
 
     def finish(self) -> None:
