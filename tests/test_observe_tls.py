@@ -10,6 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 
 from tests.httpkit import HOST, Backend
@@ -46,13 +47,14 @@ def plain_http(port: int) -> None:
             raw.recv(1024)
 
 
-async def test_refused_handshakes_are_counted_by_reason(tmp_path: Path) -> None:
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+async def test_refused_handshakes_are_counted_by_reason(tmp_path: Path, loop: str) -> None:
     issuer = Issuer(tmp_path)
     server = issuer.pair("server", "localhost", "127.0.0.1")
     port, admin = free_ports(2)
     async with Backend() as backend:
         args = ("--cert", str(server.cert), "--key", str(server.key), "--upstream", backend.url)
-        more = ("--client-ca", str(issuer.ca_path), "--admin", f"{HOST}:{admin}", "--shutdown-timeout", "2")
+        more = ("--client-ca", str(issuer.ca_path), "--admin", f"{HOST}:{admin}", "--loop", loop)
         async with running_sidecar(tmp_path, port, *args, *more, also=(admin,)) as sidecar:
             before = await scrape(admin)
             old = await openssl_client(port, "-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0")
