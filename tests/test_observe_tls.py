@@ -86,3 +86,39 @@ async def test_refused_handshakes_are_counted_by_reason(tmp_path: Path, loop: st
         names="localhost/127.0.0.1",
     )
     assert abs(expiry - (not_after - time.time())) < 60
+
+
+def test_the_expiry_gauge_follows_a_reload(tmp_path: Path) -> None:
+    import datetime
+
+    import trustme
+
+    from distpat.net.metrics import ProxyMetrics
+    from distpat.net.tls import CertificateStore, TLSOptions
+    from tests.test_tls_store import write_pair
+
+    ca = trustme.CA()
+    pair = write_pair(ca, tmp_path, "site", "old.example.test")
+    store = CertificateStore(TLSOptions(pairs=(pair,)))
+    metrics = ProxyMetrics()
+    metrics.watch_tls(store)
+    before = samples_of(metrics.render()[0].decode())
+    soon = ca.issue_cert(
+        "new.example.test", not_after=datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=2)
+    )
+    (tmp_path / "site.pem").write_bytes(b"".join(blob.bytes() for blob in soon.cert_chain_pems))
+    (tmp_path / "site.key").write_bytes(soon.private_key_pem.bytes())
+    assert store.reload("test")
+    after = samples_of(metrics.render()[0].decode())
+    old = sample(
+        before, "distpat_tls_certificate_expiry_seconds", certificate=pair[0], names="old.example.test"
+    )
+    new = sample(
+        after, "distpat_tls_certificate_expiry_seconds", certificate=pair[0], names="new.example.test"
+    )
+    assert old > 30 * 86400  # trustme's default validity is years
+    assert 86400 < new <= 2 * 86400
+    assert (
+        "distpat_tls_certificate_expiry_seconds",
+        frozenset({("certificate", pair[0]), ("names", "old.example.test")}),
+    ) not in after
