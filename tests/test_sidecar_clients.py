@@ -682,3 +682,37 @@ def test_a_missing_certificate_or_key_file_is_named(tmp_path: Path, issuer: Issu
     key = missing if which == "key" else a.key
     done = run_sidecar("--cert", str(cert), "--key", str(key))
     assert_one_line_error(done, str(missing))
+
+
+async def test_sighup_switches_the_sidecars_upstream_on_an_open_tls_connection(
+    tmp_path: Path, issuer: Issuer
+) -> None:
+    async def named(body: bytes) -> Backend:
+        async def handler(request: Request) -> Reply:
+            return Reply(body=body)
+
+        return Backend(handler)
+
+    server = issuer.pair("server", *RELOAD_NAMES)
+    (port,) = free_ports(1)
+    config = tmp_path / "sidecar.toml"
+
+    def write(upstream: str) -> None:
+        pair = f'cert = ["{server.cert}"]\nkey = ["{server.key}"]\n'
+        config.write_text(f'{pair}upstream = ["{upstream}"]\nshutdown_timeout = 2\n')
+
+    async with await named(b"A") as a, await named(b"B") as b:
+        write(a.url)
+        async with (
+            running_sidecar(tmp_path, port, "--config", str(config)) as sidecar,
+            tls_connection(port, issuer.ca_path, "reload.example.test") as client,
+        ):
+            await client.send(b"GET / HTTP/1.1\r\nHost: reload.example.test\r\n\r\n")
+            [first] = await client.read_responses(1, timeout=10)
+            write(b.url)
+            mark = len(sidecar.log())
+            sidecar.process.send_signal(signal.SIGHUP)
+            await sidecar.wait_for_log("configuration reloaded", after=mark)
+            await client.send(b"GET / HTTP/1.1\r\nHost: reload.example.test\r\n\r\n")
+            [second] = await client.read_responses(1, timeout=10)
+    assert (first.body, second.body) == (b"A", b"B")
