@@ -17,7 +17,7 @@ import signal
 import tempfile
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from distpat.net.admin import AdminServer, create_admin_app
 from distpat.net.workerstats import WorkerGroupStats
@@ -100,7 +100,6 @@ async def _parent(admin: tuple[str, int] | None, children: list[int], paths: lis
 def _wait_all(children: list[int]) -> int:
     status = 0
     for pid in children:
-        code: Any
         _, code = os.waitpid(pid, 0)
         exit_code = os.waitstatus_to_exitcode(code)
         if exit_code != 0:

@@ -17,9 +17,7 @@ reports alike (build info, certificate expiry) are given once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
@@ -168,8 +166,3 @@ def _rule(name: str, kind: str) -> str:
     if name in _SAME_IN_EVERY_WORKER:
         return "once"
     return "sum"
-
-
-def remove_socket(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
