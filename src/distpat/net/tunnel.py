@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -134,7 +135,13 @@ class UpgradeExchange(Exchange):
         client.closing = True  # no longer an HTTP connection: its timers stop
         client.cancel_tick()
         early, client.upgrade_rest = client.upgrade_rest, b""
-        self.splice = Splice(self, client.transport, transport)
+        self.splice = Splice(
+            client.transport,
+            transport,
+            idle_timeout=client.state.settings.response_timeout,
+            on_closed=self.spliced,
+            name=f"client {client.peer}: upgraded connection",
+        )
         self.splice.start(early, rest)
 
     def on_response_complete(self) -> None:
@@ -162,15 +169,14 @@ class UpgradeExchange(Exchange):
 class _Side(asyncio.Protocol):
     """One connection of a splice; what it reads is written to the other."""
 
-    __slots__ = ("splice", "transport", "peer", "carried", "name", "at_eof")
+    __slots__ = ("splice", "transport", "peer", "carried", "at_eof")
 
-    def __init__(self, splice: Splice, transport: asyncio.Transport, name: str) -> None:
+    def __init__(self, splice: Splice, transport: asyncio.Transport) -> None:
         self.splice = splice
-        self.at_eof = False
         self.transport = transport
         self.peer: _Side | None = None
         self.carried = 0  # bytes read from this side
-        self.name = name
+        self.at_eof = False
 
     def data_received(self, data: bytes) -> None:
         peer = self.peer
@@ -202,24 +208,38 @@ class _Side(asyncio.Protocol):
 
 
 class Splice:
-    """Two connections copied into each other, with backpressure and an idle timeout."""
+    """Two connections copied into each other, with backpressure and an optional idle timeout.
 
-    __slots__ = ("exchange", "client", "upstream", "loop", "last_io", "timer", "closed", "timeout")
+    When either connection ends, the other is closed once what it was given is written (a TCP
+    end half-closes the other side instead, while it can); ``on_closed`` is then called once with
+    the bytes carried to the client and from it.
+    """
+
+    __slots__ = ("client", "upstream", "loop", "last_io", "timer", "closed", "timeout", "on_closed", "name")
 
     def __init__(
-        self, exchange: UpgradeExchange, client: asyncio.Transport, upstream: asyncio.Transport
+        self,
+        client: asyncio.Transport,
+        upstream: asyncio.Transport,
+        *,
+        idle_timeout: float | None,
+        on_closed: Callable[[int, int], None],
+        name: str,
     ) -> None:
-        self.exchange = exchange
-        self.loop = exchange.client.loop
-        self.client = _Side(self, client, "client")
-        self.upstream = _Side(self, upstream, "upstream")
+        self.loop = asyncio.get_running_loop()
+        self.client = _Side(self, client)
+        self.upstream = _Side(self, upstream)
         self.client.peer, self.upstream.peer = self.upstream, self.client
-        self.timeout = exchange.client.state.settings.response_timeout
+        self.timeout = idle_timeout
+        self.on_closed = on_closed
+        self.name = name  # for the log
         self.last_io = self.loop.time()
         self.timer: asyncio.TimerHandle | None = None
         self.closed = False
 
-    def start(self, from_client: bytes, from_upstream: bytes) -> None:
+    def start(self, from_client: bytes = b"", from_upstream: bytes = b"") -> None:
+        """Take both connections over (their reading paused until now) and pass on what each
+        had already sent."""
         client, upstream = self.client.transport, self.upstream.transport
         client.set_protocol(self.client)
         upstream.set_protocol(self.upstream)
@@ -228,16 +248,21 @@ class Splice:
         if from_upstream:
             self.upstream.data_received(from_upstream)
         upstream.resume_reading()
-        client.resume_reading()  # paused since the upgrade request's head
-        self.timer = self.loop.call_later(self.timeout, self._tick)
+        client.resume_reading()
+        if self.timeout is not None:
+            self.timer = self.loop.call_later(self.timeout, self._tick)
+
+    def abort(self) -> None:
+        self.client.transport.abort()
+        self.upstream.transport.abort()
 
     def _tick(self) -> None:
         self.timer = None
-        if self.closed:
+        if self.closed or self.timeout is None:
             return
         idle = self.loop.time() - self.last_io
         if idle >= self.timeout:
-            log.info("client %s: upgraded connection idle for %gs: closed", self.exchange.client.peer, idle)
+            log.info("%s idle for %gs: closed", self.name, idle)
             self.client.transport.close()
             self.upstream.transport.close()
             return
@@ -254,4 +279,4 @@ class Splice:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.exchange.spliced(self.upstream.carried, self.client.carried)
+        self.on_closed(self.upstream.carried, self.client.carried)
