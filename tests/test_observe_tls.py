@@ -122,3 +122,49 @@ def test_the_expiry_gauge_follows_a_reload(tmp_path: Path) -> None:
         "distpat_tls_certificate_expiry_seconds",
         frozenset({("certificate", pair[0]), ("names", "old.example.test")}),
     ) not in after
+
+
+async def test_tcp_mode_tunnels_are_spliced_and_counted(tmp_path: Path) -> None:
+    from distpat.net.tcp import TcpProxyConfig, TcpProxyServer
+    from distpat.net.tls import TLSOptions
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    issuer = Issuer(tmp_path)
+    pair = issuer.pair("server", "localhost")
+    upstream = await asyncio.start_server(echo, HOST, 0)
+    upstream_port = upstream.sockets[0].getsockname()[1]
+    config = TcpProxyConfig(
+        listen=(HOST, 0),
+        upstream=(HOST, upstream_port),
+        tls=TLSOptions(pairs=((str(pair.cert), str(pair.key)),)),
+    )
+    server = TcpProxyServer(config)
+    await server.start()
+    try:
+        ctx = ssl.create_default_context(cafile=str(issuer.ca_path))
+        reader, writer = await asyncio.open_connection(
+            HOST, server.port, ssl=ctx, server_hostname="localhost"
+        )
+        payload = bytes(range(256)) * 8192  # 2 MiB there and back
+        writer.write(payload)
+        got = await asyncio.wait_for(reader.readexactly(len(payload)), 30)
+        assert got == payload
+        assert len(server.tunnels) == 1
+        writer.close()
+        for _ in range(100):
+            if not server.tunnels:
+                break
+            await asyncio.sleep(0.05)
+        s = samples_of(server.metrics.render()[0].decode())
+        assert not server.tunnels
+        assert sample(s, "distpat_open_connections") == 0
+        assert sample(s, "distpat_connections_total") == 1
+    finally:
+        await server.shutdown(1)
+        upstream.close()
+        await upstream.wait_closed()

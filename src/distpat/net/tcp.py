@@ -1,11 +1,12 @@
 """TLS-to-TCP termination (``distpat sidecar --mode tcp``), as stunnel does.
 
 Each TLS client connection gets its own plain TCP connection to the
-upstream, and bytes are copied both ways with backpressure: when one side's
-socket buffer fills, the other side is no longer read, so memory per tunnel
-stays at a few socket buffers whatever passes through it. The client is not
-read until the upstream connection is open. When either side closes, the
-other is closed once what was already received for it is written.
+upstream, and the two are spliced (distpat.net.tunnel.Splice): bytes are
+copied both ways with backpressure (when one side's socket buffer fills, the
+other side is no longer read), so memory per tunnel stays at a few socket
+buffers whatever passes through it. The client is not read until the upstream
+connection is open. When either side closes, the other is closed once what
+was already received for it is written.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from distpat.errors import ConfigError
 from distpat.net.admin import AdminServer, create_admin_app
 from distpat.net.metrics import ProxyMetrics
 from distpat.net.tls import CertificateStore, TLSOptions
+from distpat.net.tunnel import Splice
 
 __all__ = ["TcpProxyConfig", "TcpProxyServer", "parse_tcp_upstream"]
 
@@ -57,38 +59,22 @@ class TcpProxyConfig:
     reuse_port: bool = False
 
 
-class _UpstreamSide(asyncio.Protocol):
-    def __init__(self, tunnel: _Tunnel) -> None:
-        self.tunnel = tunnel
-        self.transport: asyncio.Transport | None = None
+class _Connecting(asyncio.Protocol):
+    """An upstream connection until the splice takes it: not read before then."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.tunnel.to_client(data)
-
-    def eof_received(self) -> bool | None:
-        self.tunnel.close_client()
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.tunnel.close_client()
-
-    def pause_writing(self) -> None:
-        self.tunnel.pause_client()
-
-    def resume_writing(self) -> None:
-        self.tunnel.resume_client()
+        transport.pause_reading()  # type: ignore[attr-defined]
 
 
 @dataclass(eq=False, slots=True)
 class _Tunnel(asyncio.Protocol):
+    """A client connection: not read until its upstream connection is open, then spliced to it."""
+
     server: TcpProxyServer
     client: asyncio.Transport | None = None
-    upstream: _UpstreamSide | None = None
+    upstream: asyncio.Transport | None = None
+    splice: Splice | None = None
     closed: bool = False
-    client_paused: bool = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.client = transport  # type: ignore[assignment]
@@ -99,7 +85,7 @@ class _Tunnel(asyncio.Protocol):
             return
         server.tunnels.add(self)
         server.metrics.connection_opened()
-        self.pause_client()  # nothing is read until the upstream is there to take it
+        transport.pause_reading()  # type: ignore[attr-defined]  # nothing is read until the upstream is there
         task = asyncio.get_running_loop().create_task(self._connect())
         server.tasks.add(task)
         task.add_done_callback(server.tasks.discard)
@@ -110,7 +96,7 @@ class _Tunnel(asyncio.Protocol):
         name = f"tcp://{host}:{port}"
         try:
             async with asyncio.timeout(self.server.config.connect_timeout):
-                _, side = await loop.create_connection(lambda: _UpstreamSide(self), host, port)
+                upstream, _ = await loop.create_connection(_Connecting, host, port)
         except (OSError, TimeoutError) as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
             log.warning("upstream %s: connect failed: %s", name, reason)
@@ -118,72 +104,39 @@ class _Tunnel(asyncio.Protocol):
             self.abort()
             return
         self.server.metrics.set_upstream_health(name, True)
-        if self.closed:
-            if side.transport is not None:
-                side.transport.close()
+        self.upstream = upstream
+        if self.closed or self.client is None or self.client.is_closing():
+            upstream.close()
             return
-        self.upstream = side
-        self.resume_client()
+        self.splice = Splice(
+            self.client,
+            upstream,
+            idle_timeout=None,
+            on_closed=self._spliced,
+            name=f"tunnel to {name}",
+        )
+        self.splice.start()
 
-    def data_received(self, data: bytes) -> None:
-        side = self.upstream
-        if side is not None and side.transport is not None:
-            side.transport.write(data)
-
-    def eof_received(self) -> bool | None:
-        # TLS has no half-close: the client is done. What it sent goes on, then the upstream closes.
-        self.close_upstream()
+    def eof_received(self) -> bool | None:  # before the splice: the client is done already
         return None
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:  # before the splice
         self.closed = True
+        self._spliced(0, 0)
+        if self.upstream is not None:
+            self.upstream.close()
+
+    def _spliced(self, to_client: int, from_client: int) -> None:
         if self in self.server.tunnels:
             self.server.tunnels.discard(self)
             self.server.metrics.connection_closed()
-        self.close_upstream()
-
-    def pause_writing(self) -> None:  # the client's buffer is full: stop reading the upstream
-        side = self.upstream
-        if side is not None and side.transport is not None:
-            side.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        side = self.upstream
-        if side is not None and side.transport is not None:
-            side.transport.resume_reading()
-
-    # -- used by the upstream side -------------------------------------------------
-
-    def to_client(self, data: bytes) -> None:
-        if self.client is not None and not self.client.is_closing():
-            self.client.write(data)
-
-    def pause_client(self) -> None:
-        if self.client is not None and not self.client_paused and not self.client.is_closing():
-            self.client_paused = True
-            self.client.pause_reading()
-
-    def resume_client(self) -> None:
-        if self.client is not None and self.client_paused and not self.client.is_closing():
-            self.client_paused = False
-            self.client.resume_reading()
-
-    def close_client(self) -> None:
-        if self.client is not None and not self.client.is_closing():
-            self.client.close()  # after what is buffered for it
-
-    def close_upstream(self) -> None:
-        side = self.upstream
-        if side is not None and side.transport is not None and not side.transport.is_closing():
-            side.transport.close()
 
     def abort(self) -> None:
         self.closed = True
         if self.client is not None:
             self.client.abort()
-        side = self.upstream
-        if side is not None and side.transport is not None:
-            side.transport.abort()
+        if self.upstream is not None:
+            self.upstream.abort()
 
 
 class TcpProxyServer:
