@@ -325,3 +325,21 @@ async def test_sub_millisecond_requests_land_in_sub_millisecond_buckets_under_uv
     times = [json.loads(line)["request_time"] for line in log.splitlines() if line.startswith("{")]
     assert len(times) == 50
     assert any(round(t * 1000) != t * 1000 for t in times), times  # not whole milliseconds
+
+
+def test_workers_with_an_admin_address_in_use_is_one_line_and_status_2() -> None:
+    import socket
+
+    port, admin = free_ports(2)
+    with socket.create_server((HOST, admin)):
+        argv = ["--listen", f"{HOST}:{port}", "--upstream", "http://127.0.0.1:9", "--workers", "2"]
+        done = subprocess.run(
+            [sys.executable, "-m", "distpat", "proxy", *argv, "--admin", f"{HOST}:{admin}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={k: v for k, v in os.environ.items() if not k.startswith("DISTPAT_")},
+        )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("distpat: error: cannot listen on"), done.stderr
+    assert "(admin)" in done.stderr

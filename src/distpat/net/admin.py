@@ -19,6 +19,7 @@ Responses carry ``Cache-Control: no-store``. Requests are not access-logged.
 from __future__ import annotations
 
 import inspect
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
@@ -155,6 +156,20 @@ class AdminServer:
             raise
         self._runner = runner
         self._port = int(runner.addresses[0][1])
+
+    async def start_on(self, sock: socket.socket) -> None:
+        """Serve on an already bound and listening socket (bound before a fork, say)."""
+        if self._runner is not None:
+            raise AdminServerStateError("the admin server is already started")
+        runner = web.AppRunner(self._app, access_log=None, shutdown_timeout=self._shutdown_timeout)
+        await runner.setup()
+        try:
+            await web.SockSite(runner, sock).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self._port = int(sock.getsockname()[1])
 
     async def close(self) -> None:
         """Stop listening and finish (or, after ``shutdown_timeout``, drop) requests in progress.

@@ -14,11 +14,13 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import tempfile
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol, TypeVar
 
+from distpat.errors import ConfigError
 from distpat.net.admin import AdminServer, create_admin_app
 from distpat.net.workerstats import WorkerGroupStats
 
@@ -43,6 +45,15 @@ def run_workers(config: C, workers: int, serve_one: Callable[[C, str], None]) ->
     (distpat.net.workerstats.serve_worker_stats); none serves the admin listener, which the
     parent runs when ``config.admin`` is set.
     """
+    admin = None
+    if config.admin is not None:  # bound now: an address in use is an error before any fork
+        host, port = config.admin
+        try:
+            admin = socket.create_server(
+                (host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET, backlog=128
+            )
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port} (admin): {exc.strerror or exc}") from None
     directory = tempfile.mkdtemp(prefix="distpat-workers-")
     paths = [os.path.join(directory, f"worker-{i}.sock") for i in range(workers)]
     child_config = replace(config, admin=None)  # type: ignore[type-var]
@@ -51,6 +62,8 @@ def run_workers(config: C, workers: int, serve_one: Callable[[C, str], None]) ->
         for path in paths:
             pid = os.fork()
             if pid == 0:  # pragma: no cover - runs in the child
+                if admin is not None:
+                    admin.close()
                 code = 0
                 try:
                     serve_one(child_config, path)
@@ -59,12 +72,14 @@ def run_workers(config: C, workers: int, serve_one: Callable[[C, str], None]) ->
                     code = 1
                 os._exit(code)
             children.append(pid)
-        return asyncio.run(_parent(config.admin, children, paths))
+        return asyncio.run(_parent(admin, children, paths))
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+        if admin is not None:
+            admin.close()
 
 
-async def _parent(admin: tuple[str, int] | None, children: list[int], paths: list[str]) -> int:
+async def _parent(admin: socket.socket | None, children: list[int], paths: list[str]) -> int:
     loop = asyncio.get_running_loop()
     draining = False
 
@@ -84,11 +99,7 @@ async def _parent(admin: tuple[str, int] | None, children: list[int], paths: lis
             stats = WorkerGroupStats(paths, lambda: draining)
             app = create_admin_app(metrics=stats, ready=stats.ready, draining=stats.draining)
             server = AdminServer(app)
-            try:
-                await server.start(*admin)
-            except OSError as exc:
-                log.error("admin listener %s:%d: %s; workers serve without it", *admin, exc.strerror or exc)
-                server = None
+            await server.start_on(admin)
         return await asyncio.to_thread(_wait_all, children)
     finally:
         if server is not None:
