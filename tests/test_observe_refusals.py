@@ -119,6 +119,7 @@ async def test_a_slow_head_is_answered_408_and_logged_with_its_partial_line(
     [line] = access_lines(caplog)
     assert line["status"] == 408
     assert line["request"] == "GET /slow"
+    assert float(line["request_time"]) >= 0.25  # the time the head was waited for
     assert line["body_bytes_sent"] == len(r.body)
     assert sample(metrics, "distpat_http_requests_total", status="408", upstream="") == 1
 

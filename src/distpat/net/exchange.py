@@ -489,10 +489,14 @@ class Exchange:
         self._record()
 
     @classmethod
-    def refusal(cls, client: ClientConnection, status: int, response: bytes, request_line: bytes) -> None:
+    def refusal(
+        cls, client: ClientConnection, status: int, response: bytes, request_line: bytes, waited: float = 0.0
+    ) -> None:
         """Count and log an answer to a request that never became an exchange (it could not be
-        parsed, or the connection was refused): ``request_line`` is what is known of it, or ``-``."""
+        parsed, or the connection was refused): ``request_line`` is what is known of it, or ``-``;
+        ``waited`` the seconds since its head began (the access log's request_time)."""
         ex = cls(client, b"-", b"", False, False, b"", NO_BODY, [])
+        ex.started -= waited
         ex.request_line = request_line
         ex.finished = True
         ex.refused(status, response)

@@ -494,7 +494,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         if isinstance(refused, Exchange):
             refused.refused(status, response)
         else:
-            Exchange.refusal(self, status, response, refused)
+            Exchange.refusal(self, status, response, refused, self.loop.time() - self.head_started)
 
     def _refused_line(self) -> bytes:
         """What is known of the request being refused, for the access log: ``-`` when nothing is.
