@@ -32,6 +32,8 @@ from distpat.core.http import (
     error_response,
     forward_request_headers,
     has_host,
+    origin_form,
+    replace_host,
     request_framing,
     request_head,
 )
@@ -139,6 +141,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             forwarded=state.settings.forwarded,
             drop=state.request_drop,
             extra=self.extra_request,  # the client certificate's subject
+            underscores=state.settings.underscores_in_headers,
         )
         if len(state.connections) >= state.settings.max_connections:
             self.closing = True
@@ -205,6 +208,11 @@ class ClientConnection(asyncio.BufferedProtocol):
                 reject = exc.__context__
             if reject is not None:
                 self._protocol_error(reject.status, str(reject))
+            elif str(exc) == "Invalid HTTP version":
+                # llhttp refuses HTTP/1.2-1.9 and majors 3-9 itself, so RFC 9112 section 2.3's "treat
+                # an unknown 1.x minor as 1.1" cannot be done: answered as any unsupported version.
+                version = self.parser.get_http_version()
+                self._protocol_error(505, f"HTTP/{version} is not supported; use HTTP/1.1 or HTTP/1.0")
             else:
                 self._protocol_error(400, f"malformed request: {exc}")
         finally:
@@ -290,7 +298,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         ex = Exchange(self, method, self.url, http10, keep_alive, head, body, headers)
         if view is not None or local is not None:
             ex.view, ex.local = view, local
-        if http10 and not has_host(headers):  # the upstream's name is sent, unless a hook set one
+        if http10 and not has_host(headers) and (fast is not None or self.url[:1] == b"/"):
+            # the upstream's name is sent, unless a hook set one (an absolute target gave its own)
             ex.needs_host = view is None or not has_host(view.headers)
         ex.expect_continue = expect_continue  # answered when the exchange becomes active
         self.parsing = ex
@@ -303,16 +312,29 @@ class ClientConnection(asyncio.BufferedProtocol):
     def _forward_general(
         self, method: bytes, http10: bool, headers: list[tuple[bytes, bytes]]
     ) -> tuple[Framing, bytes, bool, RequestView | None, LocalResponse | None]:
-        """The request through core/http's general functions, and the hooks, if any."""
+        """The request through core/http's general functions, and the hooks, if any.
+
+        An absolute-form target is forwarded in origin form, its authority replacing Host (RFC 9112
+        section 3.2.2); an HTTP/1.0 request without Host then gets one.
+        """
         if not http10 and not has_host(headers):
             raise RemoteProtocolError(NO_HOST, status=400)
         settings = self.state.settings
         framing = request_framing(headers, version=(1, 0) if http10 else (1, 1))
+        target, authority = origin_form(self.url)
+        if authority is not None:
+            headers = replace_host(headers, authority)
+            if http10 and not has_host(headers):  # HTTP/1.0 without Host: the target names it
+                headers.insert(0, (b"Host", authority))
         expect_continue = False
         kept: list[tuple[bytes, bytes]] = []
         drop = self.state.request_drop
+        underscores = settings.underscores_in_headers
         for name, value in headers:
             if drop and name.lower() in drop:
+                continue
+            if not underscores and b"_" in name:
+                log.debug("request field %r dropped: its name has '_' (underscores_in_headers off)", name)
                 continue
             if name.lower() == b"expect":
                 if value.strip().lower() != b"100-continue":
@@ -327,7 +349,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         view: RequestView | None = None
         local: LocalResponse | None = None
         if self.state.hooks:
-            view = RequestView(method, self.url, out, self.peer, settings.scheme)
+            view = RequestView(method, target, out, self.peer, settings.scheme)
             now = self.loop.time()
             for hook in self.state.hooks:
                 local = hook.on_request(view, now)
@@ -336,7 +358,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             out = view.headers
         if framing.kind is CHUNKED_BODY:
             out.append((b"Transfer-Encoding", b"chunked"))
-        return framing, request_head(method, self.url, out), expect_continue, view, local
+        return framing, request_head(method, target, out), expect_continue, view, local
 
     def on_body(self, body: bytes) -> None:
         ex = self.parsing
