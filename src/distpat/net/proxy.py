@@ -86,7 +86,10 @@ class ProxyServer:
     ) -> None:
         self.config = config
         self.metrics = metrics if metrics is not None else ProxyMetrics()
-        upstreams = [Upstream(url, config.policy) for url in config.upstreams]
+        upstreams = [
+            Upstream(url, config.policy, max_response_header_bytes=config.settings.max_response_header_bytes)
+            for url in config.upstreams
+        ]
         for u in upstreams:
             u.on_health_change = self._health_changed
             self.metrics.set_upstream_health(u.name, True)

@@ -78,6 +78,14 @@ def parse_upstream_url(url: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
+class _HeadTooLarge(Exception):
+    """Raised in a parser callback when a response head passes ``max_response_header_bytes``."""
+
+    @staticmethod
+    def message(limit: int) -> str:
+        return f"upstream response head larger than {limit} bytes"
+
+
 class UpstreamConnection(asyncio.BufferedProtocol):
     """One connection to an upstream; owned by at most one exchange at a time."""
 
@@ -95,6 +103,9 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         "in_feed",
         "release_pending",
         "stray",
+        "head_bytes",
+        "field_bytes",
+        "max_head_bytes",
         "_lost",
     )
 
@@ -112,6 +123,9 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.in_feed = False  # inside parser.feed_data
         self.release_pending = False  # released during feed_data: pooled only once it returns
         self.stray = False  # bytes no request asked for: the connection cannot be trusted again
+        self.head_bytes = 0  # read while a response head is incomplete; -1 once it is (in its body)
+        self.field_bytes = 0  # of the head's complete field lines
+        self.max_head_bytes = upstream.max_response_header_bytes
         self._lost = asyncio.get_running_loop().create_future()
 
     # -- asyncio.Protocol ---------------------------------------------------
@@ -142,8 +156,17 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         except httptools.HttpParserUpgrade:
             self._fail(ConnectionError("upstream switched protocols, which is not supported"))
         except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _HeadTooLarge):
+                exc = exc.__context__  # type: ignore[assignment]
             self._fail(ConnectionError(f"upstream sent an invalid response: {exc}"))
         else:
+            if self.head_bytes >= 0 and self.handler is handler:
+                # Still in a head: httptools keeps an incomplete field line whole, so the bytes
+                # read count against the limit too, not only the complete fields on_header saw.
+                self.head_bytes += len(data)
+                if self.head_bytes > self.max_head_bytes:
+                    self._fail(ConnectionError(_HeadTooLarge.message(self.max_head_bytes)))
+                    return
             if self.handler is handler:  # still mid-response: send what this read produced
                 handler.flush()
         finally:
@@ -182,12 +205,17 @@ class UpstreamConnection(asyncio.BufferedProtocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.handler is not None:
             self.headers.append((name, value))
+            self.field_bytes += len(name) + len(value) + 4
+            if self.field_bytes > self.max_head_bytes:
+                raise _HeadTooLarge(_HeadTooLarge.message(self.max_head_bytes))
         else:
             self.stray = True
 
     def on_headers_complete(self) -> None:
         handler = self.handler
         headers, self.headers = self.headers, []
+        self.head_bytes = -1
+        self.field_bytes = 0
         if handler is None:
             self.stray = True
             return
@@ -199,6 +227,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             # a fresh parser reads the next one.
             self.head_request = False
             self.parser = httptools.HttpResponseParser(self)
+            self.head_bytes = 0
             handler.on_response_complete()
 
     def on_body(self, body: bytes) -> None:
@@ -211,6 +240,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
     def on_message_complete(self) -> None:
         # Not stray without a handler: a HEAD response's old parser may still end its message
         # after the exchange took the response as complete (see on_headers_complete).
+        self.head_bytes = 0  # the next response (after a 1xx, the final one) starts with a head
         handler = self.handler
         if handler is not None:
             handler.on_response_complete()
@@ -292,9 +322,17 @@ class Upstream:
         "fails",
         "ejected_until",
         "on_health_change",
+        "max_response_header_bytes",
     )
 
-    def __init__(self, url: str, policy: UpstreamPolicy | None = None) -> None:
+    def __init__(
+        self, url: str, policy: UpstreamPolicy | None = None, *, max_response_header_bytes: int = 64 * 1024
+    ) -> None:
+        """``max_response_header_bytes``: a response head (its field lines, or the bytes read while it
+        is incomplete) larger than this fails the exchange (the client gets 502) and closes the
+        connection, so a flood of header lines costs no more than this plus one read of memory
+        (EngineSettings.max_response_header_bytes)."""
+        self.max_response_header_bytes = max_response_header_bytes
         self.host, self.port = parse_upstream_url(url)
         self.name = f"{self.host}:{self.port}"
         host = f"[{self.host}]" if ":" in self.host else self.host
