@@ -5,32 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from dataclasses import replace
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distpat.net.proxy import ProxyConfig, ProxyServer
-from distpat.net.server import EngineSettings
-from tests.httpkit import Backend, Response, exchange
+from tests.httpkit import Backend, Response, exchange, running_proxy
 
 few = settings(max_examples=8, deadline=None)
 
 
-@contextlib.asynccontextmanager
-async def proxy(url: str, **overrides: object) -> AsyncIterator[ProxyServer]:
-    config = ProxyConfig(
-        listen=("127.0.0.1", 0),
-        upstreams=(url,),
-        settings=replace(EngineSettings(), **overrides),  # type: ignore[arg-type]
-    )
-    server = ProxyServer(config)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.shutdown(1)
+def proxy(url: str, **overrides: object) -> contextlib.AbstractAsyncContextManager[Any]:
+    return running_proxy(url, **overrides)
 
 
 async def one(port: int, raw: bytes) -> Response:

@@ -9,32 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from dataclasses import replace
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distpat.net.proxy import ProxyConfig, ProxyServer
-from distpat.net.server import EngineSettings
-from tests.httpkit import HOST, Backend, Reply, Request, exchange
+from tests.httpkit import HOST, Backend, Reply, Request, exchange, running_proxy
 
 LIMIT = 4096
 
 
-@contextlib.asynccontextmanager
-async def proxy(url: str, **overrides: object) -> AsyncIterator[ProxyServer]:
-    config = ProxyConfig(
-        listen=("127.0.0.1", 0),
-        upstreams=(url,),
-        settings=replace(EngineSettings(), max_response_header_bytes=LIMIT, **overrides),  # type: ignore[arg-type]
-    )
-    server = ProxyServer(config)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.shutdown(1)
+def proxy(url: str, **overrides: object) -> contextlib.AbstractAsyncContextManager[Any]:
+    return running_proxy(url, max_response_header_bytes=LIMIT, **overrides)
 
 
 def head_of(lines: int, value_bytes: int) -> bytes:
