@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.httpkit import Backend, Response, exchange, running_proxy
+from tests.httpkit import Backend, RawClient, Response, exchange, running_proxy
 
 few = settings(max_examples=8, deadline=None)
 
@@ -218,5 +218,89 @@ def test_fields_with_underscores_are_dropped_unless_enabled(names: list[bytes], 
                 else:
                     assert got == []
                     assert not any(v.startswith(b"forged") for _, v in received.headers)
+
+    asyncio.run(run())
+
+
+# -- 2. chunk sizes and chunk extensions -----------------------------------------------------------------
+
+CHUNKED_HEAD = b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+MAX_BODY = 1000
+
+
+@st.composite
+def oversized_chunks(draw: st.DrawFn) -> tuple[bytes, tuple[int, ...]]:
+    """A chunked body (not all sent) whose size line, or a part of it, is already refused."""
+    before = draw(st.lists(st.integers(1, 100), max_size=3))
+    sent = sum(before)
+    kind = draw(st.sampled_from(["large", "huge", "overflow", "extension", "partial-extension", "digits"]))
+    zeros = b"0" * draw(st.integers(0, 3))
+    if kind == "large":  # past what the body may still hold
+        line, status = zeros + b"%x" % (MAX_BODY - sent + draw(st.integers(1, 10**6))), 413
+    elif kind == "huge":  # 2**63 and more, up to 16 hex digits
+        line, status = b"%x" % draw(st.integers(1 << 63, (1 << 64) - 1)), 413
+    elif kind == "overflow":  # more than 16 significant hex digits: 413 once the digits so far say
+        line, status = b"1" + b"0" * draw(st.integers(16, 40)), 413  # too much, else llhttp's 400
+    elif kind == "extension":
+        line, status = b"5;" + b"e" * draw(st.integers(4096, 20000)), 400
+    elif kind == "partial-extension":  # no CRLF yet: refused while it is still arriving
+        line, status = b"5;x=" + b"v" * draw(st.integers(4100, 20000)), 400
+    else:  # the digits so far already say too much, before the line ends
+        line, status = b"ffffff", 413
+    body = b"".join(b"%x\r\n%s\r\n" % (n, b"d" * n) for n in before)
+    end = b"" if kind in ("partial-extension", "digits") else b"\r\n"
+    return body + line + end, (status, 400) if kind == "overflow" else (status,)
+
+
+@few
+@given(st.lists(oversized_chunks(), min_size=1, max_size=6), st.integers(1, 50))
+def test_oversized_chunk_lines_are_refused_at_once(
+    cases: list[tuple[bytes, tuple[int, ...]]], split: int
+) -> None:
+    async def run() -> None:
+        async with Backend() as backend, proxy(backend.url, max_body_bytes=MAX_BODY) as p:
+            for body, status in cases:
+                client = await RawClient.connect(p.port)
+                try:
+                    raw = CHUNKED_HEAD + body
+                    await client.send(raw[: len(CHUNKED_HEAD) + split])  # in two reads, if the proxy is quick
+                    await asyncio.sleep(0.01)
+                    await client.send(raw[len(CHUNKED_HEAD) + split :])
+                    [r] = await client.read_responses(1, timeout=10.0)  # no more is sent: answered at once
+                    assert r.status in status, (body[-80:], r)
+                    assert b"chunk" in r.body.lower()
+                finally:
+                    await client.close()
+            for received in backend.requests:  # nothing past the refused line reached the upstream whole
+                assert received.target == b"/c"
+
+    asyncio.run(run())
+
+
+@few
+@given(
+    st.lists(st.tuples(st.integers(1, 200), st.integers(0, 3), st.integers(0, 3000)), min_size=1, max_size=6),
+    st.integers(1, 64),
+)
+def test_chunks_within_the_limits_pass(chunks: list[tuple[int, int, int]], piece: int) -> None:
+    async def run() -> None:
+        async with Backend() as backend, proxy(backend.url, max_body_bytes=MAX_BODY * 2) as p:
+            body = b"".join(
+                b"0" * zeros + b"%x;e=%s\r\n%s\r\n" % (n, b"v" * ext, b"d" * n) for n, zeros, ext in chunks
+            )
+            raw = CHUNKED_HEAD + body + b"0;last=1\r\nX-Trailer: t\r\n\r\n"
+            client = await RawClient.connect(p.port)
+            try:
+                for at in range(0, len(raw), piece * 97):  # many reads, cut anywhere
+                    await client.send(raw[at : at + piece * 97])
+                [r] = await client.read_responses(1, timeout=10.0)
+            finally:
+                await client.close()
+            total = sum(n for n, _, _ in chunks)
+            if total > MAX_BODY * 2:
+                assert r.status == 413
+            else:
+                assert r.status == 200, r
+                assert backend.requests[-1].body == b"d" * total
 
     asyncio.run(run())

@@ -98,7 +98,7 @@ section 6.6.2); Proxy-Authenticate and Proxy-Authorization are consumed by the p
 _NEVER_CONNECTION_OPTIONS: Final = frozenset({b"content-length", b"host"})
 
 _OWS: Final = b" \t"  # RFC 9110 section 5.6.3: OWS is SP / HTAB, nothing else (not VT, FF or CR)
-_MAX_CONTENT_LENGTH_DIGITS: Final = 18  # 10**18 bytes is an exabyte; stays well inside int64
+_MAX_DIGITS: Final = 18  # 10**18 bytes is an exabyte; stays well inside int64
 
 
 class BodyKind(enum.Enum):
@@ -176,7 +176,8 @@ def _transfer_codings(values: list[bytes]) -> list[bytes]:
 def _content_length(values: list[bytes], status: int) -> int:
     """The one length all Content-Length values agree on (RFC 9112 section 6.3, RFC 9110 section 8.6).
 
-    ``Content-Length = 1*DIGIT``: no sign, no hex, no inner space, not empty, at most 18 digits.
+    ``Content-Length = 1*DIGIT``: no sign, no hex, no inner space, not empty, at most 18 digits
+    after any leading zeros.
     A repeated value -- ``5, 5`` or two fields of ``5`` -- is the same length said twice and is
     accepted, as RFC 9110 section 8.6 allows; differing values are an error.
     """
@@ -187,7 +188,7 @@ def _content_length(values: list[bytes], status: int) -> int:
             # bytes.isdigit() is ASCII 0-9 only, so int() never sees a sign, "_" or space.
             if not digits.isdigit():
                 raise RemoteProtocolError(f"invalid Content-Length {value!r}", status=status)
-            if len(digits) > _MAX_CONTENT_LENGTH_DIGITS:
+            if len(digits) > _MAX_DIGITS and len(digits.lstrip(b"0")) > _MAX_DIGITS:  # zeros aside
                 raise RemoteProtocolError(f"Content-Length {value!r} is too large", status=status)
             number = int(digits)
             if length < 0:
