@@ -110,3 +110,16 @@ async def test_an_informational_response_does_not_count_against_the_final_head()
 
 async def _reply(raw: bytes) -> Reply:
     return Reply(raw=raw)
+
+
+async def test_a_small_head_read_with_a_large_body_passes() -> None:
+    body = b"b" * 300_000  # the first read holds the head and far more than the limit of body
+
+    async def handler(request: Request) -> Reply:
+        return Reply(headers=[(b"X-Small", b"s" * 100)], body=body)
+
+    async with Backend(handler) as backend, proxy(backend.url) as p:
+        for _ in range(3):
+            [r] = await exchange(p.port, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", timeout=10.0)
+            assert r.status == 200
+            assert r.body == body

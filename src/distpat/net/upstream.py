@@ -104,7 +104,6 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         "release_pending",
         "stray",
         "head_bytes",
-        "field_bytes",
         "max_head_bytes",
         "_lost",
     )
@@ -123,8 +122,9 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.in_feed = False  # inside parser.feed_data
         self.release_pending = False  # released during feed_data: pooled only once it returns
         self.stray = False  # bytes no request asked for: the connection cannot be trusted again
-        self.head_bytes = 0  # read while a response head is incomplete; -1 once it is (in its body)
-        self.field_bytes = 0  # of the head's complete field lines
+        # Bytes read since the response head began, -1 once it is complete (0: it began inside the
+        # read being parsed, after a 1xx response ended there)
+        self.head_bytes = 0
         self.max_head_bytes = upstream.max_response_header_bytes
         self._lost = asyncio.get_running_loop().create_future()
 
@@ -151,6 +151,8 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         handler = self.handler
         self.got_data = True
         self.in_feed = True
+        if self.head_bytes >= 0:
+            self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -160,13 +162,11 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                 exc = exc.__context__  # type: ignore[assignment]
             self._fail(ConnectionError(f"upstream sent an invalid response: {exc}"))
         else:
-            if self.head_bytes >= 0 and self.handler is handler:
-                # Still in a head: httptools keeps an incomplete field line whole, so the bytes
-                # read count against the limit too, not only the complete fields on_header saw.
-                self.head_bytes += len(data)
-                if self.head_bytes > self.max_head_bytes:
-                    self._fail(ConnectionError(_HeadTooLarge.message(self.max_head_bytes)))
-                    return
+            if self.head_bytes > self.max_head_bytes and self.handler is handler:
+                # Still in a head, and httptools keeps an incomplete field line whole: refused
+                # on the bytes read, so an endless head costs the limit and one read at most.
+                self._fail(ConnectionError(_HeadTooLarge.message(self.max_head_bytes)))
+                return
             if self.handler is handler:  # still mid-response: send what this read produced
                 handler.flush()
         finally:
@@ -205,17 +205,18 @@ class UpstreamConnection(asyncio.BufferedProtocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.handler is not None:
             self.headers.append((name, value))
-            self.field_bytes += len(name) + len(value) + 4
-            if self.field_bytes > self.max_head_bytes:
-                raise _HeadTooLarge(_HeadTooLarge.message(self.max_head_bytes))
         else:
             self.stray = True
 
     def on_headers_complete(self) -> None:
         handler = self.handler
         headers, self.headers = self.headers, []
+        read = self.head_bytes
         self.head_bytes = -1
-        self.field_bytes = 0
+        if read > self.max_head_bytes or read == 0:  # the reads held more than the limit (or uncounted)
+            size = sum(len(name) + len(value) + 4 for name, value in headers)
+            if size > self.max_head_bytes:
+                raise _HeadTooLarge(_HeadTooLarge.message(self.max_head_bytes))
         if handler is None:
             self.stray = True
             return
