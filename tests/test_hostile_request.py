@@ -304,3 +304,28 @@ def test_chunks_within_the_limits_pass(chunks: list[tuple[int, int, int]], piece
                 assert backend.requests[-1].body == b"d" * total
 
     asyncio.run(run())
+
+
+# -- a request head that never ends ----------------------------------------------------------------------
+
+
+@few
+@given(st.sampled_from([b"X-Long: ", b"X-Long", b"GET /", b"X-A: 1\r\nX-B: "]), st.integers(1, 4))
+def test_an_endless_head_line_is_refused_with_431_before_the_header_timeout(start: bytes, mib: int) -> None:
+    async def run() -> None:
+        async with Backend() as backend, proxy(backend.url, max_header_bytes=8192, header_timeout=60.0) as p:
+            client = await RawClient.connect(p.port)
+            try:
+                head = start if start.startswith(b"GET") else b"GET / HTTP/1.1\r\nHost: h\r\n" + start
+                await client.send(head)
+                with contextlib.suppress(ConnectionError):  # refused while it is still sending
+                    for _ in range(mib * 16):
+                        await client.send(b"a" * 65536)
+                # answered long before the header timeout, with nothing of the head left to come
+                [r] = await client.read_responses(1, timeout=10.0)
+                assert r.status == 431, r
+            finally:
+                await client.close()
+            assert backend.requests == []
+
+    asyncio.run(run())

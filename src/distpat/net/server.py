@@ -39,7 +39,7 @@ from distpat.core.http import (
     request_head,
 )
 from distpat.errors import LocalProtocolError, RemoteProtocolError
-from distpat.net.engine import EngineSettings, EngineState, client_subject
+from distpat.net.engine import READ_BUFFER_BYTES, EngineSettings, EngineState, client_subject
 from distpat.net.exchange import Exchange
 
 __all__ = ["ClientConnection", "EngineSettings", "EngineState", "Exchange"]
@@ -89,6 +89,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         "extra_request",
         "requests",
         "max_header_bytes",
+        "head_read",
         "chunks",
         "chunk_mark",
         "chunk_open",
@@ -106,6 +107,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.header_bytes = 0
+        self.head_read = 0  # bytes of the reads that ended inside a request head
         self.max_header_bytes = state.settings.max_header_bytes
         self.parsing: Exchange | None = None
         self.queue: deque[Exchange] = deque()
@@ -212,6 +214,11 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.feeding = True
         try:
             self.parser.feed_data(data)
+            if self.in_head:  # httptools keeps an unfinished field line whole: bound what it holds
+                self.head_read += len(data)
+                # (the read it began in may hold the end of the previous request: one read of slack)
+                if self.head_read > self.max_header_bytes + READ_BUFFER_BYTES and not self.closing:
+                    self._protocol_error(431, "request header fields too large")
             if self.chunks is not None:
                 self._check_chunks(data)
         except httptools.HttpParserUpgrade:
@@ -252,7 +259,7 @@ class ClientConnection(asyncio.BufferedProtocol):
     def on_message_begin(self) -> None:
         self.url = b""
         self.headers = []
-        self.header_bytes = 0
+        self.header_bytes = self.head_read = 0
         self.in_head = True
         # A request's head must arrive within the header timeout, however
         # slowly it trickles in (slowloris): counted from its first byte, or
