@@ -410,7 +410,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         """Refuse, once a read is parsed, a chunk too large for the body limit (413) or a size line
         longer than MAX_CHUNK_LINE (400): llhttp would read and wait for either (core/chunked.py)."""
         ex, chunks = self.parsing, self.chunks
-        if ex is None or chunks is None:
+        if ex is None or chunks is None or self.closing:
             self.chunks = None  # the chunked request ended in this read
             return
         limit = self.state.settings.max_body_bytes
