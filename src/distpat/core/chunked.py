@@ -77,14 +77,52 @@ def is_size_line(line: bytes) -> bool:
 class ChunkLines:
     """The size lines of one chunked body, read by read (see the module docstring).
 
+    The engine reports llhttp's chunk callbacks with the body bytes received so far
+    (:meth:`header`, :meth:`complete`) and, once each read is parsed, calls :meth:`check`.
     ``carried`` is the start of a size line that the previous read ended in, at most
     :data:`MAX_CHUNK_LINE` + 1 bytes (longer is refused by :func:`check_chunk_line`).
     """
 
-    __slots__ = ("carried",)
+    __slots__ = ("carried", "mark", "open", "began_open", "done")
 
     def __init__(self) -> None:
         self.carried = b""
+        self.mark = 0  # body bytes received before the open chunk's data
+        self.open = False  # inside a chunk's data (between on_chunk_header and on_chunk_complete)
+        self.began_open = False  # ... when the read being parsed began
+        self.done: list[int] = []  # data lengths of the chunks completed in the read being parsed
+
+    def header(self, received: int) -> None:
+        """A size line ended (``on_chunk_header``); ``received``: body bytes so far."""
+        self.mark, self.open = received, True
+
+    def complete(self, received: int) -> None:
+        """A chunk's data and CRLF ended (``on_chunk_complete``)."""
+        self.done.append(received - self.mark)
+        self.open = False
+
+    def check(self, data: bytes | memoryview, received: int, limit: int) -> None:
+        """After a read is parsed: refuse what it shows of the size lines (:func:`check_chunk_line`).
+
+        ``received`` is the body bytes so far, ``limit`` the most the body may have.
+
+        Raises:
+            RemoteProtocolError: 400 or 413, see :func:`check_chunk_line`.
+        """
+        lines, partial, opened = self.read(data, received)
+        for i, line in enumerate(lines):
+            check_chunk_line(line, limit - self.mark if opened and i == 0 else limit, ended=True)
+        if partial is not None:
+            check_chunk_line(partial, limit - received, ended=False)
+
+    def read(self, data: bytes | memoryview, received: int) -> tuple[list[bytes], bytes | None, bool]:
+        """:meth:`after_read` for the read just parsed, from the callbacks reported during it; the
+        third value says whether the newest line is the open chunk's (its data still to come)."""
+        done, began_open = self.done, self.began_open
+        self.done, self.began_open = [], self.open
+        open_got = received - self.mark if self.open else -1
+        lines, partial = self.after_read(data, done, open_got, began_open)
+        return lines, partial, open_got >= 0 and (bool(done) or not began_open)
 
     def _byte(self, data: bytes | memoryview, at: int) -> int:
         if at >= 0:

@@ -22,7 +22,7 @@ from collections import deque
 
 import httptools
 
-from distpat.core.chunked import ChunkLines, check_chunk_line
+from distpat.core.chunked import ChunkLines
 from distpat.core.forward import ForwardedRequest, RequestForwarder
 from distpat.core.hooks import LocalResponse, RequestView
 from distpat.core.http import (
@@ -91,10 +91,6 @@ class ClientConnection(asyncio.BufferedProtocol):
         "max_header_bytes",
         "head_read",
         "chunks",
-        "chunk_mark",
-        "chunk_open",
-        "chunk_began_open",
-        "chunks_done",
     )
 
     def __init__(self, state: EngineState) -> None:
@@ -128,12 +124,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.extra_request: tuple[tuple[bytes, bytes], ...] = ()  # fields added to each forwarded request
         self.tick_every = min(settings.header_timeout, settings.keepalive_timeout, settings.response_timeout)
         self.requests: RequestForwarder  # made in connection_made, with the peer's address
-        # A chunked request body's size lines, checked after each read (see _check_chunks)
-        self.chunks: ChunkLines | None = None
-        self.chunk_mark = 0  # body bytes received before the open chunk's data
-        self.chunk_open = False  # inside a chunk's data (between on_chunk_header and on_chunk_complete)
-        self.chunk_began_open = False  # ... at the start of this read
-        self.chunks_done: list[int] = []  # data lengths of the chunks completed in this read
+        self.chunks: ChunkLines | None = None  # a chunked request body's size lines (_check_chunks)
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -317,8 +308,6 @@ class ClientConnection(asyncio.BufferedProtocol):
             raise self.reject
         if body is CHUNKED_BODY:
             self.chunks = ChunkLines()
-            self.chunk_open = self.chunk_began_open = False
-            self.chunks_done = []
         keep_alive = parser.should_keep_alive() and not self.state.draining
         ex = Exchange(self, method, self.url, http10, keep_alive, head, body, headers)
         if view is not None or local is not None:
@@ -394,38 +383,28 @@ class ClientConnection(asyncio.BufferedProtocol):
             raise self.reject
         ex.feed_body(body)
 
+    # Chunked bodies only (httptools calls these when the protocol has them): what llhttp does not
+    # say of chunk sizes and extensions is read back from each read's bytes (core/chunked.py).
+
     def on_chunk_header(self) -> None:
-        ex = self.parsing
-        if ex is not None:
-            self.chunk_mark = ex.body_sent + ex.pending_bytes
-            self.chunk_open = True
+        ex, chunks = self.parsing, self.chunks
+        if ex is not None and chunks is not None:
+            chunks.header(ex.body_sent + ex.pending_bytes)
 
     def on_chunk_complete(self) -> None:
-        ex = self.parsing
-        if ex is not None:
-            self.chunks_done.append(ex.body_sent + ex.pending_bytes - self.chunk_mark)
-            self.chunk_open = False
+        ex, chunks = self.parsing, self.chunks
+        if ex is not None and chunks is not None:
+            chunks.complete(ex.body_sent + ex.pending_bytes)
 
     def _check_chunks(self, data: bytes | memoryview) -> None:
         """Refuse, once a read is parsed, a chunk too large for the body limit (413) or a size line
-        longer than MAX_CHUNK_LINE (400): llhttp would read and wait for either (core/chunked.py)."""
+        longer than MAX_CHUNK_LINE (400): llhttp would read and wait for either."""
         ex, chunks = self.parsing, self.chunks
         if ex is None or chunks is None or self.closing:
             self.chunks = None  # the chunked request ended in this read
             return
-        limit = self.state.settings.max_body_bytes
-        received = ex.body_sent + ex.pending_bytes
-        done, began_open = self.chunks_done, self.chunk_began_open
-        self.chunks_done, self.chunk_began_open = [], self.chunk_open
-        open_got = received - self.chunk_mark if self.chunk_open else -1
-        lines, partial = chunks.after_read(data, done, open_got, began_open)
         try:
-            for i, line in enumerate(lines):
-                # the newest line is the open chunk's when its size line ended in this read
-                opened_here = i == 0 and open_got >= 0 and (done or not began_open)
-                check_chunk_line(line, limit - self.chunk_mark if opened_here else limit, ended=True)
-            if partial is not None:
-                check_chunk_line(partial, limit - received, ended=False)
+            chunks.check(data, ex.body_sent + ex.pending_bytes, self.state.settings.max_body_bytes)
         except RemoteProtocolError as exc:
             self.chunks = None
             self._protocol_error(exc.status, str(exc))
