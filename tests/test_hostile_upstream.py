@@ -123,3 +123,26 @@ async def test_a_small_head_read_with_a_large_body_passes() -> None:
             [r] = await exchange(p.port, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", timeout=10.0)
             assert r.status == 200
             assert r.body == body
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 200), st.integers(1, 5), st.booleans()), min_size=1, max_size=6))
+def test_a_response_content_length_reaches_the_client_canonical(cases: list[tuple[int, int, bool]]) -> None:
+    async def run() -> None:
+        raws = [
+            b"HTTP/1.1 200 OK\r\nContent-Length: %s%d\r\n%s\r\n%s"
+            % (b"0" * zeros, n, b"Connection: X-Opt\r\n" if general else b"", b"r" * n)
+            for n, zeros, general in cases
+        ]
+
+        async def handler(request: Request) -> Reply:
+            return Reply(raw=raws[int(request.target[1:])])
+
+        async with Backend(handler) as backend, proxy(backend.url) as p:
+            for i, (n, _, _) in enumerate(cases):
+                [r] = await exchange(p.port, b"GET /%d HTTP/1.1\r\nHost: h\r\n\r\n" % i, timeout=10.0)
+                assert r.status == 200
+                assert [v for k, v in r.headers if k.lower() == b"content-length"] == [b"%d" % n]
+                assert r.body == b"r" * n
+
+    asyncio.run(run())

@@ -46,6 +46,7 @@ from distpat.core.http import (
     Headers,
     _forwarded_element,
     _valid_host_match,
+    canonical_length,
     request_framing,
     response_framing,
 )
@@ -160,6 +161,15 @@ def _framing_fields(fields: Headers | None, length: bytes | None) -> Headers:
     if fields is not None:
         return fields
     return [] if length is None else [(b"content-length", length)]
+
+
+def _canonical_lengths(parts: list[bytes], at: list[int], values: list[bytes]) -> None:
+    """The Content-Length lines ``parts[i]``, ``i`` in ``at``, as one canonical line if they agree."""
+    canonical = canonical_length(values)
+    if canonical is not None:
+        parts[at[0]] = parts[at[0]].partition(b":")[0] + b": " + canonical + b"\r\n"
+        for i in reversed(at[1:]):
+            del parts[i]
 
 
 def _lines(fields: Sequence[tuple[bytes, bytes]]) -> bytes:
@@ -404,10 +414,15 @@ class ResponseForwarder:
             and len(length) <= 18
         ):  # the usual case, one plain Content-Length: the same answer response_framing gives
             body = LENGTH_BODY
+            if length[:1] == b"0" and length != b"0":
+                _canonical_lengths(parts, lengths, [length])
         else:
             if length is not None:
                 body_fields = [(b"content-length", length)]
             body = response_framing(method, status, body_fields or ()).kind
+            if lengths and body is not CHUNKED_BODY and body is not UNTIL_CLOSE_BODY:
+                values = [v for n, v in body_fields or () if n.lower() == b"content-length"]
+                _canonical_lengths(parts, lengths, values)
         close = not keep_alive
         if vias is None and body is not CHUNKED_BODY and body is not UNTIL_CLOSE_BODY:
             parts.append(self._close if close else self._keep10 if http10 else self._keep)

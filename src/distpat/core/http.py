@@ -43,6 +43,7 @@ __all__ = [
     "Framing",
     "Headers",
     "HttpVersion",
+    "canonical_length",
     "chunk",
     "connection_tokens",
     "error_response",
@@ -541,21 +542,39 @@ def forward_request_headers(
     return out
 
 
+def canonical_length(values: list[bytes]) -> bytes | None:
+    """The one length Content-Length ``values`` agree on, in canonical decimal; None for none."""
+    try:
+        return b"%d" % _content_length(values, 502)
+    except RemoteProtocolError:
+        return None
+
+
 def forward_response_headers(headers: _Fields, *, via: bytes = b"1.1 distpat") -> Headers:
     """The fields to send a client for an upstream's response: hop-by-hop fields stripped, Via appended.
 
     Via is appended as in :func:`forward_request_headers` (RFC 9110 section 7.6.3); the other
-    fields keep their order.
+    fields keep their order. Content-Length fields that agree on a length become one field, where
+    the first was, in canonical decimal (as for requests); others are left to the framing rules.
     """
     lowered = [name.lower() for name, _ in headers]
     removed = _removed_names(headers, lowered)
     out: Headers = []
     vias: list[bytes] = []
+    length: bytes | None = None
+    if b"content-length" in lowered:
+        values = [v for (_, v), n in zip(headers, lowered, strict=True) if n == b"content-length"]
+        length = canonical_length(values)
     for header, lname in zip(headers, lowered, strict=True):
         if lname in removed:
             continue
         if lname == b"via":
             _collect(vias, header[1])
+            continue
+        if lname == b"content-length" and length is not None:
+            if length:
+                out.append((header[0], length))
+                length = b""  # written: the other Content-Length fields are dropped
             continue
         out.append(header)
     out.append((b"Via", _join(vias, via)))
