@@ -248,7 +248,7 @@ class RequestForwarder:
             RemoteProtocolError: bad framing (400), no Host field in HTTP/1.1, two Host fields or an
                 invalid Host value (400), an unknown expectation (417).
         """
-        if target[:1] != b"/":
+        if target[0] != 0x2F:  # not "/..." (llhttp never delivers an empty target)
             return None
         parts = [method, b" ", target, b" HTTP/1.1\r\n"]
         length_at = -1  # where the Content-Length value sits in parts
@@ -310,7 +310,7 @@ class RequestForwarder:
             body, length = framing.kind, -1 if framing.length is None else framing.length
             if length_at >= 0:
                 value = parts[length_at]
-                if len(body_fields) > 1 or (value[:1] == b"0" and value != b"0") or not value.isdigit():
+                if (value[0] == 0x30 and len(value) > 1) or len(body_fields) > 1 or not value.isdigit():
                     parts[length_at] = b"%d" % length  # 007, " 7", 7, 7: the value as one number
         else:
             body, length = NO_BODY, -1
@@ -414,7 +414,7 @@ class ResponseForwarder:
             and len(length) <= 18
         ):  # the usual case, one plain Content-Length: the same answer response_framing gives
             body = LENGTH_BODY
-            if length[:1] == b"0" and length != b"0":
+            if length[0] == 0x30 and len(length) > 1:  # leading zeros: written as the number
                 _canonical_lengths(parts, lengths, [length])
         else:
             if length is not None:
