@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httptools
 
@@ -278,3 +280,20 @@ async def exchange(port: int, raw: bytes, count: int = 1, timeout: float = 5.0) 
         return await client.read_responses(count, timeout)
     finally:
         await client.close()
+
+
+@contextlib.asynccontextmanager
+async def running_proxy(*urls: str, **settings: object) -> AsyncIterator[Any]:
+    """A ``ProxyServer`` on 127.0.0.1 in front of ``urls``, with EngineSettings changed by ``settings``."""
+    from distpat.net.proxy import ProxyConfig, ProxyServer
+    from distpat.net.server import EngineSettings
+
+    config = ProxyConfig(
+        listen=(HOST, 0), upstreams=urls, settings=dataclasses.replace(EngineSettings(), **settings)
+    )
+    server = ProxyServer(config)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.shutdown(1)

@@ -27,6 +27,7 @@ used when hooks change fields, are).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Final
@@ -34,6 +35,7 @@ from typing import Final
 from distpat.core.http import (
     _OWS,
     _REASONS,
+    BAD_HOST,
     CHUNKED_BODY,
     HOP_BY_HOP,
     LENGTH_BODY,
@@ -43,6 +45,8 @@ from distpat.core.http import (
     BodyKind,
     Headers,
     _forwarded_element,
+    _valid_host_match,
+    canonical_length,
     request_framing,
     response_framing,
 )
@@ -99,18 +103,30 @@ _STATUS_LINES: Final[dict[int, bytes]] = {
 _NO_FIELDS: Final[frozenset[bytes]] = frozenset()
 
 
+log = logging.getLogger("distpat.proxy")
+
+
 class _NameTable:
-    """What field names mean: the known lowercase names, and a memo of names as seen (shared, bounded)."""
+    """What field names mean: the known lowercase names, and a memo of names as seen (shared, bounded).
 
-    __slots__ = ("lower", "seen")
+    Without ``underscores``, a name with ``_`` in it is dropped (nginx's ``underscores_in_headers
+    off``): CGI and WSGI map ``-`` and ``_`` alike to ``_``, so ``X_Client_Cert`` would reach such a
+    service as the ``X-Client-Cert`` the proxy controls. The decision is memoised with the name.
+    """
 
-    def __init__(self, fields: dict[bytes, int], drop: frozenset[bytes]) -> None:
+    __slots__ = ("lower", "seen", "underscores")
+
+    def __init__(self, fields: dict[bytes, int], drop: frozenset[bytes], underscores: bool = True) -> None:
         self.lower = {**fields, **dict.fromkeys(drop, _HOP)}
         self.seen = dict(self.lower)
+        self.underscores = underscores
 
     def kind(self, name: bytes) -> int:
         """The meaning of a name not in ``seen`` (the forwarders look there first, inline)."""
         kind = self.lower.get(name.lower(), _COPY)
+        if not self.underscores and b"_" in name:
+            log.debug("request field %r dropped: its name has '_' (underscores_in_headers off)", name)
+            kind = _HOP
         seen = self.seen
         if len(name) <= MEMO_NAME_BYTES and len(seen) < len(self.lower) + MEMO_NAMES:
             seen[name] = kind
@@ -118,8 +134,8 @@ class _NameTable:
 
 
 @lru_cache(maxsize=16)
-def _name_table(response: bool, drop: frozenset[bytes]) -> _NameTable:
-    return _NameTable(_RESPONSE_FIELDS if response else _REQUEST_FIELDS, drop)
+def _name_table(response: bool, drop: frozenset[bytes], underscores: bool = True) -> _NameTable:
+    return _NameTable(_RESPONSE_FIELDS if response else _REQUEST_FIELDS, drop, underscores)
 
 
 def _append(joined: bytes | None, value: bytes) -> bytes | None:
@@ -147,6 +163,15 @@ def _framing_fields(fields: Headers | None, length: bytes | None) -> Headers:
     return [] if length is None else [(b"content-length", length)]
 
 
+def _canonical_lengths(parts: list[bytes], at: list[int], values: list[bytes]) -> None:
+    """The Content-Length lines ``parts[i]``, ``i`` in ``at``, as one canonical line if they agree."""
+    canonical = canonical_length(values)
+    if canonical is not None:
+        parts[at[0]] = parts[at[0]].partition(b":")[0] + b": " + canonical + b"\r\n"
+        for i in reversed(at[1:]):
+            del parts[i]
+
+
 def _lines(fields: Sequence[tuple[bytes, bytes]]) -> bytes:
     return b"".join(name + b": " + value + b"\r\n" for name, value in fields)
 
@@ -166,7 +191,8 @@ class RequestForwarder:
     ``client_addr`` and ``scheme`` go into X-Forwarded-For/-Proto (and
     Forwarded when ``forwarded``), ``via`` into Via. Fields named in ``drop``
     (lowercase) are left out and ``extra`` fields added (a TLS sidecar's
-    client identity).
+    client identity). Fields whose names contain ``_`` are left out unless
+    ``underscores``.
     """
 
     __slots__ = (
@@ -180,6 +206,7 @@ class RequestForwarder:
         "_xfp",
         "_end",
         "_end_chunked",
+        "_host_ok",
     )
 
     def __init__(
@@ -191,8 +218,10 @@ class RequestForwarder:
         forwarded: bool = False,
         drop: frozenset[bytes] = _NO_FIELDS,
         extra: Sequence[tuple[bytes, bytes]] = (),
+        underscores: bool = False,
     ) -> None:
-        self._names = _name_table(False, drop)
+        self._names = _name_table(False, drop, underscores)
+        self._host_ok = b""  # the last Host value found valid: a connection's requests repeat it
         self._seen = self._names.seen
         self._addr = client_addr.encode("ascii", "backslashreplace") or b"unknown"
         self._proto = scheme.encode("ascii", "backslashreplace")
@@ -208,16 +237,21 @@ class RequestForwarder:
     def forward(
         self, method: bytes, target: bytes, headers: Headers, http10: bool
     ) -> ForwardedRequest | None:
-        """The upstream request head, or None when a Connection field names other fields.
+        """The upstream request head, or None when a Connection field names other fields
+        or the target is not in origin form (absolute-form, ``*``).
 
         ``Expect: 100-continue`` is taken out (the engine answers it); any
-        other expectation is refused with 417.
+        other expectation is refused with 417. Content-Length is sent in
+        canonical decimal, as one field.
 
         Raises:
-            RemoteProtocolError: bad framing (400), no Host field in HTTP/1.1 or two Host fields (400),
-                an unknown expectation (417).
+            RemoteProtocolError: bad framing (400), no Host field in HTTP/1.1, two Host fields or an
+                invalid Host value (400), an unknown expectation (417).
         """
+        if target[0] != 0x2F:  # not "/..." (llhttp never delivers an empty target)
+            return None
         parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+        length_at = -1  # where the Content-Length value sits in parts
         seen = self._seen
         body_fields: Headers | None = None
         connection: list[bytes] | None = None
@@ -236,12 +270,17 @@ class RequestForwarder:
                 if host is not None:
                     raise RemoteProtocolError("request has more than one Host field", status=400)
                 host = value.strip(_OWS)
+                if host != self._host_ok:
+                    if host and _valid_host_match(host) is None:
+                        raise RemoteProtocolError(f"{BAD_HOST}: {host!r}", status=400)
+                    self._host_ok = host
                 parts += (name, b": ", value, b"\r\n")
             elif kind == _FRAMING:
                 if body_fields is None:
                     body_fields = []
                 body_fields.append((name, value))
-                if name.lower() == b"content-length":
+                if length_at < 0 and name.lower() == b"content-length":
+                    length_at = len(parts) + 2
                     parts += (name, b": ", value, b"\r\n")
             elif kind == _CONNECTION:
                 if value not in _PLAIN_VALUES:
@@ -269,6 +308,10 @@ class RequestForwarder:
         if body_fields:
             framing = request_framing(body_fields, version=(1, 0) if http10 else (1, 1))
             body, length = framing.kind, -1 if framing.length is None else framing.length
+            if length_at >= 0:
+                value = parts[length_at]
+                if (value[0] == 0x30 and len(value) > 1) or len(body_fields) > 1 or not value.isdigit():
+                    parts[length_at] = b"%d" % length  # 007, " 7", 7, 7: the value as one number
         else:
             body, length = NO_BODY, -1
         if vias is None and xff is None:
@@ -371,10 +414,15 @@ class ResponseForwarder:
             and len(length) <= 18
         ):  # the usual case, one plain Content-Length: the same answer response_framing gives
             body = LENGTH_BODY
+            if length[0] == 0x30 and len(length) > 1:  # leading zeros: written as the number
+                _canonical_lengths(parts, lengths, [length])
         else:
             if length is not None:
                 body_fields = [(b"content-length", length)]
             body = response_framing(method, status, body_fields or ()).kind
+            if lengths and body is not CHUNKED_BODY and body is not UNTIL_CLOSE_BODY:
+                values = [v for n, v in body_fields or () if n.lower() == b"content-length"]
+                _canonical_lengths(parts, lengths, values)
         close = not keep_alive
         if vias is None and body is not CHUNKED_BODY and body is not UNTIL_CLOSE_BODY:
             parts.append(self._close if close else self._keep10 if http10 else self._keep)
@@ -412,10 +460,17 @@ def forward_request(
     forwarded: bool = False,
     drop: frozenset[bytes] = _NO_FIELDS,
     extra: Sequence[tuple[bytes, bytes]] = (),
+    underscores: bool = False,
 ) -> ForwardedRequest | None:
     """One request through a new :class:`RequestForwarder` (see :meth:`RequestForwarder.forward`)."""
     forwarder = RequestForwarder(
-        client_addr=client_addr, scheme=scheme, via=via, forwarded=forwarded, drop=drop, extra=extra
+        client_addr=client_addr,
+        scheme=scheme,
+        via=via,
+        forwarded=forwarded,
+        drop=drop,
+        extra=extra,
+        underscores=underscores,
     )
     return forwarder.forward(method, target, headers, http10)
 

@@ -23,6 +23,7 @@ Everything here is pure: no I/O, no clock, no randomness.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, TypeAlias
@@ -37,16 +38,21 @@ __all__ = [
     "NO_BODY",
     "NO_HOST",
     "UNTIL_CLOSE_BODY",
+    "BAD_HOST",
     "BodyKind",
     "Framing",
     "Headers",
     "HttpVersion",
+    "canonical_length",
     "chunk",
     "connection_tokens",
     "error_response",
     "forward_request_headers",
     "forward_response_headers",
     "has_host",
+    "origin_form",
+    "replace_host",
+    "valid_host",
     "request_framing",
     "request_head",
     "response_framing",
@@ -56,6 +62,7 @@ __all__ = [
 ]
 
 NO_HOST: Final = "an HTTP/1.1 request needs a Host header (RFC 9112 section 3.2)"
+BAD_HOST: Final = "Host is not a valid uri-host[:port] (RFC 9110 section 7.2)"
 
 Headers: TypeAlias = list[tuple[bytes, bytes]]
 """A message's header fields in received order: ``(name, value)``, names in any case."""
@@ -92,7 +99,7 @@ section 6.6.2); Proxy-Authenticate and Proxy-Authorization are consumed by the p
 _NEVER_CONNECTION_OPTIONS: Final = frozenset({b"content-length", b"host"})
 
 _OWS: Final = b" \t"  # RFC 9110 section 5.6.3: OWS is SP / HTAB, nothing else (not VT, FF or CR)
-_MAX_CONTENT_LENGTH_DIGITS: Final = 18  # 10**18 bytes is an exabyte; stays well inside int64
+_MAX_DIGITS: Final = 18  # 10**18 bytes is an exabyte; stays well inside int64
 
 
 class BodyKind(enum.Enum):
@@ -170,7 +177,8 @@ def _transfer_codings(values: list[bytes]) -> list[bytes]:
 def _content_length(values: list[bytes], status: int) -> int:
     """The one length all Content-Length values agree on (RFC 9112 section 6.3, RFC 9110 section 8.6).
 
-    ``Content-Length = 1*DIGIT``: no sign, no hex, no inner space, not empty, at most 18 digits.
+    ``Content-Length = 1*DIGIT``: no sign, no hex, no inner space, not empty, at most 18 digits
+    after any leading zeros.
     A repeated value -- ``5, 5`` or two fields of ``5`` -- is the same length said twice and is
     accepted, as RFC 9110 section 8.6 allows; differing values are an error.
     """
@@ -181,7 +189,7 @@ def _content_length(values: list[bytes], status: int) -> int:
             # bytes.isdigit() is ASCII 0-9 only, so int() never sees a sign, "_" or space.
             if not digits.isdigit():
                 raise RemoteProtocolError(f"invalid Content-Length {value!r}", status=status)
-            if len(digits) > _MAX_CONTENT_LENGTH_DIGITS:
+            if len(digits) > _MAX_DIGITS and len(digits.lstrip(b"0")) > _MAX_DIGITS:  # zeros aside
                 raise RemoteProtocolError(f"Content-Length {value!r} is too large", status=status)
             number = int(digits)
             if length < 0:
@@ -280,6 +288,79 @@ def _add_tokens(tokens: set[bytes], value: bytes) -> None:
         token = token.strip(_OWS)
         if token:
             tokens.add(token)
+
+
+# uri-host [ ":" port ] (RFC 3986 section 3.2.2, RFC 9110 section 7.2): an IP-literal in brackets
+# (IPv6 or IPvFuture), or a reg-name/IPv4address of unreserved, pct-encoded and sub-delims bytes
+# except ",", which would make one Host read as a list. The port, when a colon is written, is
+# 1 to 5 digits: an empty port after a colon is refused as nginx does.
+_HOST_RE: Final = re.compile(
+    rb"(?:\[(?:[0-9A-Fa-f:.]+|v[0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+;=:]+)\]"
+    rb"|(?:[A-Za-z0-9\-._~!$&'()*+;=]|%[0-9A-Fa-f]{2})+)"
+    rb"(?::[0-9]{1,5})?"
+)
+_valid_host_match: Final = _HOST_RE.fullmatch
+
+
+def valid_host(value: bytes) -> bool:
+    """Whether ``value`` (OWS trimmed) is empty or a ``uri-host[:port]`` (RFC 9110 section 7.2).
+
+    Refused: userinfo (``@``), commas, spaces, slashes, backslashes, a colon outside brackets
+    beyond the one before the port, an unclosed or stray bracket, a port that is empty or not
+    1-5 digits, a ``%`` not followed by two hex digits. An empty value is valid: RFC 9110 section
+    7.2 lets a request whose target has no authority send an empty Host.
+    """
+    return not value or _valid_host_match(value) is not None
+
+
+def origin_form(target: bytes) -> tuple[bytes, bytes | None]:
+    """``(target to forward, authority)`` for a request target (RFC 9112 section 3.2).
+
+    An origin-form (``/p?q``) or asterisk-form (``*``) target is returned as is, with no
+    authority. An absolute-form target (``http://host:port/p?q``, scheme ``http`` or ``https`` in
+    any case) becomes its origin form (``/p?q``, ``/`` for an empty path) and its authority,
+    which replaces Host (RFC 9112 section 3.2.2).
+
+    Raises:
+        RemoteProtocolError: status 400 for another scheme, userinfo in the authority (RFC 9110
+            section 4.2.4), or an authority that is not a valid ``uri-host[:port]``.
+    """
+    if target[:1] == b"/" or target == b"*":
+        return target, None
+    scheme, sep, rest = target.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        raise RemoteProtocolError(f"unsupported request target {target[:64]!r}", status=400)
+    end = len(rest)
+    for delimiter in b"/?#":
+        at = rest.find(delimiter)
+        if 0 <= at < end:
+            end = at
+    authority, path = rest[:end], rest[end:]
+    if not authority or not valid_host(authority):  # "@" (userinfo) is refused here too
+        raise RemoteProtocolError(f"invalid authority in request target {authority[:64]!r}", status=400)
+    if path[:1] != b"/":
+        path = b"/" + path
+    return path, authority
+
+
+def replace_host(headers: _Fields, authority: bytes) -> Headers:
+    """``headers`` with every Host field's value set to ``authority`` (RFC 9112 section 3.2.2).
+
+    Each Host line keeps its place and name, so a request with two Host fields is still refused
+    by :func:`forward_request_headers`; a request without one gets no Host here.
+
+    Raises:
+        RemoteProtocolError: status 400 if a Host value is not valid: RFC 9112 section 3.2 refuses
+            such a request whatever its target says.
+    """
+    out: Headers = []
+    for name, value in headers:
+        if name.lower() == b"host":
+            if not valid_host(value.strip(_OWS)):
+                raise RemoteProtocolError(f"{BAD_HOST}: {value!r}", status=400)
+            value = authority
+        out.append((name, value))
+    return out
 
 
 def has_host(headers: _Fields) -> bool:
@@ -403,11 +484,16 @@ def forward_request_headers(
       to the received list, or added (RFC 7239 section 4); without ``forwarded`` a received
       Forwarded field passes through untouched.
 
+    * ``Content-Length``: one field, where the first was, holding the length in canonical decimal
+      (``007`` and ``7, 7`` are sent as ``7``), so that no next hop can read the framing another
+      way (RFC 9112 section 6.3; a backend reading ``010`` as octal frames 8 bytes).
+
     The replaced and appended fields move to the end of the list; Host itself is kept as is.
 
     Raises:
         RemoteProtocolError: status 400 if the request has more than one Host field
-            (RFC 9112 section 3.2), which would make X-Forwarded-Host ambiguous.
+            (RFC 9112 section 3.2), which would make X-Forwarded-Host ambiguous, if Host is not
+            a valid ``uri-host[:port]`` (:func:`valid_host`), or if Content-Length is invalid.
     """
     lowered = [name.lower() for name, _ in headers]
     removed = _removed_names(headers, lowered)
@@ -416,8 +502,15 @@ def forward_request_headers(
     vias: list[bytes] = []
     elements: list[bytes] = []
     host: bytes | None = None
+    length: bytes | None = None
     for header, lname in zip(headers, lowered, strict=True):
         if lname in removed:
+            continue
+        if lname == b"content-length":
+            if length is None:  # one field, at the first one's place, in canonical decimal
+                values = [v for (_, v), n in zip(headers, lowered, strict=True) if n == b"content-length"]
+                length = b"%d" % _content_length(values, 400)
+                out.append((header[0], length))
             continue
         if lname == b"x-forwarded-for":
             _collect(xff, header[1])
@@ -434,6 +527,8 @@ def forward_request_headers(
             if host is not None:
                 raise RemoteProtocolError("request has more than one Host field", status=400)
             host = header[1].strip(_OWS)
+            if not valid_host(host):
+                raise RemoteProtocolError(f"{BAD_HOST}: {host!r}", status=400)
         out.append(header)
     addr = client_addr.encode("ascii", "backslashreplace") or b"unknown"
     proto = scheme.encode("ascii", "backslashreplace")
@@ -447,21 +542,39 @@ def forward_request_headers(
     return out
 
 
+def canonical_length(values: list[bytes]) -> bytes | None:
+    """The one length Content-Length ``values`` agree on, in canonical decimal; None for none."""
+    try:
+        return b"%d" % _content_length(values, 502)
+    except RemoteProtocolError:
+        return None
+
+
 def forward_response_headers(headers: _Fields, *, via: bytes = b"1.1 distpat") -> Headers:
     """The fields to send a client for an upstream's response: hop-by-hop fields stripped, Via appended.
 
     Via is appended as in :func:`forward_request_headers` (RFC 9110 section 7.6.3); the other
-    fields keep their order.
+    fields keep their order. Content-Length fields that agree on a length become one field, where
+    the first was, in canonical decimal (as for requests); others are left to the framing rules.
     """
     lowered = [name.lower() for name, _ in headers]
     removed = _removed_names(headers, lowered)
     out: Headers = []
     vias: list[bytes] = []
+    length: bytes | None = None
+    if b"content-length" in lowered:
+        values = [v for (_, v), n in zip(headers, lowered, strict=True) if n == b"content-length"]
+        length = canonical_length(values)
     for header, lname in zip(headers, lowered, strict=True):
         if lname in removed:
             continue
         if lname == b"via":
             _collect(vias, header[1])
+            continue
+        if lname == b"content-length" and length is not None:
+            if length:
+                out.append((header[0], length))
+                length = b""  # written: the other Content-Length fields are dropped
             continue
         out.append(header)
     out.append((b"Via", _join(vias, via)))

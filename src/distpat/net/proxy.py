@@ -90,7 +90,7 @@ class ProxyServer:
         self.config_source = config_source
         """Where :meth:`reload` reads the configuration again (SIGHUP); raises ConfigError."""
         self.metrics = metrics if metrics is not None else ProxyMetrics()
-        upstreams = [self._new_upstream(url, config.policy) for url in config.upstreams]
+        upstreams = [self._new_upstream(url, config) for url in config.upstreams]
         self.group = UpstreamGroup(upstreams, balance=config.balance)
         self.metrics.watch_upstreams(self._in_flight)
         self.state = EngineState(
@@ -252,9 +252,10 @@ class ProxyServer:
             kept = old.pop(f"{host}:{port}", None)  # Upstream.name
             if kept is not None:
                 kept.policy = new.policy
+                kept.max_response_header_bytes = new.settings.max_response_header_bytes
                 upstreams.append(kept)
             else:
-                upstreams.append(self._new_upstream(url, new.policy))
+                upstreams.append(self._new_upstream(url, new))
         group = UpstreamGroup(upstreams, balance=new.balance)  # ConfigError before anything changes
         for gone in old.values():
             gone.policy = replace(gone.policy, max_idle=0)  # released connections close
@@ -280,8 +281,8 @@ class ProxyServer:
             self._health = HealthChecker(self.group.upstreams, self.config.health_check)
             self._health.start()
 
-    def _new_upstream(self, url: str, policy: UpstreamPolicy) -> Upstream:
-        u = Upstream(url, policy)
+    def _new_upstream(self, url: str, config: ProxyConfig) -> Upstream:
+        u = Upstream(url, config.policy, max_response_header_bytes=config.settings.max_response_header_bytes)
         u.on_health_change = self._health_changed
         self.metrics.set_upstream_health(u.name, True)
         return u

@@ -22,6 +22,7 @@ from collections import deque
 
 import httptools
 
+from distpat.core.chunked import ChunkLines
 from distpat.core.forward import ForwardedRequest, RequestForwarder
 from distpat.core.hooks import LocalResponse, RequestView
 from distpat.core.http import (
@@ -32,11 +33,13 @@ from distpat.core.http import (
     error_response,
     forward_request_headers,
     has_host,
+    origin_form,
+    replace_host,
     request_framing,
     request_head,
 )
 from distpat.errors import LocalProtocolError, RemoteProtocolError
-from distpat.net.engine import EngineSettings, EngineState, client_subject
+from distpat.net.engine import READ_BUFFER_BYTES, EngineSettings, EngineState, client_subject
 from distpat.net.exchange import Exchange
 from distpat.net.tunnel import UpgradeExchange
 
@@ -88,6 +91,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         "requests",
         "max_header_bytes",
         "upgrade_rest",
+        "head_read",
+        "chunks",
     )
 
     def __init__(self, state: EngineState) -> None:
@@ -100,6 +105,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.header_bytes = 0
+        self.head_read = 0  # bytes of the reads that ended inside a request head
         self.max_header_bytes = state.settings.max_header_bytes
         self.parsing: Exchange | None = None
         self.queue: deque[Exchange] = deque()
@@ -122,6 +128,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.tick_every = min(settings.header_timeout, settings.keepalive_timeout, settings.response_timeout)
         self.requests: RequestForwarder  # made in connection_made, with the peer's address
         self.upgrade_rest = b""  # bytes after an upgrade request's head, until it is answered
+        self.chunks: ChunkLines | None = None  # a chunked request body's size lines (_check_chunks)
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -143,6 +150,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             forwarded=state.settings.forwarded,
             drop=state.request_drop,
             extra=self.extra_request,  # the client certificate's subject
+            underscores=state.settings.underscores_in_headers,
         )
         if len(state.connections) >= state.settings.max_connections:
             self.closing = True
@@ -203,6 +211,13 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.feeding = True
         try:
             self.parser.feed_data(data)
+            if self.in_head:  # httptools keeps an unfinished field line whole: bound what it holds
+                self.head_read += len(data)
+                # (the read it began in may hold the end of the previous request: one read of slack)
+                if self.head_read > self.max_header_bytes + READ_BUFFER_BYTES and not self.closing:
+                    self._protocol_error(431, "request header fields too large")
+            if self.chunks is not None:
+                self._check_chunks(data)
         except httptools.HttpParserUpgrade as exc:  # the head of an upgrade request ended
             self._upgrade_requested(bytes(data[int(exc.args[0]) :]))
         except httptools.HttpParserError as exc:
@@ -211,6 +226,11 @@ class ClientConnection(asyncio.BufferedProtocol):
                 reject = exc.__context__
             if reject is not None:
                 self._protocol_error(reject.status, str(reject))
+            elif str(exc) == "Invalid HTTP version":
+                # llhttp refuses HTTP/1.2-1.9 and majors 3-9 itself, so RFC 9112 section 2.3's "treat
+                # an unknown 1.x minor as 1.1" cannot be done: answered as any unsupported version.
+                version = self.parser.get_http_version()
+                self._protocol_error(505, f"HTTP/{version} is not supported; use HTTP/1.1 or HTTP/1.0")
             else:
                 self._protocol_error(400, f"malformed request: {exc}")
         finally:
@@ -236,7 +256,7 @@ class ClientConnection(asyncio.BufferedProtocol):
     def on_message_begin(self) -> None:
         self.url = b""
         self.headers = []
-        self.header_bytes = 0
+        self.header_bytes = self.head_read = 0
         self.in_head = True
         # A request's head must arrive within the header timeout, however
         # slowly it trickles in (slowloris): counted from its first byte, or
@@ -293,13 +313,16 @@ class ClientConnection(asyncio.BufferedProtocol):
         if body is LENGTH_BODY and length > settings.max_body_bytes:
             self.reject = _Reject(413, f"request body larger than {settings.max_body_bytes} bytes")
             raise self.reject
+        if body is CHUNKED_BODY:
+            self.chunks = ChunkLines()
         keep_alive = parser.should_keep_alive() and not self.state.draining
         ex = (UpgradeExchange if upgrade else Exchange)(
             self, method, self.url, http10, keep_alive, head, body, headers
         )
         if view is not None or local is not None:
             ex.view, ex.local = view, local
-        if http10 and not has_host(headers):  # the upstream's name is sent, unless a hook set one
+        if http10 and not has_host(headers) and (fast is not None or self.url[:1] == b"/"):
+            # the upstream's name is sent, unless a hook set one (an absolute target gave its own)
             ex.needs_host = view is None or not has_host(view.headers)
         ex.expect_continue = expect_continue  # answered when the exchange becomes active
         self.parsing = ex
@@ -312,16 +335,29 @@ class ClientConnection(asyncio.BufferedProtocol):
     def _forward_general(
         self, method: bytes, http10: bool, headers: list[tuple[bytes, bytes]]
     ) -> tuple[Framing, bytes, bool, RequestView | None, LocalResponse | None]:
-        """The request through core/http's general functions, and the hooks, if any."""
+        """The request through core/http's general functions, and the hooks, if any.
+
+        An absolute-form target is forwarded in origin form, its authority replacing Host (RFC 9112
+        section 3.2.2); an HTTP/1.0 request without Host then gets one.
+        """
         if not http10 and not has_host(headers):
             raise RemoteProtocolError(NO_HOST, status=400)
         settings = self.state.settings
         framing = request_framing(headers, version=(1, 0) if http10 else (1, 1))
+        target, authority = origin_form(self.url)
+        if authority is not None:
+            headers = replace_host(headers, authority)
+            if http10 and not has_host(headers):  # HTTP/1.0 without Host: the target names it
+                headers.insert(0, (b"Host", authority))
         expect_continue = False
         kept: list[tuple[bytes, bytes]] = []
         drop = self.state.request_drop
+        underscores = settings.underscores_in_headers
         for name, value in headers:
             if drop and name.lower() in drop:
+                continue
+            if not underscores and b"_" in name:
+                log.debug("request field %r dropped: its name has '_' (underscores_in_headers off)", name)
                 continue
             if name.lower() == b"expect":
                 if value.strip().lower() != b"100-continue":
@@ -336,7 +372,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         view: RequestView | None = None
         local: LocalResponse | None = None
         if self.state.hooks:
-            view = RequestView(method, self.url, out, self.peer, settings.scheme)
+            view = RequestView(method, target, out, self.peer, settings.scheme)
             now = self.loop.time()
             for hook in self.state.hooks:
                 local = hook.on_request(view, now)
@@ -345,7 +381,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             out = view.headers
         if framing.kind is CHUNKED_BODY:
             out.append((b"Transfer-Encoding", b"chunked"))
-        return framing, request_head(method, self.url, out), expect_continue, view, local
+        return framing, request_head(method, target, out), expect_continue, view, local
 
     def on_body(self, body: bytes) -> None:
         ex = self.parsing
@@ -356,7 +392,34 @@ class ClientConnection(asyncio.BufferedProtocol):
             raise self.reject
         ex.feed_body(body)
 
+    # Chunked bodies only (httptools calls these when the protocol has them): what llhttp does not
+    # say of chunk sizes and extensions is read back from each read's bytes (core/chunked.py).
+
+    def on_chunk_header(self) -> None:
+        ex, chunks = self.parsing, self.chunks
+        if ex is not None and chunks is not None:
+            chunks.header(ex.body_sent + ex.pending_bytes)
+
+    def on_chunk_complete(self) -> None:
+        ex, chunks = self.parsing, self.chunks
+        if ex is not None and chunks is not None:
+            chunks.complete(ex.body_sent + ex.pending_bytes)
+
+    def _check_chunks(self, data: bytes | memoryview) -> None:
+        """Refuse, once a read is parsed, a chunk too large for the body limit (413) or a size line
+        longer than MAX_CHUNK_LINE (400): llhttp would read and wait for either."""
+        ex, chunks = self.parsing, self.chunks
+        if ex is None or chunks is None or self.closing:
+            self.chunks = None  # the chunked request ended in this read
+            return
+        try:
+            chunks.check(data, ex.body_sent + ex.pending_bytes, self.state.settings.max_body_bytes)
+        except RemoteProtocolError as exc:
+            self.chunks = None
+            self._protocol_error(exc.status, str(exc))
+
     def on_message_complete(self) -> None:
+        self.chunks = None
         ex, self.parsing = self.parsing, None
         if ex is not None:
             if not ex.body_done:

@@ -78,6 +78,14 @@ def parse_upstream_url(url: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
+class _HeadTooLarge(Exception):
+    """Raised in a parser callback when a response head passes ``max_response_header_bytes``."""
+
+    @staticmethod
+    def message(limit: int) -> str:
+        return f"upstream response head larger than {limit} bytes"
+
+
 class UpstreamConnection(asyncio.BufferedProtocol):
     """One connection to an upstream; owned by at most one exchange at a time."""
 
@@ -95,6 +103,8 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         "in_feed",
         "release_pending",
         "stray",
+        "head_bytes",
+        "max_head_bytes",
         "_lost",
     )
 
@@ -112,6 +122,10 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.in_feed = False  # inside parser.feed_data
         self.release_pending = False  # released during feed_data: pooled only once it returns
         self.stray = False  # bytes no request asked for: the connection cannot be trusted again
+        # Bytes read since the response head began, -1 once it is complete (0: it began inside the
+        # read being parsed, after a 1xx response ended there)
+        self.head_bytes = 0
+        self.max_head_bytes = upstream.max_response_header_bytes
         self._lost = asyncio.get_running_loop().create_future()
 
     # -- asyncio.Protocol ---------------------------------------------------
@@ -137,13 +151,22 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         handler = self.handler
         self.got_data = True
         self.in_feed = True
+        if self.head_bytes >= 0:
+            self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(ConnectionError("upstream switched protocols, which is not supported"))
         except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _HeadTooLarge):
+                exc = exc.__context__  # type: ignore[assignment]
             self._fail(ConnectionError(f"upstream sent an invalid response: {exc}"))
         else:
+            if self.head_bytes > self.max_head_bytes and self.handler is handler:
+                # Still in a head, and httptools keeps an incomplete field line whole: refused
+                # on the bytes read, so an endless head costs the limit and one read at most.
+                self._fail(ConnectionError(_HeadTooLarge.message(self.max_head_bytes)))
+                return
             if self.handler is handler:  # still mid-response: send what this read produced
                 handler.flush()
         finally:
@@ -188,6 +211,12 @@ class UpstreamConnection(asyncio.BufferedProtocol):
     def on_headers_complete(self) -> None:
         handler = self.handler
         headers, self.headers = self.headers, []
+        read = self.head_bytes
+        self.head_bytes = -1
+        if read > self.max_head_bytes or read == 0:  # the reads held more than the limit (or uncounted)
+            size = sum(len(name) + len(value) + 4 for name, value in headers)
+            if size > self.max_head_bytes:
+                raise _HeadTooLarge(_HeadTooLarge.message(self.max_head_bytes))
         if handler is None:
             self.stray = True
             return
@@ -199,6 +228,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             # a fresh parser reads the next one.
             self.head_request = False
             self.parser = httptools.HttpResponseParser(self)
+            self.head_bytes = 0
             handler.on_response_complete()
 
     def on_body(self, body: bytes) -> None:
@@ -211,6 +241,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
     def on_message_complete(self) -> None:
         # Not stray without a handler: a HEAD response's old parser may still end its message
         # after the exchange took the response as complete (see on_headers_complete).
+        self.head_bytes = 0  # the next response (after a 1xx, the final one) starts with a head
         handler = self.handler
         if handler is not None:
             handler.on_response_complete()
@@ -292,9 +323,17 @@ class Upstream:
         "fails",
         "ejected_until",
         "on_health_change",
+        "max_response_header_bytes",
     )
 
-    def __init__(self, url: str, policy: UpstreamPolicy | None = None) -> None:
+    def __init__(
+        self, url: str, policy: UpstreamPolicy | None = None, *, max_response_header_bytes: int = 64 * 1024
+    ) -> None:
+        """``max_response_header_bytes``: a response head (its field lines, or the bytes read while it
+        is incomplete) larger than this fails the exchange (the client gets 502) and closes the
+        connection, so a flood of header lines costs no more than this plus one read of memory
+        (EngineSettings.max_response_header_bytes)."""
+        self.max_response_header_bytes = max_response_header_bytes
         self.host, self.port = parse_upstream_url(url)
         self.name = f"{self.host}:{self.port}"
         host = f"[{self.host}]" if ":" in self.host else self.host
