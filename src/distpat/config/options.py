@@ -70,7 +70,7 @@ _TOML_TYPES: dict[Kind, tuple[type, ...]] = {
     Kind.BOOL: (bool,),
     Kind.SWITCH: (bool,),
 }
-_TOML_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+_TOML_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "an array"}
 
 
 @dataclass(frozen=True, slots=True)
