@@ -200,3 +200,50 @@ def test_top_level_help_says_what_exists() -> None:
         assert "--test-config" in text
         assert "--log-level" in text
         assert "--log-format" in text
+
+
+async def test_proxy_log_settings_leave_the_access_log_alone(tmp_path: Path) -> None:
+    """--log-level error hides the application's info lines; the access log still gets every request."""
+    from tests.httpkit import Backend, exchange
+
+    async with Backend() as backend:
+        (listen,) = free_ports(1)
+        argv = [
+            "proxy",
+            "--listen",
+            f"{HOST}:{listen}",
+            "--upstream",
+            backend.url,
+            "--access-log",
+            "combined",
+        ]
+        log_path = tmp_path / "proxy.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "distpat", *argv],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=ENV | {"DISTPAT_LOG_LEVEL": "error", "DISTPAT_LOG_FORMAT": "json"},
+                start_new_session=True,
+            )
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 20
+            while True:
+                try:
+                    [response] = await exchange(
+                        listen, b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+                    )
+                    break
+                except OSError:
+                    assert process.poll() is None, log_path.read_text()
+                    assert loop.time() < deadline, log_path.read_text()
+                    await asyncio.sleep(0.05)
+            assert response.status == 200
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(process.wait, 20) == 0
+    lines = log_path.read_text().splitlines()
+    assert any('"GET /x HTTP/1.1" 200' in line for line in lines), lines  # the access log, as it was
+    assert not any("listening on" in line for line in lines), lines  # info: under --log-level error
