@@ -91,9 +91,9 @@ class Page:
     skipped: list[tuple[int, str]] = field(default_factory=list)
 
 
-def read_page(name: str) -> Page:
+def read_page(name: str, root: Path = ROOT) -> Page:
     page = Page(name)
-    lines = (ROOT / name).read_text().splitlines()
+    lines = (root / name).read_text().splitlines()
     i = 0
     while i < len(lines):
         match = _FENCE.match(lines[i])
@@ -557,19 +557,15 @@ def test_the_pages_show_commands_and_say_why_some_are_not_run() -> None:
     assert "README.md" in skipped  # the install and ./run blocks, with their reasons
 
 
-def test_the_reader_of_pages() -> None:
+def test_the_reader_of_pages(tmp_path: Path) -> None:
     text = (
         "intro\n<!-- not run: needs the network -->\n\n```sh\ncurl https://example.com\n```\n"
         "```sh\n# a comment\ndistpat ring locate --nodes a,b \\\n    k1 k2   # inline\n```\n"
         "```console\n$ distpat ring stats --nodes a,b\nHashRing: ...\n```\n"
         "```toml\n# x.toml: a file\nlisten = ':1'\n```\n```python\nprint()\n```\n"
     )
-    path = ROOT / "tests" / ".docs-reader-check.md"
-    path.write_text(text)
-    try:
-        page = read_page(str(path.relative_to(ROOT)))
-    finally:
-        path.unlink()
+    (tmp_path / "page.md").write_text(text)
+    page = read_page("page.md", tmp_path)
     assert page.skipped == [(4, "needs the network")]
     assert [[(c.line, c.text) for c in block] for block in page.blocks] == [
         [(9, "distpat ring locate --nodes a,b k1 k2   # inline")],
