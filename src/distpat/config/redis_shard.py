@@ -157,7 +157,14 @@ SHARD_OPTIONS: tuple[Option, ...] = (
     Option(
         "shutdown_timeout", Kind.DURATION, 30.0, "on SIGTERM, wait this long for commands in flight", "TIME"
     ),
-    Option("loop", Kind.TEXT, "auto", "event loop", "NAME", check=choice("auto", "uvloop", "asyncio")),
+    Option(
+        "loop",
+        Kind.TEXT,
+        "auto",
+        "event loop: auto, uvloop, asyncio",
+        "NAME",
+        check=choice("auto", "uvloop", "asyncio"),
+    ),
     *(dataclasses.replace(o, default=None) for o in LOG_OPTIONS),
     Option(
         "verbose",

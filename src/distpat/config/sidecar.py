@@ -71,7 +71,14 @@ _TLS_OPTIONS: tuple[Option, ...] = (
         "FILE",
         check=_file,
     ),
-    Option("tls_min", Kind.TEXT, "1.2", "lowest TLS version accepted", "VERSION", check=choice("1.2", "1.3")),
+    Option(
+        "tls_min",
+        Kind.TEXT,
+        "1.2",
+        "lowest TLS version accepted: 1.2, 1.3",
+        "VERSION",
+        check=choice("1.2", "1.3"),
+    ),
     Option("hsts", Kind.COUNT, None, "add Strict-Transport-Security: max-age=SECONDS", "SECONDS", minimum=0),
     Option(
         "redirect_http", Kind.TEXT, None, "plain listener redirecting to HTTPS", "HOST:PORT", check=hostport
