@@ -34,6 +34,7 @@ __all__ = [
     "LOG_FORMATS",
     "LOG_LEVELS",
     "LOG_OPTIONS",
+    "LOOP_OPTION",
     "Kind",
     "Option",
     "choice",
@@ -343,4 +344,13 @@ LOG_OPTIONS: tuple[Option, ...] = (
         "FORMAT",
         check=choice(*LOG_FORMATS),
     ),
+)
+
+LOOP_OPTION = Option(
+    "loop",
+    Kind.TEXT,
+    "auto",
+    "event loop: auto, uvloop, asyncio",
+    "NAME",
+    check=choice("auto", "uvloop", "asyncio"),
 )

@@ -13,6 +13,7 @@ from typing import Any
 
 from distpat.config.options import (
     LOG_OPTIONS,
+    LOOP_OPTION,
     Kind,
     Option,
     choice,
@@ -74,14 +75,7 @@ OPTIONS: tuple[Option, ...] = (
         "admin", Kind.TEXT, None, "admin listener: /healthz, /readyz, /metrics", "HOST:PORT", check=hostport
     ),
     Option("workers", Kind.COUNT, 1, "processes sharing the port through SO_REUSEPORT", "N"),
-    Option(
-        "loop",
-        Kind.TEXT,
-        "auto",
-        "event loop: auto, uvloop, asyncio",
-        "NAME",
-        check=choice("auto", "uvloop", "asyncio"),
-    ),
+    LOOP_OPTION,
     Option(
         "balance",
         Kind.TEXT,

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from distpat.config.options import LOG_OPTIONS, Kind, Option, choice, hostport, resolve_options
+from distpat.config.options import LOG_OPTIONS, LOOP_OPTION, Kind, Option, hostport, resolve_options
 from distpat.config.twemproxy import TwemproxyListen, TwemproxyPool, TwemproxyServer, load_twemproxy
 from distpat.errors import ConfigError
 from distpat.net.redis_shard import ShardSettings
@@ -157,14 +157,7 @@ SHARD_OPTIONS: tuple[Option, ...] = (
     Option(
         "shutdown_timeout", Kind.DURATION, 30.0, "on SIGTERM, wait this long for commands in flight", "TIME"
     ),
-    Option(
-        "loop",
-        Kind.TEXT,
-        "auto",
-        "event loop: auto, uvloop, asyncio",
-        "NAME",
-        check=choice("auto", "uvloop", "asyncio"),
-    ),
+    LOOP_OPTION,
     *(dataclasses.replace(o, default=None) for o in LOG_OPTIONS),
     Option(
         "verbose",
