@@ -214,6 +214,14 @@ def test_nutcracker_verbosity_is_a_log_level(verbosity: int, level: str) -> None
     assert shard({"server": ["127.0.0.1:6379"], "verbose": str(verbosity)}).log_level == level
 
 
+def test_verbosity_and_log_level_from_different_sources() -> None:
+    servers = {"server": ["127.0.0.1:6379"]}
+    assert shard({**servers, "verbose": "7"}, environ={"DISTPAT_LOG_LEVEL": "error"}).log_level == "debug"
+    assert shard({**servers, "log_level": "warning"}, environ={"DISTPAT_VERBOSE": "7"}).log_level == "warning"
+    with pytest.raises(ConfigError, match="not both"):
+        shard(servers, environ={"DISTPAT_VERBOSE": "7", "DISTPAT_LOG_LEVEL": "error"})
+
+
 def test_redis_shard_options_from_environment_and_toml(tmp_path: Path) -> None:
     path = tmp_path / "shard.toml"
     path.write_text(

@@ -298,13 +298,18 @@ def resolve_options(
     config_file: str | None,
     table: str,
     config_env: str | None = "DISTPAT_CONFIG",
+    sources: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Each option's value: its flag, else its ``DISTPAT_*`` variable, else the TOML file, else the default.
 
     ``flags`` maps option names to what the command line gave (None, or an
     empty list, when not given). The file is ``config_file``, else the
     variable ``config_env`` (None: no variable names one), else none.
+    ``sources``, when given, receives where each value came from: 3 a flag,
+    2 a variable, 1 the file, 0 the default (for options that stand for one
+    another, such as redis-shard's ``-v`` and ``--log-level``).
     """
+    rank = {} if sources is None else sources
     environ = os.environ if environ is None else environ
     source = config_file or (environ.get(config_env) if config_env else None) or None
     file_values = read_toml(source, options, table) if source else {}
@@ -314,14 +319,18 @@ def resolve_options(
         env = env_name(option)
         if flag not in (None, [], ()) and flag is not False:
             values[option.name] = _read(option, flag, flag_name(option), typed=False)
+            rank[option.name] = 3
         elif env in environ:
             values[option.name] = _read(option, environ[env], env, typed=False)
+            rank[option.name] = 2
         elif option.name in file_values:
             values[option.name] = _read(
                 option, file_values[option.name], f"{source}: {option.name}", typed=True
             )
+            rank[option.name] = 1
         else:
             values[option.name] = option.default
+            rank[option.name] = 0
     return values
 
 

@@ -268,6 +268,7 @@ def build_shard_options(
     options_file: str | None = None,
 ) -> ShardOptions:
     """The ambassador's settings from flags (None = not given), ``DISTPAT_*`` variables and the TOML file."""
+    sources: dict[str, int] = {}
     values = resolve_options(
         SHARD_OPTIONS,
         flags,
@@ -275,6 +276,7 @@ def build_shard_options(
         config_file=options_file,
         table="redis_shard",
         config_env="DISTPAT_OPTIONS",
+        sources=sources,
     )
     config, servers = values["config"], values["server"]
     if config and servers:
@@ -296,11 +298,15 @@ def build_shard_options(
         def load() -> list[TwemproxyPool]:
             return [pool]
 
-    if values["log_level"] is not None and values["verbose"] is not None:
+    # -v and --log-level say the same thing: the one from the higher source wins (a flag over a
+    # variable over the file); both from one source is a contradiction.
+    level_rank, verbose_rank = sources["log_level"], sources["verbose"]
+    if level_rank and level_rank == verbose_rank:
         raise ConfigError("give --log-level or -v (nutcracker's verbosity), not both")
-    level = values["log_level"] or (
-        "info" if values["verbose"] is None else nutcracker_level(values["verbose"])
-    )
+    if verbose_rank > level_rank:
+        level = nutcracker_level(values["verbose"])
+    else:
+        level = values["log_level"] or "info"
     stats_port = values["stats_port"]
     if stats_port > 65535:
         raise ConfigError(f"--stats-port must be a port, 0 to 65535 (0: off), not {stats_port}")
