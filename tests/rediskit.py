@@ -217,7 +217,8 @@ async def running_redis_shard(
 ) -> AsyncIterator[Sidecar]:
     """``python -m distpat redis-shard ARGS`` until the block is left; entered once ``port`` (and
     every port of ``also``) accepts."""
-    async with running_distpat("redis-shard", workdir, port, args, also=also) as run:
+    # The stats port defaults to nutcracker's 22222: off unless a test asks for one (a later -s wins).
+    async with running_distpat("redis-shard", workdir, port, ("--stats-port", "0", *args), also=also) as run:
         yield run
 
 

@@ -33,11 +33,11 @@ def test_locate_from_a_twemproxy_pool_prints_names_or_host_port(capsys: pytest.C
     assert {line.split("\t")[1] for line in out.splitlines()} <= {"s1", "s2", "s3"}
     assert out.splitlines()[1].split("\t")[1] == out.splitlines()[2].split("\t")[1]  # same hash tag
 
-    # beta has unnamed servers: printed as host:port, though ring names drop port 11211
+    # beta has unnamed servers: printed as host:port
     code, out, _ = run(
         capsys, "ring", "locate", "--twemproxy-config", str(EXAMPLE), "--pool", "beta", "k1", "k2"
     )
-    assert {line.split("\t")[1] for line in out.splitlines()} <= {"127.0.0.1:11211", "127.0.0.1:11212"}
+    assert {line.split("\t")[1] for line in out.splitlines()} <= {"127.0.0.1:16382", "127.0.0.1:16383"}
 
 
 def test_locate_reads_keys_from_stdin(

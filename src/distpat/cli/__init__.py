@@ -23,8 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="distpat",
         description=(
             "Serving patterns of Designing Distributed Systems (Burns, 2018), natively in asyncio "
-            "Python: consistent-hash sharding, and (in later releases) sidecars, ambassadors, "
-            "caching and scatter/gather."
+            "Python: consistent-hashing rings (ring), an HTTP/1.1 reverse proxy (proxy), a "
+            "TLS-terminating sidecar (sidecar) and a Redis sharding ambassador that reads "
+            "twemproxy's configuration (redis-shard). Each command has its own --help."
         ),
     )
     parser.add_argument("--version", action="version", version=f"distpat {__version__}")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
-from distpat.config.proxy import OPTIONS, Option, build_config, env_name
+from distpat.cli.flags import add_options, add_test_flag, apply_logging, configuration_ok, flag_values
+from distpat.config.proxy import OPTIONS, build_config
 from distpat.errors import ConfigError
 from distpat.net.proxy import ProxyConfig, ProxyServer
 from distpat.net.tcp import TcpProxyConfig, TcpProxyServer
@@ -18,7 +18,7 @@ from distpat.net.tls import CertificateStore
 from distpat.net.workers import run_workers
 from distpat.net.workerstats import serve_worker_stats
 
-__all__ = ["add_options", "loop_factory", "register", "run_server", "serve", "setup_logging"]
+__all__ = ["add_config_flag", "loop_factory", "register", "run_server", "serve"]
 
 log = logging.getLogger("distpat.proxy")
 
@@ -30,24 +30,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description=(
             "Forward HTTP/1.1 requests to upstream servers. Every flag can also be given as a "
             "DISTPAT_<FLAG> environment variable or as a key of the TOML file named by --config "
-            "(flags win over the environment, which wins over the file)."
+            "(flags win over the environment, which wins over the file). Sizes take k, m, g "
+            "(64k); times take ms, s, m, h (500ms, 10s); a bare number is bytes or seconds."
         ),
     )
+    add_config_flag(p, "proxy")
+    add_test_flag(p)
     add_options(p, OPTIONS)
     p.set_defaults(run=_run)
 
 
-def add_options(p: argparse.ArgumentParser, options: Sequence[Option]) -> None:
-    """``--config`` and one flag per option, each naming its environment variable."""
-    p.add_argument("--config", metavar="FILE", help="a TOML file of options (keys as the flags, with _)")
-    for option in options:
-        flag = "--" + option.name.replace("_", "-")
-        default_text = "" if option.default in (None, ()) else f" (default {option.default})"
-        help_text = f"{option.help}{default_text}; env {env_name(option)}"
-        if option.repeat:
-            p.add_argument(flag, action="append", metavar=option.metavar, help=help_text, dest=option.name)
-        else:
-            p.add_argument(flag, metavar=option.metavar, help=help_text, dest=option.name)
+def add_config_flag(p: argparse.ArgumentParser, table: str) -> None:
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"a TOML file of options: keys as the flags, with _, at the top level or in a [{table}] "
+        "table; env DISTPAT_CONFIG",
+    )
 
 
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
@@ -110,9 +109,7 @@ def _reloaded(reread: Reread, *, worker: bool) -> ProxyConfig:
         raise ConfigError("--mode changed: a restart is needed to apply that")
     if worker:  # the parent serves the admin listener (distpat.net.workers)
         config = replace(config, admin=None)
-    level = values.get("log_level")
-    if isinstance(level, str):
-        logging.getLogger("distpat").setLevel(level.upper())
+    apply_logging(values)  # the log level and format, as the file now says
     return config
 
 
@@ -135,20 +132,10 @@ def serve(config: AnyConfig, values: dict[str, Any], reread: Reread | None = Non
 
 
 def _run(args: argparse.Namespace) -> int:
-    flags = {option.name: getattr(args, option.name) for option in OPTIONS}
+    flags = flag_values(args, OPTIONS)
     config, values = build_config(flags, config_file=args.config)
-    setup_logging(config.access_log)
+    if args.test_config:
+        loop_factory(values["loop"])  # --loop uvloop without uvloop installed
+        return configuration_ok()
+    apply_logging(values)
     return serve(config, values, lambda: build_config(flags, config_file=args.config))
-
-
-def setup_logging(access_log: str | None) -> None:
-    """Log lines on stderr; the access log, when on, as bare lines."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr
-    )
-    access = logging.getLogger("distpat.access")
-    if access_log is not None:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        access.addHandler(handler)
-        access.propagate = False

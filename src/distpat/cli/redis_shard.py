@@ -1,16 +1,30 @@
-"""``distpat redis-shard``: a Redis sharding ambassador that reads twemproxy's configuration."""
+"""``distpat redis-shard``: a Redis sharding ambassador that reads twemproxy's configuration.
+
+It takes nutcracker's command-line habits too (``-c FILE -s PORT -a ADDR -v N
+-o FILE -p FILE -t``), so a unit file written for nutcracker needs only the
+binary changed; ``-d`` is refused (run it under a supervisor).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
 
-from distpat.cli.proxy import run_server, setup_logging
-from distpat.config.proxy import parse_hostport, whole_number
-from distpat.config.twemproxy import TwemproxyListen, TwemproxyPool, TwemproxyServer, load_twemproxy
+from distpat import __version__
+from distpat.cli.flags import add_options, add_test_flag, configuration_ok, flag_values
+from distpat.cli.logs import configure_logging
+from distpat.cli.proxy import loop_factory, run_server
+from distpat.config.redis_shard import SHARD_OPTIONS, ShardOptions, build_shard_options
 from distpat.errors import ConfigError
-from distpat.net.redis_shard import ShardService, ShardSettings
+from distpat.net.redis_shard import ShardService
 
 __all__ = ["register"]
+
+log = logging.getLogger("distpat.redis")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -20,102 +34,74 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description=(
             "Shard Redis commands over servers by key, placing every key exactly where nutcracker "
             "would (same YAML file, same hash, same distribution). Every pool of the file is served "
-            "in one process; SIGHUP re-reads the server lists without dropping clients."
+            "in one process; SIGHUP re-reads the server lists without dropping clients. Every flag "
+            "can also be a DISTPAT_<FLAG> variable or a key of the TOML file named by --options; "
+            "nutcracker's flags -c -s -a -v -o -p -t work as in nutcracker."
         ),
     )
-    p.add_argument("--config", "-c", metavar="FILE", help="nutcracker YAML configuration")
-    p.add_argument("--pool", metavar="NAME", help="serve only this pool of the file")
-    p.add_argument("--listen", metavar="HOST:PORT", help="listen here instead of the pool's listen:")
     p.add_argument(
-        "--server",
-        action="append",
-        metavar="HOST:PORT[:WEIGHT][:NAME]",
-        help="without --config: a server of a ketama pool (fnv1a_64), repeatable",
+        "--options",
+        metavar="FILE",
+        help="a TOML file of these options (keys as the flags, with _), at the top level or in a "
+        "[redis_shard] table; env DISTPAT_OPTIONS",
     )
-    p.add_argument("--hash-tag", metavar="TAG", help="with --server: a two-character hash tag such as {}")
-    p.add_argument("--timeout", metavar="MS", help="with --server: per-request timeout in milliseconds")
-    p.add_argument("--stats-port", "-s", metavar="PORT", help="twemproxy-compatible stats JSON on this port")
-    p.add_argument("--stats-addr", "-a", metavar="HOST", default="127.0.0.1", help="stats address")
+    add_test_flag(p, "--test-conf")
     p.add_argument(
-        "--admin", metavar="HOST:PORT", help="admin listener: /healthz, /readyz, Prometheus /metrics"
-    )
-    p.add_argument(
-        "--keep-ring",
+        "-d",
+        "--daemonize",
         action="store_true",
-        help="never move an ejected server's keys to other servers: answer errors for them instead",
+        help="refused: distpat stays in the foreground; run it under a supervisor (systemd, a container)",
     )
-    p.add_argument(
-        "--max-request-bytes",
-        metavar="BYTES",
-        default=str(64 * 1024 * 1024),
-        help="largest command (and what a client may buffer); over it: a protocol error (default 64 MiB)",
-    )
-    p.add_argument(
-        "--key-cache",
-        metavar="N",
-        default="262144",
-        help="remember the server of up to N distinct keys (0: hash every key; default 262144)",
-    )
-    p.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto", help="event loop")
+    p.add_argument("-V", action="version", version=f"distpat {__version__}", help="show the version and exit")
+    add_options(p, SHARD_OPTIONS)
     p.set_defaults(run=_run)
 
 
-def _quick_pool(args: argparse.Namespace) -> TwemproxyPool:
-    servers = []
-    for entry in args.server:
-        parts = entry.split(":")
-        if len(parts) < 2:
-            raise ConfigError(f"--server {entry!r}: give HOST:PORT[:WEIGHT][:NAME]")
-        host, port = parts[0], parts[1]
-        weight = parts[2] if len(parts) > 2 and parts[2] else "1"
-        name = ":".join(parts[3:])
-        servers.append(TwemproxyServer.parse(f"{host}:{port}:{weight}" + (f" {name}" if name else "")))
-    listen = args.listen or "127.0.0.1:22121"
-    host, port = parse_hostport(listen, "--listen")
-    tag = (args.hash_tag or "").encode()
-    if tag and len(tag) != 2:
-        raise ConfigError("--hash-tag must be two characters, such as {}")
-    return TwemproxyPool(
-        name="default",
-        listen=TwemproxyListen(address=listen, host=host, port=port),
-        servers=tuple(servers),
-        redis=True,
-        hash_tag=tag,
-        timeout=whole_number(args.timeout, "--timeout") if args.timeout else None,
-    )
+@contextlib.contextmanager
+def _pid_file(path: str | None) -> Iterator[None]:
+    """Write the process id to ``path`` (as nutcracker's ``-p``) and remove it at exit if it is still ours."""
+    if path is None:
+        yield
+        return
+    mine = f"{os.getpid()}\n"
+    try:
+        Path(path).write_text(mine)
+    except OSError as exc:
+        raise ConfigError(f"--pid-file {path}: cannot write: {exc.strerror or exc}") from None
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            if Path(path).read_text() == mine:
+                os.unlink(path)
+
+
+def _service(options: ShardOptions) -> ShardService:
+    try:
+        return ShardService(
+            options.load,
+            settings=options.settings,
+            listen=options.listen,
+            stats=options.stats,
+            admin=options.admin,
+        )
+    except ValueError as exc:  # ConfigError is one; ShardService's own are ValueErrors
+        raise ConfigError(str(exc)) from None
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.config and args.server:
-        raise ConfigError("give --config FILE or --server entries, not both")
-    if not args.config and not args.server:
-        raise ConfigError("no servers: give --config nutcracker.yml or --server HOST:PORT at least once")
-
-    def load() -> list[TwemproxyPool]:
-        if not args.config:
-            return [_quick_pool(args)]
-        pools = load_twemproxy(args.config)
-        if args.pool is not None:
-            if args.pool not in pools:
-                raise ConfigError(f"{args.config}: no pool {args.pool!r}; pools: {', '.join(pools)}")
-            pools = {args.pool: pools[args.pool]}
-        for pool in pools.values():
-            if not pool.redis:
-                raise ConfigError(f"{args.config}: pool {pool.name!r} is memcached (redis: false)")
-        return list(pools.values())
-
-    listen = parse_hostport(args.listen, "--listen") if args.listen and args.config else None
-    stats = (args.stats_addr, whole_number(args.stats_port, "--stats-port", 0)) if args.stats_port else None
-    settings = ShardSettings(
-        max_request_bytes=whole_number(args.max_request_bytes, "--max-request-bytes"),
-        keep_ring=args.keep_ring,
-        key_cache=whole_number(args.key_cache, "--key-cache", 0),
-    )
-    try:
-        admin = parse_hostport(args.admin, "--admin") if args.admin else None
-        service = ShardService(load, settings=settings, listen=listen, stats=stats, admin=admin)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    setup_logging(None)
-    run_server(service.serve_until_signalled(), args.loop)
+    if args.daemonize:
+        raise ConfigError(
+            "-d: distpat redis-shard does not daemonize; run it in the foreground under a supervisor"
+        )
+    options = build_shard_options(flag_values(args, SHARD_OPTIONS), options_file=args.options)
+    service = _service(options)  # reads and checks the YAML file, builds every ring; binds nothing
+    if args.test_config:
+        loop_factory(options.loop)
+        return configuration_ok()
+    configure_logging(options.log_level, options.log_format, output=options.output)
+    for flag in options.no_effect:
+        log.info("%s is accepted for nutcracker's command lines and has no effect in distpat", flag)
+    with _pid_file(options.pid_file):
+        run_server(service.serve_until_signalled(), options.loop)
     return 0

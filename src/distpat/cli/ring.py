@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
+from distpat.cli.flags import log_flags, logging_from_flags
 from distpat.config.twemproxy import load_twemproxy
 from distpat.errors import ConfigError, RingError
 from distpat.ring import ALGORITHMS, DEFAULT_VNODES, TWEMPROXY_HASHES, Ring, from_twemproxy, make_ring
@@ -33,6 +34,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ),
     )
     _add_source(locate)
+    log_flags(locate)
     locate.add_argument(
         "keys", nargs="*", metavar="KEY", help="keys to place (default: read lines from stdin)"
     )
@@ -47,6 +49,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ),
     )
     _add_source(stats)
+    log_flags(stats)
     stats.add_argument(
         "--keys",
         type=int,
@@ -192,6 +195,7 @@ def _stdin_keys() -> Iterator[bytes]:
 
 
 def _locate(args: argparse.Namespace) -> int:
+    logging_from_flags(args)
     source = _source(args)
     keys: Iterable[bytes] = [os.fsencode(k) for k in args.keys] if args.keys else _stdin_keys()
     get, out = source.ring.get_node, sys.stdout.buffer
@@ -225,6 +229,7 @@ def _counts(ring: Ring, keys: list[str]) -> dict[str, int]:
 
 
 def _stats(args: argparse.Namespace) -> int:
+    logging_from_flags(args)
     if args.keys < 1 or args.keys > 10_000_000:
         raise RingError(f"--keys must be from 1 to 10000000, not {args.keys}")
     if not 1 <= args.width <= 500:

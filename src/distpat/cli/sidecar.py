@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from distpat.cli.proxy import add_options, serve, setup_logging
+from distpat.cli.flags import add_options, add_test_flag, apply_logging, configuration_ok, flag_values
+from distpat.cli.proxy import add_config_flag, loop_factory, serve
+from distpat.config.pem import check_tls_files
 from distpat.config.sidecar import SIDECAR_OPTIONS, build_sidecar_config
-from distpat.net.proxy import ProxyConfig
+from distpat.net.tls import CertificateStore
 
 __all__ = ["register"]
 
@@ -23,12 +25,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "TOML file named by --config."
         ),
     )
+    add_config_flag(p, "sidecar")
+    add_test_flag(p)
     add_options(p, SIDECAR_OPTIONS)
     p.set_defaults(run=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    flags = {option.name: getattr(args, option.name) for option in SIDECAR_OPTIONS}
+    flags = flag_values(args, SIDECAR_OPTIONS)
     config, values = build_sidecar_config(flags, config_file=args.config)
-    setup_logging(config.access_log if isinstance(config, ProxyConfig) else None)
+    assert config.tls is not None  # the sidecar always terminates TLS
+    check_tls_files(config.tls)  # what each file holds, before OpenSSL says "PEM lib"
+    if args.test_config:
+        CertificateStore(config.tls)  # the pairs loaded as the server loads them
+        loop_factory(values["loop"])
+        return configuration_ok()
+    apply_logging(values)
     return serve(config, values, lambda: build_sidecar_config(flags, config_file=args.config))

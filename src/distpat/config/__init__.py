@@ -1,7 +1,13 @@
 """Configuration: data and validation only.
 
-Each module here turns one configuration format into frozen values and
+Each module here turns one configuration source into frozen values and
 rejects invalid input with :class:`distpat.errors.ConfigError`, whose message
-names the file, the pool and the key at fault. Nothing here opens sockets or
-starts anything; a loader reads at most the one file it is given.
+names the file, the pool and the key at fault: :mod:`~distpat.config.options`
+(one option table per command, read from flags, ``DISTPAT_*`` variables and
+TOML), :mod:`~distpat.config.units` (sizes and durations),
+:mod:`~distpat.config.twemproxy` (nutcracker's YAML), the tables of
+:mod:`~distpat.config.proxy`, :mod:`~distpat.config.sidecar` and
+:mod:`~distpat.config.redis_shard`, and :mod:`~distpat.config.pem` (what the
+certificate and key files hold). Nothing here opens sockets or starts
+anything; a loader reads only the files it is given.
 """

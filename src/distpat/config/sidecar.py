@@ -9,15 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from distpat.config.proxy import (
-    OPTIONS,
-    Option,
-    _choice,
-    _hostport,
-    proxy_config,
-    resolve_options,
-    whole_number,
-)
+from distpat.config.options import Kind, Option, choice, hostport, resolve_options
+from distpat.config.proxy import OPTIONS, proxy_config
 from distpat.errors import ConfigError
 from distpat.net.proxy import ProxyConfig
 from distpat.net.tcp import TcpProxyConfig, parse_tcp_upstream
@@ -29,63 +22,80 @@ __all__ = ["CLIENT_CERT_HEADER", "SIDECAR_OPTIONS", "build_sidecar_config"]
 CLIENT_CERT_HEADER = b"X-Client-Cert-Subject"
 
 
-def _files(value: Any, what: str) -> tuple[str, ...]:
-    items = value if isinstance(value, list) else [v for v in str(value).split(",") if v.strip()]
-    paths = tuple(str(v).strip() for v in items)
-    if not paths or any(not p for p in paths):
-        raise ConfigError(f"{what} must name a file")
-    return paths
-
-
-def _file(value: Any, what: str) -> str:
-    path = str(value).strip()
+def _file(value: str, what: str) -> str:
+    path = value.strip()
     if not path:
         raise ConfigError(f"{what} must name a file")
     return path
 
 
-def _upstreams(value: Any, what: str) -> tuple[str, ...]:
-    items = value if isinstance(value, list) else [v for v in str(value).split(",") if v.strip()]
-    urls = tuple(str(v).strip() for v in items)
-    for url in urls:
-        if not url.startswith("tcp://"):
-            parse_upstream_url(url)
-        else:
-            parse_tcp_upstream(url)
-    return urls
-
-
-def _hsts(value: Any, what: str) -> int:
-    return whole_number(value, what, minimum=0)
+def _upstream(url: str, what: str) -> str:
+    if url.startswith("tcp://"):
+        parse_tcp_upstream(url)
+    else:
+        parse_upstream_url(url)
+    return url
 
 
 _TLS_OPTIONS: tuple[Option, ...] = (
-    Option("mode", _choice("http", "tcp"), "http", "http: HTTPS to HTTP; tcp: TLS to plain TCP (stunnel)"),
-    Option("cert", _files, (), "certificate chain file, PEM (repeatable; required)", "FILE", repeat=True),
+    Option(
+        "mode",
+        Kind.TEXT,
+        "http",
+        "http: HTTPS to HTTP; tcp: TLS to plain TCP (stunnel)",
+        check=choice("http", "tcp"),
+    ),
+    Option(
+        "cert",
+        Kind.TEXT,
+        (),
+        "certificate chain file, PEM (repeatable; required)",
+        "FILE",
+        repeat=True,
+        check=_file,
+    ),
     Option(
         "key",
-        _files,
+        Kind.TEXT,
         (),
         "private key file of the --cert in the same place (repeatable)",
         "FILE",
         repeat=True,
+        check=_file,
     ),
-    Option("client_ca", _file, None, "require client certificates issued by this CA (mTLS)", "FILE"),
-    Option("tls_min", _choice("1.2", "1.3"), "1.2", "lowest TLS version accepted", "VERSION"),
-    Option("hsts", _hsts, None, "add Strict-Transport-Security: max-age=SECONDS", "SECONDS"),
-    Option("redirect_http", _hostport, None, "plain listener redirecting to HTTPS", "HOST:PORT"),
+    Option(
+        "client_ca",
+        Kind.TEXT,
+        None,
+        "require client certificates issued by this CA (mTLS)",
+        "FILE",
+        check=_file,
+    ),
+    Option(
+        "tls_min",
+        Kind.TEXT,
+        "1.2",
+        "lowest TLS version accepted: 1.2, 1.3",
+        "VERSION",
+        check=choice("1.2", "1.3"),
+    ),
+    Option("hsts", Kind.COUNT, None, "add Strict-Transport-Security: max-age=SECONDS", "SECONDS", minimum=0),
+    Option(
+        "redirect_http", Kind.TEXT, None, "plain listener redirecting to HTTPS", "HOST:PORT", check=hostport
+    ),
 )
 
 SIDECAR_OPTIONS: tuple[Option, ...] = (
     *(
         Option(
             o.name,
-            _upstreams,
+            Kind.TEXT,
             (),
             "the upstream: http://HOST:PORT, or tcp://HOST:PORT with --mode tcp "
             "(repeatable in http mode; required)",
             o.metavar,
             repeat=True,
+            check=_upstream,
         )
         if o.name == "upstream"
         else o
