@@ -48,6 +48,7 @@ MAX_ARGS = 1024 * 1024
 
 _MAX_INLINE = 64 * 1024  # Redis refuses longer inline requests ("too big inline request")
 _MAX_HEADER = 32  # "*1048576\r\n" and "$536870912\r\n" fit easily; a longer count line is garbage
+_MIN_ARG = 6  # the smallest argument, "$0\r\n\r\n": a count whose arguments cannot fit the limit is refused
 
 OK = b"+OK\r\n"
 NULL_BULK = b"$-1\r\n"
@@ -198,7 +199,7 @@ class RequestParser(_Buffered):
                 return pos
             line = data[pos + 1 : crlf]
             count = int(line) if line.isdigit() and len(line) <= 8 else _number(line, "multibulk length")
-            if count > MAX_ARGS:
+            if count > MAX_ARGS or count * _MIN_ARG > limit:
                 raise RespProtocolError("invalid multibulk length")
             p = crlf + 2
             args = []
@@ -257,12 +258,13 @@ class FastRequestParser:
     should use :class:`RequestParser` (the caller decides on the first read).
     """
 
-    __slots__ = ("_fallback", "_pending", "_reader", "max_request_bytes")
+    __slots__ = ("_fallback", "_pending", "_reader", "_scan", "max_request_bytes")
 
     def __init__(self, max_request_bytes: int = 512 * 1024 * 1024) -> None:
         self._reader = hiredis.Reader()
         self._pending = bytearray()  # what the client sent that no command has accounted for yet
         self._fallback: RequestParser | None = None
+        self._scan = _LengthCheck(max_request_bytes)
         self.max_request_bytes = max_request_bytes
 
     @property
@@ -305,8 +307,11 @@ class FastRequestParser:
             self._check(packed, out)
             raise self._fault("expected '$'", out) from None
         self._check(packed, out)
-        if len(pending) > self.max_request_bytes:
-            raise self._fault(f"request larger than {self.max_request_bytes} bytes", out)
+        if pending:  # an incomplete command: its lengths are checked as they arrive, not its bytes
+            try:
+                self._scan.check(pending)
+            except RespProtocolError as exc:
+                raise self._fault(str(exc), out) from None
         return out
 
     def _check(self, packed: list[bytes], out: list[Command]) -> None:
@@ -329,12 +334,75 @@ class FastRequestParser:
                 "invalid multibulk request (expected '$' and CRLF-terminated bulk strings)", out
             )
         del pending[:size]
+        self._scan.reset()
 
     @staticmethod
     def _fault(message: str, out: list[Command]) -> RespProtocolError:
         error = RespProtocolError(message)
         error.commands = out  # type: ignore[attr-defined]
         return error
+
+
+class _LengthCheck:
+    """The headers of the incomplete command a :class:`FastRequestParser` holds, checked as they arrive.
+
+    hiredis waits for every byte a length announces; Redis refuses a length over its limit as soon as it
+    reads it (``invalid bulk length``, ``invalid multibulk length``), and so does this: only headers
+    are read, each once (the bodies between them are skipped), so a large value costs nothing here.
+    """
+
+    __slots__ = ("_at", "_left", "_limit")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self.reset()
+
+    def reset(self) -> None:
+        """A new command starts at the beginning of the buffer."""
+        self._at = 0  # where the next header starts
+        self._left = -1  # bulk strings still to come; -1 before the count line
+
+    def check(self, buf: bytearray) -> None:
+        n = len(buf)
+        at = self._at
+        limit = self._limit
+        find = buf.find
+        if self._left < 0:
+            if buf[0] != 42:  # not '*': hiredis reports it
+                return
+            crlf = find(b"\r\n", 0, _MAX_HEADER + 2)
+            if crlf < 0:
+                if n > _MAX_HEADER:
+                    raise RespProtocolError("invalid multibulk length")
+                return
+            line = bytes(buf[1:crlf])
+            if not line.isdigit() or len(line) > 10:
+                return  # "*-1" and garbage: hiredis and the byte check answer them
+            count = int(line)
+            if count > MAX_ARGS or count * _MIN_ARG > limit:
+                raise RespProtocolError("invalid multibulk length")
+            self._left = count
+            at = crlf + 2
+        left = self._left
+        while left > 0 and at < n:
+            if buf[at] != 36:  # not '$': the byte check answers it once hiredis reads it
+                break
+            crlf = find(b"\r\n", at, at + _MAX_HEADER + 2)
+            if crlf < 0:
+                if n - at > _MAX_HEADER:
+                    raise RespProtocolError("invalid bulk length")
+                break
+            line = bytes(buf[at + 1 : crlf])
+            if not line.isdigit() or len(line) > 10 or int(line) > limit:
+                raise RespProtocolError("invalid bulk length")
+            at = crlf + 4 + int(line)
+            left -= 1
+            if at + left * _MIN_ARG > limit:
+                raise RespProtocolError(f"request larger than {limit} bytes")
+        self._at = at
+        self._left = left
+        if n > limit:
+            raise RespProtocolError(f"request larger than {limit} bytes")
 
 
 # Reply types whose header line is the whole reply, and aggregates with their element factor.
