@@ -5,17 +5,50 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from bisect import bisect_left
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 if TYPE_CHECKING:
     from distpat.net.redis_pool import ShardPool
     from distpat.net.redis_shard import ShardService
 
-__all__ = ["ShardMetrics", "StatsProtocol", "stats_document"]
+__all__ = ["LATENCY_BUCKETS", "Latency", "ShardMetrics", "StatsProtocol", "stats_document"]
+
+LATENCY_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+"""Upper bounds (seconds) of the latency histogram's buckets: from 50 µs, as a Redis round trip is."""
+
+
+class Latency:
+    """A histogram of durations (seconds, from ``time.perf_counter``), cheap enough for every reply.
+
+    ``counts[i]`` counts durations up to ``LATENCY_BUCKETS[i]`` (above the last: the final count).
+    """
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+    def add_to(self, family: HistogramMetricFamily, values: list[str]) -> None:
+        """Add this histogram, with label ``values``, to ``family`` (Prometheus's cumulative buckets)."""
+        buckets: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip((*map(str, LATENCY_BUCKETS), "+Inf"), self.counts, strict=True):
+            running += count
+            buckets.append((bound, running))
+        family.add_metric(values, buckets, self.total)
 
 
 def stats_document(pools: list[ShardPool], started: float, source: str) -> bytes:
@@ -54,11 +87,40 @@ class ShardMetrics:
         fragments = CounterMetricFamily(
             "distpat_redis_fragments", "Fragments of split commands sent", labels=["pool"]
         )
+        per_pool = {
+            key: CounterMetricFamily(f"distpat_redis_{key}", text, labels=["pool"])
+            for key, text in (
+                ("client_request_bytes", "Bytes read from clients"),
+                ("client_response_bytes", "Bytes written to clients"),
+                ("transactions", "MULTI...EXEC blocks sent to a server"),
+                (
+                    "transactions_watch_aborted",
+                    "Transactions whose EXEC answered null (a WATCHed key changed)",
+                ),
+            )
+        }
+        refusals = CounterMetricFamily(
+            "distpat_redis_refusals",
+            "Commands answered with an error by the proxy itself, by reason",
+            labels=["pool", "reason"],
+        )
+        latency = HistogramMetricFamily(
+            "distpat_redis_latency_seconds",
+            "From a command's write to its server to the reply (class: command, or transaction block)",
+            labels=["pool", "class"],
+        )
+        tx_connections = GaugeMetricFamily(
+            "distpat_redis_tx_connections",
+            "Open connections of clients' own (WATCH, MULTI...EXEC)",
+            labels=["pool", "server"],
+        )
         per_server = {
             key: CounterMetricFamily(f"distpat_redis_{key}", text, labels=["pool", "server"])
             for key, text in (
                 ("requests", "Commands sent to the server"),
                 ("responses", "Replies from the server"),
+                ("request_bytes", "Bytes sent to the server"),
+                ("response_bytes", "Bytes received from the server"),
                 ("server_eof", "Times the server closed the connection"),
                 ("server_err", "Connection errors"),
                 ("server_timedout", "Commands that timed out, closing the connection"),
@@ -74,7 +136,14 @@ class ShardMetrics:
             clients.add_metric([pool.name], len(pool.clients))
             ejects.add_metric([pool.name], pool.stats["server_ejects"])
             fragments.add_metric([pool.name], pool.stats["fragments"])
+            for key, family in per_pool.items():
+                family.add_metric([pool.name], pool.counters[key])
+            for reason, count in sorted(pool.refusals.items()):
+                refusals.add_metric([pool.name, reason], count)
+            pool.latency.add_to(latency, [pool.name, "command"])
+            pool.tx_latency.add_to(latency, [pool.name, "transaction"])
             for state in pool.servers.values():
+                tx_connections.add_metric([pool.name, state.name], state.tx_connections)
                 labels = [pool.name, state.name]
                 for key, family in per_server.items():
                     family.add_metric(labels, state.stats[key])
@@ -85,9 +154,13 @@ class ShardMetrics:
         yield clients
         yield ejects
         yield fragments
+        yield from per_pool.values()
+        yield refusals
+        yield latency
         yield from per_server.values()
         yield ejected
         yield in_queue
+        yield tx_connections
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -24,19 +24,24 @@ from dataclasses import replace
 from typing import Any
 
 from distpat.config.twemproxy import TwemproxyPool
-from distpat.core.redis_commands import COMMANDS, Kind, Spec, command_keys, split_keys
+from distpat.core.redis_commands import COMMANDS, SCRIPT_REFUSAL, Kind, Spec, command_keys, split_keys
 from distpat.core.resp import Command, encode_command, error, pack_command
 from distpat.errors import RingError
 from distpat.net.redis_client import RedisClient
 from distpat.net.redis_fanout import SINGLE_KEY, Merge
 from distpat.net.redis_local import answer_local
-from distpat.net.redis_server import ServerConnection, ServerState, loop_running
+from distpat.net.redis_metrics import Latency
+from distpat.net.redis_server import ServerConnection, ServerState
 from distpat.net.redis_settings import ShardSettings
+from distpat.net.redis_tx import queue_command, transaction_command
 from distpat.ring import Ring, from_twemproxy
 
 __all__ = ["ShardPool"]
 
 log = logging.getLogger("distpat.redis")
+
+_NOT_QUEUED = frozenset((b"exec", b"discard", b"multi", b"watch", b"quit"))
+"""Commands that act at once inside MULTI, as in Redis (the others are queued)."""
 
 
 class ShardPool:
@@ -53,9 +58,22 @@ class ShardPool:
         self.to_flush: list[ServerConnection] = []
         self.dirty_clients: list[RedisClient] = []
         self.stats = dict.fromkeys(
-            ("client_eof", "client_err", "client_connections", "server_ejects", "forward_error", "fragments"),
+            (
+                "client_eof",
+                "client_err",
+                "client_connections",
+                "server_ejects",
+                "forward_error",
+                "fragments",
+            ),
             0,
+        )  # nutcracker's, for its stats JSON; distpat's own counters, for /metrics only:
+        self.counters = dict.fromkeys(
+            ("client_request_bytes", "client_response_bytes", "transactions", "transactions_watch_aborted"), 0
         )
+        self.refusals: dict[str, int] = {}  # answers the proxy gave instead of a server, by reason
+        self.latency = Latency()  # from a command's write to its server to the server's reply
+        self.tx_latency = Latency()  # the same for a MULTI...EXEC block
         self._client_ids = 0
         self.congested: set[ServerConnection] = set()
         self.turn_pending = False
@@ -110,7 +128,7 @@ class ShardPool:
     def rebuild(self, now: float | None = None) -> None:
         """The ring over the servers in service (all of them with keep_ring or without auto-eject)."""
         if now is None:
-            now = asyncio.get_running_loop().time() if loop_running() else 0.0
+            now = time.perf_counter()
         live = []
         next_rebuild = 0.0
         for state in self.servers.values():
@@ -161,26 +179,49 @@ class ShardPool:
             return error(f"ERR server {state.label} is down (ejected); its keys are not served")
         return state
 
+    # -- refusals ------------------------------------------------------------------------------
+
+    def refuse(self, client: RedisClient, reason: str, reply: bytes) -> None:
+        """Answer ``reply`` (an error the proxy decided), counted under ``reason`` and logged."""
+        self.count_refusal(client, reason, reply)
+        client.answer(reply)
+
+    def count_refusal(self, client: RedisClient, reason: str, reply: bytes) -> None:
+        self.refusals[reason] = self.refusals.get(reason, 0) + 1
+        log.info(
+            "pool %s: client %d: refused (%s): %s",
+            self.name,
+            client.id,
+            reason,
+            reply[1:-2].decode("utf-8", "replace"),
+        )
+
+    # -- dispatch ------------------------------------------------------------------------------
+
     def dispatch_batch(self, client: RedisClient, commands: list[Command]) -> None:
         """Route every command of one read. Single-key commands take a short path."""
-        now = self.loop.time()
+        if client.held is not None:  # behind a WATCH or EXEC still waiting for its reply
+            client.held.extend(commands)
+            return
+        now = time.perf_counter()
         if self.next_rebuild and now >= self.next_rebuild:
             self.rebuild(now)
         single = SINGLE_KEY
         server_for = self.server_for
         waiting = client.waiting
         proto = client.proto
-        authed = client.authed
+        fast = client.authed and client.tx is None
         to_flush = self.to_flush
         pack = pack_command
         cache_get = self.cache.get
-        for args, raw in commands:
-            if authed and len(args) >= 2 and args[0] in single:
+        batch = iter(commands)
+        for args, raw in batch:
+            if fast and len(args) >= 2 and args[0] in single:
                 state = cache_get(args[1])
                 if state is None or state.ejected_until:
                     found = server_for(args[1], now)
                     if isinstance(found, bytes):
-                        client.answer(found)
+                        self.refuse(client, "server_down", found)
                         continue
                     state = found
                 conn = state.conns.get(proto)
@@ -198,51 +239,79 @@ class ShardPool:
                 self.dispatch(client, args, raw if raw is not None else pack(tuple(args)), now)
                 if client.close_after:
                     break
-                authed = client.authed
+                if client.held is not None:  # a WATCH or EXEC: what follows waits for its reply
+                    client.held.extend(batch)
+                    break
+                fast = client.authed and client.tx is None
                 proto = client.proto
+
+    def release(self, client: RedisClient) -> None:
+        """A barrier's reply is in: the commands held behind it go on, in order."""
+        held, client.held = client.held, None
+        fault, client.held_fault = client.held_fault, None
+        if client.closing:
+            return
+        client.update_reading()
+        if held:
+            self.dispatch_batch(client, held)
+        if fault is not None:
+            client.fault(fault)
+        client.touch()
 
     def dispatch(self, client: RedisClient, args: list[bytes], raw: bytes, now: float) -> None:
         name = args[0].lower()
         spec = COMMANDS.get(name)
+        tx = client.tx
+        if tx is not None and tx.in_multi and name not in _NOT_QUEUED:
+            queue_command(self, client, tx, args, raw)
+            return
         if not client.authed and name not in (b"auth", b"hello", b"quit"):
-            client.answer(error("NOAUTH Authentication required."))
+            self.refuse(client, "noauth", error("NOAUTH Authentication required."))
             return
         if spec is None:
             self.stats["forward_error"] += 1
-            client.answer(
+            self.refuse(
+                client,
+                "unknown_command",
                 error(
                     f"ERR unknown or unsupported command '{args[0].decode('utf-8', 'replace')}': "
                     "distpat does not know how to shard it"
-                )
+                ),
             )
             return
         kind = spec.kind
-        if kind is Kind.KEYS:
-            if spec.first == 1 and spec.last == 1 and not spec.numkeys and len(args) >= spec.arity:
+        if kind is Kind.KEYS or (kind is Kind.SCRIPT and self.settings.allow_scripts):
+            if spec.simple and len(args) >= spec.arity:
                 target = self.server_for(args[1], now)
             else:
                 keys = command_keys(args, spec)
                 if isinstance(keys, bytes):
-                    client.answer(keys)
+                    self.refuse(client, "bad_arguments", keys)
                     return
-                target = self._one_server(keys, now)
+                target = self.one_server(keys, now)
             if isinstance(target, bytes):
-                client.answer(target)
+                self.refuse(client, "crossslot" if target[:10] == b"-CROSSSLOT" else "server_down", target)
                 return
             target.connection(client.proto).send(raw, client, client.wait(), now)
         elif kind is Kind.FANOUT:
             self._fanout(client, args, raw, spec, now)
         elif kind is Kind.LOCAL:
             answer_local(self, client, name, args)
+        elif kind is Kind.TRANSACTION:
+            transaction_command(self, client, name, args, now)
         else:
-            client.answer(
+            reason = SCRIPT_REFUSAL if kind is Kind.SCRIPT else spec.reason
+            self.refuse(
+                client,
+                "script" if kind is Kind.SCRIPT else "unsupported_command",
                 error(
                     f"ERR '{args[0].decode('utf-8', 'replace')}' is not supported by a sharding proxy: "
-                    f"{spec.reason}"
-                )
+                    f"{reason}"
+                ),
             )
 
-    def _one_server(self, keys: list[bytes], now: float) -> ServerState | bytes:
+    def one_server(self, keys: list[bytes], now: float) -> ServerState | bytes:
+        """The one server every key lives on, or the error reply: keys on several, or a server down."""
         first = self.server_for(keys[0], now)
         if isinstance(first, bytes):
             return first
@@ -258,14 +327,14 @@ class ShardPool:
     def _fanout(self, client: RedisClient, args: list[bytes], raw: bytes, spec: Spec, now: float) -> None:
         keys = command_keys(args, spec)
         if isinstance(keys, bytes):
-            client.answer(keys)
+            self.refuse(client, "bad_arguments", keys)
             return
         owners: list[str] = []
         states: dict[str, ServerState] = {}
         for key in keys:
             state = self.server_for(key, now)
             if isinstance(state, bytes):
-                client.answer(state)
+                self.refuse(client, "server_down", state)
                 return
             owners.append(state.name)
             states[state.name] = state
@@ -335,7 +404,7 @@ class ShardPool:
         return int(self._server.sockets[0].getsockname()[1])
 
     def _tick(self) -> None:
-        now = self.loop.time()
+        now = time.perf_counter()  # what commands are stamped with; the loop's timer only schedules
         for state in self.servers.values():
             for conn in list(state.conns.values()):
                 conn.timed_out(now)

@@ -10,18 +10,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from bisect import bisect_left
 from collections import deque
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from distpat.config.twemproxy import TwemproxyPool, TwemproxyServer
 from distpat.core.resp import ReplyScanner, encode_command, error
 from distpat.errors import RespProtocolError
 from distpat.net.redis_client import RedisClient
+from distpat.net.redis_metrics import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
     from distpat.net.redis_pool import ShardPool
 
-__all__ = ["SERVER_BACKLOG", "ServerConnection", "ServerState", "loop_running", "setup_commands"]
+__all__ = [
+    "SERVER_BACKLOG",
+    "ServerConnection",
+    "ServerState",
+    "connect",
+    "loop_running",
+    "setup_commands",
+]
 
 log = logging.getLogger("distpat.redis")
 
@@ -56,6 +66,7 @@ class ServerState:
         self.failures = 0
         self.ejected_until = 0.0
         self.conns: dict[int, ServerConnection] = {}
+        self.tx_connections = 0  # open connections of clients' own (WATCH, EXEC)
         self.stats = dict.fromkeys(
             (
                 "server_eof",
@@ -124,23 +135,11 @@ class ServerConnection(asyncio.Protocol):
         task.add_done_callback(self.pool.tasks.discard)
 
     async def _connect(self) -> None:
-        s = self.server.server
-        loop = asyncio.get_running_loop()
-        timeout = self.pool.timeout or 5.0
-        try:
-            async with asyncio.timeout(timeout):
-                if s.port is None:
-                    await loop.create_unix_connection(lambda: self, s.host)
-                else:
-                    await loop.create_connection(lambda: self, s.host, s.port)
-        except (OSError, TimeoutError) as exc:
-            if self.closed:  # already failed (the pool's timeout tick): counted there
-                return
-            reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        reason = await connect(self.server, self)
+        if reason is not None and not self.closed:  # closed: already failed (the timeout tick), counted
             self.server.stats["server_err"] += 1
             self.fail(f"ERR server {self.server.label} unreachable: {reason}")
-            self.server.failed(loop.time())
-            return
+            self.server.failed(time.perf_counter())
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -200,11 +199,16 @@ class ServerConnection(asyncio.Protocol):
         stats["response_bytes"] += len(data)
         popleft = inflight.popleft
         dirty = self.pool.dirty_clients
+        latency = self.pool.latency
+        counts = latency.counts
+        now = perf_counter()
         for reply in replies:
             if not inflight:  # a reply nobody asked for: the stream cannot be trusted
                 self.fail(f"ERR server {self.server.label} sent a reply nobody asked for")
                 return
-            target, token, _, _ = popleft()
+            target, token, sent, _ = popleft()
+            counts[bisect_left(LATENCY_BUCKETS, now - sent)] += 1
+            latency.total += now - sent
             if target.__class__ is RedisClient:  # RedisClient.complete, inlined: the hot path
                 token[0] = reply
                 waiting = target.waiting
@@ -244,6 +248,10 @@ class ServerConnection(asyncio.Protocol):
         reply = error(message)
         inflight, self.inflight = self.inflight, deque()
         self.out.clear()
+        if inflight:
+            refusals = self.pool.refusals
+            refusals["server_failed"] = refusals.get("server_failed", 0) + len(inflight)
+            log.warning("pool %s: %d commands answered: %s", self.pool.name, len(inflight), message)
         for target, token, _, _ in inflight:
             target.complete(token, reply)
         if not self.pool.turn_pending and loop_running():
@@ -257,6 +265,21 @@ class ServerConnection(asyncio.Protocol):
             self.server.failed(now)
             return True
         return False
+
+
+async def connect(server: ServerState, protocol: asyncio.Protocol) -> str | None:
+    """Connect ``protocol`` to ``server`` within the pool's timeout (5 s without one); None, or why not."""
+    s = server.server
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(server.pool.timeout or 5.0):
+            if s.port is None:
+                await loop.create_unix_connection(lambda: protocol, s.host)
+            else:
+                await loop.create_connection(lambda: protocol, s.host, s.port)
+    except (OSError, TimeoutError) as exc:
+        return "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+    return None
 
 
 def loop_running() -> bool:

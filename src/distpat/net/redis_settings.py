@@ -23,3 +23,7 @@ class ShardSettings:
     """Distinct keys whose server is remembered (twemproxy's hashes cost ~1 µs a key in Python);
     emptied when full and whenever the ring changes. 0: hash every key."""
     shutdown_timeout: float = 30.0
+    allow_scripts: bool = False
+    """Serve EVAL, EVALSHA, FCALL (and _RO), routed by their declared keys (all on one server). The risk:
+    a script can run any command on that server, FLUSHALL, SWAPDB and KEYS included, and touch keys it did
+    not declare; only for clients whose scripts are trusted."""

@@ -1,0 +1,372 @@
+"""Transactions through ``distpat redis-shard``: MULTI/EXEC/DISCARD and WATCH, with real redis-servers.
+
+redis-py's ``pipeline()`` defaults to ``transaction=True`` (MULTI, the commands, EXEC): through the
+ambassador a block whose keys share a server runs there as one transaction; one whose keys span servers
+raises and changes nothing anywhere. What each shard holds is always asked of the shard itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio as aredis
+from redis.exceptions import ExecAbortError, ResponseError, WatchError
+
+from distpat.net.redis_pool import ShardPool
+from distpat.net.redis_shard import ShardService
+from tests.nutcracker import free_ports
+from tests.rediskit import (
+    HOST,
+    RedisServer,
+    pool_yaml,
+    raw_connection,
+    raw_pipeline,
+    raw_session,
+    redis_servers,
+    running_redis_shard,
+    shard_service,
+)
+
+SHARDS = 2
+
+
+@pytest.fixture
+async def shards(tmp_path: Path) -> AsyncIterator[list[RedisServer]]:
+    async with redis_servers(tmp_path / "redis", SHARDS) as servers:
+        yield servers
+
+
+@pytest.fixture
+async def service(shards: list[RedisServer]) -> AsyncIterator[ShardService]:
+    text = pool_yaml("alpha", 1, [s.port for s in shards], hash_tag="{}", extra={"timeout": "2000"})
+    async with shard_service(text) as svc:
+        yield svc
+
+
+def apart(pool: ShardPool, prefix: str) -> tuple[bytes, bytes]:
+    """Two keys the pool puts on different servers."""
+    keys = [f"{prefix}-{i}-key".encode() for i in range(200)]
+    first = keys[0]
+    other = next(k for k in keys if pool.locate(k) != pool.locate(first))
+    return first, other
+
+
+async def on_shards(shards: Sequence[RedisServer], key: bytes) -> list[bytes | None]:
+    """The value of ``key`` on each shard, asked of each directly."""
+    out: list[bytes | None] = []
+    for server in shards:
+        async with server.client() as direct:
+            out.append(await direct.get(key))
+    return out
+
+
+async def calls_on(server: RedisServer, command: str) -> int:
+    """How many times ``server`` ran ``command`` (INFO commandstats)."""
+    async with server.client() as direct:
+        stats = await direct.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+# --------------------------------------------------------------------------
+# redis-py's default pipeline
+
+
+@pytest.mark.parametrize("protocol", [None, 2], ids=["default-client", "protocol-2"])
+async def test_default_pipeline_on_one_shard_is_one_transaction(
+    shards: list[RedisServer], service: ShardService, protocol: int | None
+) -> None:
+    port = service.pools[0].port
+    options = {} if protocol is None else {"protocol": protocol}
+    async with aredis.Redis(host=HOST, port=port, **options) as c:  # type: ignore[arg-type]
+        pipe = c.pipeline()  # transaction=True, redis-py's default
+        pipe.incr("{t}:cnt")
+        pipe.incr("{t}:cnt")
+        pipe.set("{t}:name", "x")
+        pipe.get("{t}:name")
+        assert await pipe.execute() == [1, 2, True, b"x"]
+    values = await on_shards(shards, b"{t}:cnt")
+    assert sorted(values, key=lambda v: v is None) == [b"2", None]  # on one shard only
+    holder = shards[values.index(b"2")]
+    assert await calls_on(holder, "multi") == 1
+    assert await calls_on(holder, "exec") == 1
+    assert await calls_on(holder, "incrby") == 2  # redis-py's incr()
+
+
+async def test_sync_redis_py_pipeline_through_the_process(tmp_path: Path, shards: list[RedisServer]) -> None:
+    (listen,) = free_ports(1)
+    config = tmp_path / "nutcracker.yml"
+    config.write_text(pool_yaml("alpha", listen, [s.port for s in shards], hash_tag="{}"))
+    async with running_redis_shard(tmp_path, listen, "--config", str(config)):
+
+        def run() -> tuple[list[object], type[BaseException] | None]:
+            with redis.Redis(host=HOST, port=listen, socket_timeout=10) as c:
+                pipe = c.pipeline()
+                pipe.incr("{p}:cnt")
+                pipe.incr("{p}:cnt")
+                results = pipe.execute()
+                keys = [f"spread-{i}-key" for i in range(50)]
+                pipe = c.pipeline()
+                for key in keys:
+                    pipe.incr(key)
+                try:
+                    pipe.execute()
+                except ResponseError as exc:
+                    return results, type(exc)
+                return results, None
+
+        results, raised = await asyncio.to_thread(run)
+    assert results == [1, 2]
+    assert raised is ExecAbortError
+    assert sorted(await on_shards(shards, b"{p}:cnt"), key=lambda v: v is None) == [b"2", None]
+    for i in range(50):  # the spanning block: applied nowhere
+        assert await on_shards(shards, f"spread-{i}-key".encode()) == [None, None]
+
+
+@pytest.mark.parametrize("protocol", [None, 2], ids=["default-client", "protocol-2"])
+async def test_a_pipeline_spanning_shards_raises_and_changes_nothing(
+    shards: list[RedisServer], service: ShardService, protocol: int | None
+) -> None:
+    pool = service.pools[0]
+    first, other = apart(pool, "span")
+    options = {} if protocol is None else {"protocol": protocol}
+    async with aredis.Redis(host=HOST, port=pool.port, **options) as c:  # type: ignore[arg-type]
+        await c.set(first, "0")
+        pipe = c.pipeline()
+        pipe.incr(first)
+        pipe.incr(other)
+        pipe.incr(first)
+        with pytest.raises(ExecAbortError, match="same server"):
+            await pipe.execute()
+        assert await c.get(first) == b"0"  # the connection goes on, nothing applied
+    assert sorted(await on_shards(shards, first), key=lambda v: v is None) == [b"0", None]
+    assert await on_shards(shards, other) == [None, None]
+    for server in shards:
+        assert await calls_on(server, "incrby") == 0
+        assert await calls_on(server, "exec") == 0
+    assert pool.refusals.get("transaction_servers") == 1
+
+
+# --------------------------------------------------------------------------
+# WATCH
+
+
+async def test_watch_with_a_concurrent_writer_aborts_as_redis_does(
+    shards: list[RedisServer], service: ShardService
+) -> None:
+    port = service.pools[0].port
+    async with aredis.Redis(host=HOST, port=port) as c, aredis.Redis(host=HOST, port=port) as writer:
+        await c.set("{w}:balance", "10")
+        async with c.pipeline() as pipe:
+            await pipe.watch("{w}:balance")
+            value = int(await pipe.get("{w}:balance"))
+            await writer.set("{w}:balance", "100")  # another client, through the proxy
+            pipe.multi()
+            pipe.set("{w}:balance", value + 1)
+            pipe.set("{w}:seen", "yes")
+            with pytest.raises(WatchError):
+                await pipe.execute()
+        assert await c.get("{w}:balance") == b"100"
+        assert await c.get("{w}:seen") is None
+
+        # No writer: the same transaction goes through.
+        async with c.pipeline() as pipe:
+            await pipe.watch("{w}:balance")
+            value = int(await pipe.get("{w}:balance"))
+            pipe.multi()
+            pipe.set("{w}:balance", value + 1)
+            assert await pipe.execute() == [True]
+        assert await c.get("{w}:balance") == b"101"
+
+        # redis-py's transaction() helper retries on WatchError, as with a plain Redis.
+        async def bump(pipe: aredis.client.Pipeline) -> None:
+            current = int(await pipe.get("{w}:balance"))
+            pipe.multi()
+            pipe.set("{w}:balance", current + 1)
+
+        await c.transaction(bump, "{w}:balance")
+        assert await c.get("{w}:balance") == b"102"
+    assert service.pools[0].counters["transactions_watch_aborted"] == 1
+    await asyncio.sleep(0.2)
+    assert all(s.tx_connections == 0 for s in service.pools[0].servers.values())
+
+
+async def test_a_writer_straight_to_the_shard_aborts_exec_too(
+    shards: list[RedisServer], service: ShardService
+) -> None:
+    port = service.pools[0].port
+    async with raw_session(port) as session:
+        assert (await session.call("SET", "{d}:k", "1"))[1] == b"+OK\r\n"
+        assert (await session.call("WATCH", "{d}:k"))[1] == b"+OK\r\n"
+        for server in shards:
+            async with server.client() as direct:
+                if await direct.exists("{d}:k"):
+                    await direct.set("{d}:k", "changed")
+        assert (await session.call("MULTI"))[1] == b"+OK\r\n"
+        assert (await session.call("SET", "{d}:k", "mine"))[1] == b"+QUEUED\r\n"
+        assert (await session.call("EXEC"))[1] in (b"*-1\r\n", b"_\r\n")
+        assert (await session.call("GET", "{d}:k"))[0] == b"changed"
+
+
+async def test_watch_keys_on_two_servers_are_refused(service: ShardService) -> None:
+    first, other = apart(service.pools[0], "watch")
+    async with raw_session(service.pools[0].port) as session:
+        _, reply = await session.call("WATCH", first, other)
+        assert reply.startswith(b"-CROSSSLOT "), reply
+        assert (await session.call("WATCH", first))[1] == b"+OK\r\n"
+        _, reply = await session.call("WATCH", other)
+        assert reply.startswith(b"-CROSSSLOT "), reply
+        assert (await session.call("MULTI"))[1] == b"+OK\r\n"
+        assert (await session.call("SET", other, "1"))[1] == b"+QUEUED\r\n"
+        _, reply = await session.call("EXEC")
+        assert reply.startswith(b"-EXECABORT "), reply  # the block's key is not on the WATCH's server
+        assert (await session.call("UNWATCH"))[1] == b"+OK\r\n"
+        assert (await session.call("GET", other))[1] == b"$-1\r\n"
+
+
+# --------------------------------------------------------------------------
+# What Redis answers, on the wire
+
+
+async def test_queue_time_errors_abort_exec_and_apply_nothing(
+    shards: list[RedisServer], service: ShardService
+) -> None:
+    flagging = [
+        [b"NOSUCH", b"x"],  # unknown
+        [b"GET"],  # wrong arity
+        [b"KEYS", b"*"],  # refused
+        [b"PING"],  # no key to choose the server by
+        [b"EVAL", b"return 1", b"1", b"{q}:a"],  # scripts are refused by default
+        [b"SORT", b"{q}:list", b"BY", b"w_*"],  # reads keys it does not name
+    ]
+    for bad in flagging:
+        async with raw_session(service.pools[0].port) as session:
+            assert (await session.call("MULTI"))[1] == b"+OK\r\n"
+            assert (await session.call("SET", "{q}:a", "1"))[1] == b"+QUEUED\r\n"
+            _, reply = await session.call(*bad)
+            assert reply.startswith(b"-ERR "), (bad, reply)
+            assert (await session.call("SET", "{q}:b", "1"))[1] == b"+QUEUED\r\n"
+            _, reply = await session.call("EXEC")
+            assert reply == b"-EXECABORT Transaction discarded because of previous errors.\r\n", bad
+            assert (await session.call("GET", "{q}:a"))[1] == b"$-1\r\n"
+    for server in shards:
+        assert await calls_on(server, "set") == 0
+
+
+async def test_multi_discard_and_their_misuse_answer_as_redis_does(service: ShardService) -> None:
+    async with raw_session(service.pools[0].port) as session:
+        assert (await session.call("EXEC"))[1] == b"-ERR EXEC without MULTI\r\n"
+        assert (await session.call("DISCARD"))[1] == b"-ERR DISCARD without MULTI\r\n"
+        assert (await session.call("MULTI"))[1] == b"+OK\r\n"
+        assert (await session.call("MULTI"))[1] == b"-ERR MULTI calls can not be nested\r\n"
+        assert (await session.call("WATCH", "x"))[1] == b"-ERR WATCH inside MULTI is not allowed\r\n"
+        assert (await session.call("SET", "{m}:a", "1"))[1] == b"+QUEUED\r\n"
+        assert (await session.call("DISCARD"))[1] == b"+OK\r\n"
+        assert (await session.call("GET", "{m}:a"))[1] == b"$-1\r\n"  # discarded: never sent
+        assert (await session.call("MULTI"))[1] == b"+OK\r\n"
+        assert (await session.call("EXEC"))[1] == b"*0\r\n"  # an empty block, as Redis answers
+        assert (await session.call("MULTI"))[1] == b"+OK\r\n"
+        assert (await session.call("MGET", "{m}:a", "{m}:b"))[1] == b"+QUEUED\r\n"
+        assert (await session.call("DEL", "{m}:a"))[1] == b"+QUEUED\r\n"
+        assert (await session.call("EXEC"))[1] == b"*2\r\n*2\r\n$-1\r\n$-1\r\n:0\r\n"
+        assert (await session.call("PING"))[1] == b"+PONG\r\n"
+
+
+async def test_pipelined_commands_keep_their_order_across_a_transaction(
+    shards: list[RedisServer], service: ShardService
+) -> None:
+    pool = service.pools[0]
+    first, other = apart(pool, "order")
+    commands: list[list[bytes]] = []
+    expected: list[object] = []
+    for round_ in range(20):
+        value = b"%d" % round_
+        commands += [
+            [b"SET", first, value],
+            [b"SET", other, value],
+            [b"MULTI"],
+            [b"INCR", first],
+            [b"APPEND", first, b"x"],
+            [b"EXEC"],
+            [b"GET", first],
+            [b"GET", other],
+        ]
+        incremented = b"%d" % (round_ + 1)
+        expected += [b"OK", b"OK", b"OK", b"QUEUED", b"QUEUED", [round_ + 1, len(incremented) + 1]]
+        expected += [incremented + b"x", value]
+    replies = await raw_pipeline(pool.port, commands)
+    assert replies == expected
+
+
+# --------------------------------------------------------------------------
+# Failures: nothing applied, nothing leaked
+
+
+async def test_a_client_gone_mid_transaction_leaves_nothing_applied(
+    shards: list[RedisServer], service: ShardService
+) -> None:
+    pool = service.pools[0]
+    async with raw_connection(pool.port) as (reader, writer):
+        writer.write(b"*1\r\n$5\r\nMULTI\r\n*3\r\n$3\r\nSET\r\n$5\r\n{g}:a\r\n$1\r\n1\r\n")
+        await writer.drain()
+        assert (
+            await asyncio.wait_for(reader.readexactly(len(b"+OK\r\n+QUEUED\r\n")), 5) == b"+OK\r\n+QUEUED\r\n"
+        )
+    async with raw_connection(pool.port) as (reader, writer):  # gone while pinned by WATCH
+        writer.write(b"*2\r\n$5\r\nWATCH\r\n$5\r\n{g}:a\r\n*1\r\n$5\r\nMULTI\r\n")
+        await writer.drain()
+        assert await asyncio.wait_for(reader.readexactly(10), 5) == b"+OK\r\n+OK\r\n"
+    for _ in range(100):
+        if not any(s.tx_connections for s in pool.servers.values()) and not pool.clients:
+            break
+        await asyncio.sleep(0.05)
+    assert not any(s.tx_connections for s in pool.servers.values())
+    assert await on_shards(shards, b"{g}:a") == [None, None]
+    for server in shards:
+        assert await calls_on(server, "set") == 0
+        async with server.client() as direct:  # only the pool's own connections, if any, remain
+            listed = await direct.client_list()
+        assert all(entry.get("cmd") != "watch" for entry in listed), listed
+
+
+async def test_a_shard_down_at_exec_gets_an_error_and_nothing_is_applied(
+    shards: list[RedisServer], service: ShardService
+) -> None:
+    pool = service.pools[0]
+    holder = shards[list(pool.servers).index(pool.locate(b"{x}:a"))]
+    async with raw_session(pool.port) as session:
+        assert (await session.call("MULTI"))[1] == b"+OK\r\n"
+        assert (await session.call("SET", "{x}:a", "1"))[1] == b"+QUEUED\r\n"
+        await holder.stop()
+        try:
+            _, reply = await session.call("EXEC")
+            assert reply.startswith(b"-ERR "), reply
+            assert b"nothing was sent" in reply, reply
+            assert (await session.call("PING"))[1] == b"+PONG\r\n"
+        finally:
+            await holder.start()
+    assert await on_shards(shards, b"{x}:a") == [None, None]
+
+
+async def test_a_hung_shard_times_out_the_transaction_with_a_clear_error(
+    shards: list[RedisServer], service: ShardService
+) -> None:
+    pool = service.pools[0]  # timeout: 2000 ms
+    async with raw_session(pool.port) as session:
+        assert (await session.call("SET", "{h}:a", "0"))[1] == b"+OK\r\n"
+        holder = shards[(await on_shards(shards, b"{h}:a")).index(b"0")]
+        assert (await session.call("MULTI"))[1] == b"+OK\r\n"
+        assert (await session.call("INCR", "{h}:a"))[1] == b"+QUEUED\r\n"
+        assert holder.process is not None
+        holder.process.send_signal(signal.SIGSTOP)
+        try:
+            _, reply = await session.call("EXEC")
+            assert reply.startswith(b"-ERR timeout: "), reply
+            assert b"whether it ran is unknown" in reply, reply
+        finally:
+            holder.process.send_signal(signal.SIGCONT)
+    assert pool.refusals.get("server_failed", 0) >= 1
