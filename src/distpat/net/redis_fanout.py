@@ -56,7 +56,7 @@ def merge_replies(name: bytes, count: int, fragments: list[tuple[list[int], byte
 SINGLE_KEY = frozenset(
     variant
     for name, spec in COMMANDS.items()
-    if spec.kind is Kind.KEYS and spec.first == 1 and spec.last == 1 and not spec.numkeys
+    if spec.kind is Kind.KEYS and spec.simple
     for variant in (name, name.upper())
 )
 """Command names (lower or upper case) whose one key is their first argument: the short path."""
