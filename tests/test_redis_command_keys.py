@@ -17,7 +17,15 @@ import pytest
 from distpat.core.redis_commands import COMMANDS, Kind
 from distpat.net.redis_pool import ShardPool
 from distpat.net.redis_shard import ShardService, ShardSettings
-from tests.rediskit import RedisServer, pool_yaml, raw_session, redis_servers, shard_service
+from tests.rediskit import (
+    RedisServer,
+    commands_run,
+    keys_apart,
+    pool_yaml,
+    raw_session,
+    redis_servers,
+    shard_service,
+)
 
 
 @dataclass(frozen=True)
@@ -78,14 +86,14 @@ async def shards(tmp_path: Path) -> AsyncIterator[list[RedisServer]]:
 
 @pytest.fixture
 async def service(shards: list[RedisServer]) -> AsyncIterator[ShardService]:
-    async with shard_service(pool_yaml("alpha", 1, [s.port for s in shards], hash_tag="{}")) as svc:
+    text = pool_yaml("alpha", 1, [s.port for s in shards], hash_tag="{}")
+    async with shard_service(text) as svc:
         yield svc
 
 
 def apart(pool: ShardPool, prefix: str) -> tuple[str, str]:
-    keys = [f"{prefix}-{i}-key" for i in range(200)]
-    other = next(k for k in keys if pool.locate(k.encode()) != pool.locate(keys[0].encode()))
-    return keys[0], other
+    first, other = keys_apart(pool, prefix)
+    return first.decode(), other.decode()
 
 
 def words(template: str, source: str, second: str) -> list[str]:
@@ -93,12 +101,8 @@ def words(template: str, source: str, second: str) -> list[str]:
 
 
 async def calls(shards: list[RedisServer], name: str) -> int:
-    total = 0
-    for server in shards:
-        async with server.client() as direct:
-            stats = await direct.info("commandstats")
-        total += int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
-    return total
+    """How many times the shards ran command ``name``, together."""
+    return sum([await commands_run(server, name) for server in shards])
 
 
 async def holders(shards: list[RedisServer], key: str) -> list[int]:
@@ -169,7 +173,8 @@ async def test_options_that_reach_other_keys_are_refused(
     async with raw_session(service.pools[0].port) as session:
         await session.call("RPUSH", "{r}:s", "1")
         _, reply = await session.call(*words(template, "{r}:s", "{r}:d"))
-        assert reply.startswith(b"-ERR ") and reason.encode() in reply, reply
+        assert reply.startswith(b"-ERR "), reply
+        assert reason.encode() in reply, reply
     assert await calls(shards, template.split()[0].lower()) == 0
 
 
@@ -192,7 +197,8 @@ async def test_scripts_are_refused_by_default_naming_the_option(shards: list[Red
             ["FUNCTION", "FLUSH"],
         ):
             _, reply = await session.call(*command)
-            assert reply.startswith(b"-ERR ") and b"--allow-scripts" in reply, (command, reply)
+            assert reply.startswith(b"-ERR "), (command, reply)
+            assert b"--allow-scripts" in reply, (command, reply)
         assert (await session.call("GET", "{s}:kept"))[0] == b"1"
         assert service.pools[0].refusals["script"] == 6
     for name in ("eval", "eval_ro", "evalsha", "evalsha_ro", "fcall", "fcall_ro", "script", "function"):
@@ -212,5 +218,6 @@ async def test_allowed_scripts_route_by_their_declared_keys(shards: list[RedisSe
             _, reply = await session.call("EVAL", script, "2", source, second)
             assert reply.startswith(b"-CROSSSLOT "), reply
             _, reply = await session.call("EVAL", "return 1", "0")
-            assert reply.startswith(b"-ERR ") and b"at least one key" in reply, reply
+            assert reply.startswith(b"-ERR "), reply
+            assert b"at least one key" in reply, reply
     assert await calls(shards, "eval") == 1

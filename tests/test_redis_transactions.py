@@ -17,12 +17,13 @@ import redis
 import redis.asyncio as aredis
 from redis.exceptions import ExecAbortError, ResponseError, WatchError
 
-from distpat.net.redis_pool import ShardPool
 from distpat.net.redis_shard import ShardService
 from tests.nutcracker import free_ports
 from tests.rediskit import (
     HOST,
     RedisServer,
+    commands_run,
+    keys_apart,
     pool_yaml,
     raw_connection,
     raw_pipeline,
@@ -48,14 +49,6 @@ async def service(shards: list[RedisServer]) -> AsyncIterator[ShardService]:
         yield svc
 
 
-def apart(pool: ShardPool, prefix: str) -> tuple[bytes, bytes]:
-    """Two keys the pool puts on different servers."""
-    keys = [f"{prefix}-{i}-key".encode() for i in range(200)]
-    first = keys[0]
-    other = next(k for k in keys if pool.locate(k) != pool.locate(first))
-    return first, other
-
-
 async def on_shards(shards: Sequence[RedisServer], key: bytes) -> list[bytes | None]:
     """The value of ``key`` on each shard, asked of each directly."""
     out: list[bytes | None] = []
@@ -63,13 +56,6 @@ async def on_shards(shards: Sequence[RedisServer], key: bytes) -> list[bytes | N
         async with server.client() as direct:
             out.append(await direct.get(key))
     return out
-
-
-async def calls_on(server: RedisServer, command: str) -> int:
-    """How many times ``server`` ran ``command`` (INFO commandstats)."""
-    async with server.client() as direct:
-        stats = await direct.info("commandstats")
-    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
 
 
 # --------------------------------------------------------------------------
@@ -92,9 +78,9 @@ async def test_default_pipeline_on_one_shard_is_one_transaction(
     values = await on_shards(shards, b"{t}:cnt")
     assert sorted(values, key=lambda v: v is None) == [b"2", None]  # on one shard only
     holder = shards[values.index(b"2")]
-    assert await calls_on(holder, "multi") == 1
-    assert await calls_on(holder, "exec") == 1
-    assert await calls_on(holder, "incrby") == 2  # redis-py's incr()
+    assert await commands_run(holder, "multi") == 1
+    assert await commands_run(holder, "exec") == 1
+    assert await commands_run(holder, "incrby") == 2  # redis-py's incr()
 
 
 async def test_sync_redis_py_pipeline_through_the_process(tmp_path: Path, shards: list[RedisServer]) -> None:
@@ -132,7 +118,7 @@ async def test_a_pipeline_spanning_shards_raises_and_changes_nothing(
     shards: list[RedisServer], service: ShardService, protocol: int | None
 ) -> None:
     pool = service.pools[0]
-    first, other = apart(pool, "span")
+    first, other = keys_apart(pool, "span")
     options = {} if protocol is None else {"protocol": protocol}
     async with aredis.Redis(host=HOST, port=pool.port, **options) as c:  # type: ignore[arg-type]
         await c.set(first, "0")
@@ -146,8 +132,8 @@ async def test_a_pipeline_spanning_shards_raises_and_changes_nothing(
     assert sorted(await on_shards(shards, first), key=lambda v: v is None) == [b"0", None]
     assert await on_shards(shards, other) == [None, None]
     for server in shards:
-        assert await calls_on(server, "incrby") == 0
-        assert await calls_on(server, "exec") == 0
+        assert await commands_run(server, "incrby") == 0
+        assert await commands_run(server, "exec") == 0
     assert pool.refusals.get("transaction_servers") == 1
 
 
@@ -213,7 +199,7 @@ async def test_a_writer_straight_to_the_shard_aborts_exec_too(
 
 
 async def test_watch_keys_on_two_servers_are_refused(service: ShardService) -> None:
-    first, other = apart(service.pools[0], "watch")
+    first, other = keys_apart(service.pools[0], "watch")
     async with raw_session(service.pools[0].port) as session:
         _, reply = await session.call("WATCH", first, other)
         assert reply.startswith(b"-CROSSSLOT "), reply
@@ -254,7 +240,7 @@ async def test_queue_time_errors_abort_exec_and_apply_nothing(
             assert reply == b"-EXECABORT Transaction discarded because of previous errors.\r\n", bad
             assert (await session.call("GET", "{q}:a"))[1] == b"$-1\r\n"
     for server in shards:
-        assert await calls_on(server, "set") == 0
+        assert await commands_run(server, "set") == 0
 
 
 async def test_multi_discard_and_their_misuse_answer_as_redis_does(service: ShardService) -> None:
@@ -280,7 +266,7 @@ async def test_pipelined_commands_keep_their_order_across_a_transaction(
     shards: list[RedisServer], service: ShardService
 ) -> None:
     pool = service.pools[0]
-    first, other = apart(pool, "order")
+    first, other = keys_apart(pool, "order")
     commands: list[list[bytes]] = []
     expected: list[object] = []
     for round_ in range(20):
@@ -327,7 +313,7 @@ async def test_a_client_gone_mid_transaction_leaves_nothing_applied(
     assert not any(s.tx_connections for s in pool.servers.values())
     assert await on_shards(shards, b"{g}:a") == [None, None]
     for server in shards:
-        assert await calls_on(server, "set") == 0
+        assert await commands_run(server, "set") == 0
         async with server.client() as direct:  # only the pool's own connections, if any, remain
             listed = await direct.client_list()
         assert all(entry.get("cmd") != "watch" for entry in listed), listed
