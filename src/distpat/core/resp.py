@@ -206,7 +206,7 @@ class RequestParser(_Buffered):
             need = 0  # bytes from pos this command needs at least, once it is known incomplete
             for _ in range(count):
                 if p >= n:
-                    need = p - pos + 6 * (count - len(args))  # each argument left takes "$0\r\n\r\n" at least
+                    need = p - pos + 4  # the next length line ("$0\r\n" at least), checked once it comes
                     break
                 if data[p] != 36:  # '$'
                     raise RespProtocolError(f"expected '$', got '{chr(data[p])}'")
@@ -302,10 +302,11 @@ class FastRequestParser:
                 command = gets()
         except hiredis.ProtocolError as exc:
             self._check(packed, out)
-            raise self._fault(str(exc).removeprefix("Protocol error, "), out) from None
+            raise self._fault(_redis_words(str(exc)), out) from None
         except (RespProtocolError, TypeError):  # TypeError: an argument that is not a bulk string
             self._check(packed, out)
-            raise self._fault("expected '$'", out) from None
+            nil = command.__class__ is list and None in command  # "$-1": no length Redis accepts
+            raise self._fault("invalid bulk length" if nil else "expected '$'", out) from None
         self._check(packed, out)
         if pending:  # an incomplete command: its lengths are checked as they arrive, not its bytes
             try:
@@ -341,6 +342,17 @@ class FastRequestParser:
         error = RespProtocolError(message)
         error.commands = out  # type: ignore[attr-defined]
         return error
+
+
+def _redis_words(message: str) -> str:
+    """hiredis's message for a bad length (past 2^63, which it reads before :class:`_LengthCheck` can) in
+    Redis's words; other messages as hiredis gives them."""
+    lowered = message.lower()
+    if "multi-bulk length" in lowered:
+        return "invalid multibulk length"
+    if "bulk string length" in lowered or "bulk length" in lowered:
+        return "invalid bulk length"
+    return message.removeprefix("Protocol error, ")
 
 
 class _LengthCheck:
