@@ -1,0 +1,93 @@
+"""What ``distpat redis-shard`` tells operators: /metrics (latency, bytes, refusals) and its own log lines."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.nutcracker import free_ports
+from tests.rediskit import (
+    HOST,
+    pool_yaml,
+    raw_pipeline,
+    raw_session,
+    redis_servers,
+    running_redis_shard,
+    shard_service,
+)
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of the Prometheus text ``text``."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0])) if "{" in line else {}
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no sample {name}{labels} in:\n{text}")
+
+
+async def test_metrics_of_the_process_show_latency_bytes_refusals_and_transactions(tmp_path: Path) -> None:
+    listen, admin = free_ports(2)
+    async with redis_servers(tmp_path, 2) as servers:
+        config = tmp_path / "nutcracker.yml"
+        config.write_text(pool_yaml("alpha", listen, [s.port for s in servers], hash_tag="{}"))
+        args = ("--config", str(config), "--admin", f"{HOST}:{admin}")
+        async with running_redis_shard(tmp_path, listen, *args, also=[admin]) as shard:
+            commands = [[b"SET", b"k-%d-x" % i, b"v"] for i in range(200)] + [[b"GET", b"k-1-x"]]
+            replies = await raw_pipeline(listen, commands)
+            assert replies[-1] == b"v"
+            async with raw_session(listen) as session:
+                await session.call("KEYS", "*")
+                await session.call("NOSUCH")
+                await session.call("EVAL", "return 1", "1", "k")
+                await session.call("MULTI")
+                await session.call("INCR", "{t}:n")
+                assert (await session.call("EXEC"))[0] == [1]
+
+            def scrape() -> str:
+                with urllib.request.urlopen(f"http://{HOST}:{admin}/metrics", timeout=10) as response:
+                    return str(response.read().decode())
+
+            text = await asyncio.to_thread(scrape)
+            log = shard.log()
+    pool = {"pool": "alpha"}
+    command = {**pool, "class": "command"}
+    assert sample(text, "distpat_redis_latency_seconds_count", **command) >= 201
+    # a loopback round trip takes well under 10 ms: the fine buckets are fed (perf_counter, not loop.time)
+    assert sample(text, "distpat_redis_latency_seconds_bucket", **command, le="0.01") > 0
+    assert sample(text, "distpat_redis_latency_seconds_sum", **command) > 0
+    assert sample(text, "distpat_redis_latency_seconds_count", **pool, **{"class": "transaction"}) == 1
+    assert sample(text, "distpat_redis_client_request_bytes_total", **pool) > 200 * 20
+    assert sample(text, "distpat_redis_client_response_bytes_total", **pool) >= 200 * 5
+    for reason in ("unsupported_command", "unknown_command", "script"):
+        assert sample(text, "distpat_redis_refusals_total", **pool, reason=reason) == 1
+    assert sample(text, "distpat_redis_transactions_total", **pool) == 1
+    sent = sum(
+        sample(text, "distpat_redis_request_bytes_total", **pool, server=f"{HOST}:{s.port}")
+        for s in servers
+    )
+    assert sent > 200 * 20
+    for reason in ("unsupported_command", "unknown_command", "script"):
+        assert re.search(rf"distpat\.redis INFO pool alpha: client \d+: refused \({reason}\)", log), log
+    assert "distpat.proxy" not in log.replace("signal received: draining", "")
+
+
+async def test_refusals_are_logged_under_distpat_redis(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with redis_servers(tmp_path, 1) as servers:
+        async with shard_service(pool_yaml("alpha", 1, [servers[0].port])) as service:
+            async with raw_session(service.pools[0].port) as session:
+                await session.call("FLUSHALL")
+                await session.call("GET")
+            assert service.pools[0].refusals == {"unsupported_command": 1, "bad_arguments": 1}
+    names = {r.name for r in caplog.records if "refused" in r.getMessage()}
+    assert names == {"distpat.redis"}
