@@ -84,10 +84,10 @@ async def test_refusals_are_logged_under_distpat_redis(
 ) -> None:
     caplog.set_level(logging.INFO)
     async with redis_servers(tmp_path, 1) as servers:
-        async with shard_service(pool_yaml("alpha", 1, [servers[0].port])) as service:
-            async with raw_session(service.pools[0].port) as session:
-                await session.call("FLUSHALL")
-                await session.call("GET")
+        text = pool_yaml("alpha", 1, [servers[0].port])
+        async with shard_service(text) as service, raw_session(service.pools[0].port) as session:
+            await session.call("FLUSHALL")
+            await session.call("GET")
             assert service.pools[0].refusals == {"unsupported_command": 1, "bad_arguments": 1}
     names = {r.name for r in caplog.records if "refused" in r.getMessage()}
     assert names == {"distpat.redis"}
