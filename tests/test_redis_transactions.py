@@ -356,3 +356,12 @@ async def test_a_hung_shard_times_out_the_transaction_with_a_clear_error(
         finally:
             holder.process.send_signal(signal.SIGCONT)
     assert pool.refusals.get("server_failed", 0) >= 1
+
+
+async def test_hello_cannot_change_the_protocol_under_a_watch(service: ShardService) -> None:
+    async with raw_session(service.pools[0].port) as session:
+        assert (await session.call("WATCH", "{p}:k"))[1] == b"+OK\r\n"
+        _, reply = await session.call("HELLO", "3")
+        assert reply.startswith(b"-ERR HELLO cannot change the protocol while a WATCH"), reply
+        assert (await session.call("UNWATCH"))[1] == b"+OK\r\n"
+        assert (await session.call("HELLO", "3"))[1].startswith(b"%7\r\n")

@@ -87,6 +87,9 @@ def _hello(pool: ShardPool, client: RedisClient, args: list[bytes]) -> bytes:
         # Commands before it went out on the other protocol's server connections; those after it
         # would go on new ones, and a server could run them first.
         return error("ERR HELLO cannot change the protocol while earlier commands still wait for replies")
+    if proto != client.proto and client.tx_conn is not None:
+        # WATCH's connection was set up for the protocol in use: EXEC's reply would come in it.
+        return error("ERR HELLO cannot change the protocol while a WATCH is in place (UNWATCH first)")
     client.proto = proto
     fields = [
         (b"server", bulk(b"redis")),
