@@ -3,8 +3,16 @@
 Every command name maps to a :class:`Spec`: where its keys are (so it goes
 to the server that owns them), or that it is split across servers and the
 replies merged (MGET, MSET, DEL, UNLINK, EXISTS, TOUCH), answered by the proxy
-itself (PING, ECHO, HELLO, ...), or refused with the reason. The table covers
+itself (PING, ECHO, HELLO, ...), a transaction command (MULTI, EXEC, WATCH, ...),
+a script (refused unless allowed), or refused with the reason. The table covers
 what twemproxy forwards, plus what modern clients send on connect.
+
+Every key a command touches counts, destinations included (``SORT ... STORE
+dest``, ``ZUNIONSTORE dest numkeys ...``, ``BITOP op dest ...``): a command
+whose keys are on several servers is refused rather than writing a key where
+the ring does not put it. Options that name keys are read by a
+:data:`KeyFinder`; ``SORT``'s ``BY``/``GET`` patterns, which read keys no
+argument names, are refused.
 """
 
 from __future__ import annotations

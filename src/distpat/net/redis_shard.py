@@ -2,9 +2,10 @@
 
 The parts, each in its own module: :mod:`~distpat.net.redis_client` (a client connection),
 :mod:`~distpat.net.redis_server` (servers and their connections), :mod:`~distpat.net.redis_pool`
-(routing), :mod:`~distpat.net.redis_fanout` (split commands), :mod:`~distpat.net.redis_local` (commands
-answered here), :mod:`~distpat.net.redis_metrics` (stats and metrics). This module holds the service over
-every pool of a configuration, and the names a user imports.
+(routing), :mod:`~distpat.net.redis_fanout` (split commands), :mod:`~distpat.net.redis_tx` (MULTI/EXEC and
+WATCH, on connections of their own), :mod:`~distpat.net.redis_local` (commands answered here),
+:mod:`~distpat.net.redis_metrics` (stats and metrics), :mod:`~distpat.net.redis_settings`. This module
+holds the service over every pool of a configuration, and the names a user imports.
 """
 
 from __future__ import annotations
