@@ -17,7 +17,7 @@ import redis
 import redis.asyncio as aredis
 from redis.exceptions import ExecAbortError, ResponseError, WatchError
 
-from distpat.net.redis_shard import ShardService
+from distpat.net.redis_shard import ShardService, ShardSettings
 from tests.nutcracker import free_ports
 from tests.rediskit import (
     HOST,
@@ -365,3 +365,29 @@ async def test_hello_cannot_change_the_protocol_under_a_watch(service: ShardServ
         assert reply.startswith(b"-ERR HELLO cannot change the protocol while a WATCH"), reply
         assert (await session.call("UNWATCH"))[1] == b"+OK\r\n"
         assert (await session.call("HELLO", "3"))[1].startswith(b"%7\r\n")
+
+
+async def test_a_block_for_an_ejected_shard_is_aborted_before_anything_is_sent(
+    shards: list[RedisServer],
+) -> None:
+    extra = {"timeout": "500", "auto_eject_hosts": "true", "server_failure_limit": "1"}
+    extra["server_retry_timeout"] = "60000"
+    text = pool_yaml("alpha", 1, [s.port for s in shards], hash_tag="{}", extra=extra)
+    async with shard_service(text, ShardSettings(keep_ring=True)) as service:
+        pool = service.pools[0]
+        holder = shards[list(pool.servers).index(pool.locate(b"{e}:a"))]
+        await holder.stop()
+        try:
+            async with raw_session(pool.port) as session:
+                _, reply = await session.call("GET", "{e}:a")  # the failure that ejects it
+                assert reply.startswith(b"-ERR "), reply
+                assert pool.stats["server_ejects"] == 1
+                assert (await session.call("MULTI"))[1] == b"+OK\r\n"
+                assert (await session.call("SET", "{e}:a", "1"))[1] == b"+QUEUED\r\n"
+                _, reply = await session.call("EXEC")
+                assert reply.startswith(b"-EXECABORT Transaction discarded, nothing was applied: "), reply
+                assert b"ejected" in reply, reply
+        finally:
+            await holder.start()
+    assert await on_shards(shards, b"{e}:a") == [None, None]
+    assert pool.refusals["transaction_servers"] == 1
