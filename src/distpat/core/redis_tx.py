@@ -107,6 +107,8 @@ class Transaction:
         """Queue a command given its keys (from :func:`queue_keys`), or flag the block with its error."""
         if isinstance(keys, bytes):
             return self.flag(keys)
+        if self.flagged:  # EXEC will abort: nothing more to keep
+            return QUEUED
         self.size += len(raw)
         if self.size > self.max_bytes:
             self.commands.clear()
