@@ -201,13 +201,15 @@ class ServerConnection(asyncio.Protocol):
         dirty = self.pool.dirty_clients
         latency = self.pool.latency
         counts = latency.counts
+        bounds = LATENCY_BUCKETS
+        bucket = bisect_left
         now = perf_counter()
         for reply in replies:
             if not inflight:  # a reply nobody asked for: the stream cannot be trusted
                 self.fail(f"ERR server {self.server.label} sent a reply nobody asked for")
                 return
             target, token, sent, _ = popleft()
-            counts[bisect_left(LATENCY_BUCKETS, now - sent)] += 1
+            counts[bucket(bounds, now - sent)] += 1
             latency.total += now - sent
             if target.__class__ is RedisClient:  # RedisClient.complete, inlined: the hot path
                 token[0] = reply
