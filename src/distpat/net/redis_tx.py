@@ -82,7 +82,7 @@ class TxConnection(asyncio.Protocol):
         if self.lost is not None:
             done(self.lost)
             return
-        self.expect, self.done, self.replies = expect, done, []
+        self.expect, self.done, self.replies, self.sent = expect, done, [], False
         self.started = time.perf_counter()
         timeout = self.pool.timeout
         if timeout:
@@ -244,10 +244,11 @@ def _watch(pool: ShardPool, client: RedisClient, tx: Transaction, args: list[byt
         pool.refuse(client, "watch_servers", target)
         return
     conn = client.tx_conn
-    if conn is not None and conn.lost is not None:
+    if conn is not None and (conn.lost is not None or conn.server is not target):
+        why = conn.lost or f"its keys now live on {target.label}"
         tx.unwatch()
         _release_watch(client)
-        pool.refuse(client, "watch_lost", error(f"ERR the earlier WATCH was lost ({conn.lost}): watch again"))
+        pool.refuse(client, "watch_lost", error(f"ERR the earlier WATCH was lost ({why}): watch again"))
         return
     if conn is None:
         conn = client.tx_conn = TxConnection(target, client.proto)
