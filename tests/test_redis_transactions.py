@@ -391,3 +391,38 @@ async def test_a_block_for_an_ejected_shard_is_aborted_before_anything_is_sent(
             await holder.start()
     assert await on_shards(shards, b"{e}:a") == [None, None]
     assert pool.refusals["transaction_servers"] == 1
+
+
+async def test_concurrent_optimistic_increments_lose_nothing(
+    shards: list[RedisServer], service: ShardService
+) -> None:
+    """Ten clients, each 20 WATCH/GET/MULTI/SET/EXEC increments of one key (redis-py retries on
+    WatchError): the count is exact, and each pipelined block's two INCRs got consecutive values."""
+    port = service.pools[0].port
+
+    async def worker() -> list[list[int]]:
+        pairs: list[list[int]] = []
+        async with aredis.Redis(host=HOST, port=port) as c:
+
+            async def bump(pipe: aredis.client.Pipeline) -> None:
+                current = int(await pipe.get("{c}:n") or 0)
+                pipe.multi()
+                pipe.set("{c}:n", current + 1)
+
+            for _ in range(20):
+                await c.transaction(bump, "{c}:n")
+                pipe = c.pipeline()
+                pipe.incr("{c}:pair")
+                pipe.incr("{c}:pair")
+                pairs.append(await pipe.execute())
+        return pairs
+
+    results = await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(10))), 120)
+    async with aredis.Redis(host=HOST, port=port) as c:
+        assert await c.get("{c}:n") == b"200"
+        assert await c.get("{c}:pair") == b"400"
+    for pairs in results:
+        assert all(b == a + 1 for a, b in pairs), pairs
+    assert sorted(v for pairs in results for pair in pairs for v in pair) == list(range(1, 401))
+    await asyncio.sleep(0.2)
+    assert all(s.tx_connections == 0 for s in service.pools[0].servers.values())
