@@ -14,6 +14,7 @@ from tests.nutcracker import free_ports
 from tests.rediskit import (
     HOST,
     pool_yaml,
+    raw_exchange,
     raw_pipeline,
     raw_session,
     redis_servers,
@@ -70,8 +71,7 @@ async def test_metrics_of_the_process_show_latency_bytes_refusals_and_transactio
         assert sample(text, "distpat_redis_refusals_total", **pool, reason=reason) == 1
     assert sample(text, "distpat_redis_transactions_total", **pool) == 1
     sent = sum(
-        sample(text, "distpat_redis_request_bytes_total", **pool, server=f"{HOST}:{s.port}")
-        for s in servers
+        sample(text, "distpat_redis_request_bytes_total", **pool, server=f"{HOST}:{s.port}") for s in servers
     )
     assert sent > 200 * 20
     for reason in ("unsupported_command", "unknown_command", "script"):
@@ -91,3 +91,14 @@ async def test_refusals_are_logged_under_distpat_redis(
             assert service.pools[0].refusals == {"unsupported_command": 1, "bad_arguments": 1}
     names = {r.name for r in caplog.records if "refused" in r.getMessage()}
     assert names == {"distpat.redis"}
+
+
+async def test_clients_over_client_connections_are_refused_and_counted(tmp_path: Path) -> None:
+    async with redis_servers(tmp_path, 1) as servers:
+        text = pool_yaml("alpha", 1, [servers[0].port], extra={"client_connections": "1"})
+        async with shard_service(text) as service, raw_session(service.pools[0].port) as first:
+            assert (await first.call("PING"))[1] == b"+PONG\r\n"
+            reply, closed = await raw_exchange(service.pools[0].port, b"*1\r\n$4\r\nPING\r\n")
+            assert reply == b"-ERR max number of clients reached\r\n"
+            assert closed
+            assert service.pools[0].refusals == {"max_clients": 1}

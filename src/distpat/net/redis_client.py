@@ -61,7 +61,9 @@ class RedisClient(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         pool = self.pool
         if pool.pool.client_connections and len(pool.clients) >= pool.pool.client_connections:
-            transport.write(error("ERR max number of clients reached"))  # type: ignore[attr-defined]
+            reply = error("ERR max number of clients reached")
+            pool.count_refusal(self, "max_clients", reply)
+            transport.write(reply)  # type: ignore[attr-defined]
             transport.close()
             self.closing = True
             return
@@ -188,6 +190,8 @@ class RedisClient(asyncio.Protocol):
             transport.write(data)
             out.clear()
             if transport.get_write_buffer_size() > self.pool.settings.max_client_output_bytes:
+                refusals = self.pool.refusals
+                refusals["output_limit"] = refusals.get("output_limit", 0) + 1
                 log.warning("client %d: output buffer over its limit; disconnected", self.id)
                 transport.abort()
                 return
