@@ -11,6 +11,7 @@ import asyncio
 import signal
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import cast
 
 import pytest
 import redis
@@ -54,7 +55,7 @@ async def on_shards(shards: Sequence[RedisServer], key: bytes) -> list[bytes | N
     out: list[bytes | None] = []
     for server in shards:
         async with server.client() as direct:
-            out.append(await direct.get(key))
+            out.append(cast(bytes | None, await direct.get(key)))
     return out
 
 
@@ -149,9 +150,9 @@ async def test_watch_with_a_concurrent_writer_aborts_as_redis_does(
         await c.set("{w}:balance", "10")
         async with c.pipeline() as pipe:
             await pipe.watch("{w}:balance")
-            value = int(await pipe.get("{w}:balance"))
+            value = int(cast(bytes, await pipe.get("{w}:balance")))
             await writer.set("{w}:balance", "100")  # another client, through the proxy
-            pipe.multi()
+            pipe.multi()  # type: ignore[no-untyped-call]
             pipe.set("{w}:balance", value + 1)
             pipe.set("{w}:seen", "yes")
             with pytest.raises(WatchError):
@@ -162,16 +163,16 @@ async def test_watch_with_a_concurrent_writer_aborts_as_redis_does(
         # No writer: the same transaction goes through.
         async with c.pipeline() as pipe:
             await pipe.watch("{w}:balance")
-            value = int(await pipe.get("{w}:balance"))
-            pipe.multi()
+            value = int(cast(bytes, await pipe.get("{w}:balance")))
+            pipe.multi()  # type: ignore[no-untyped-call]
             pipe.set("{w}:balance", value + 1)
             assert await pipe.execute() == [True]
         assert await c.get("{w}:balance") == b"101"
 
         # redis-py's transaction() helper retries on WatchError, as with a plain Redis.
         async def bump(pipe: aredis.client.Pipeline) -> None:
-            current = int(await pipe.get("{w}:balance"))
-            pipe.multi()
+            current = int(cast(bytes, await pipe.get("{w}:balance")))
+            pipe.multi()  # type: ignore[no-untyped-call]
             pipe.set("{w}:balance", current + 1)
 
         await c.transaction(bump, "{w}:balance")
@@ -405,8 +406,8 @@ async def test_concurrent_optimistic_increments_lose_nothing(
         async with aredis.Redis(host=HOST, port=port) as c:
 
             async def bump(pipe: aredis.client.Pipeline) -> None:
-                current = int(await pipe.get("{c}:n") or 0)
-                pipe.multi()
+                current = int(cast(bytes, await pipe.get("{c}:n")) or 0)
+                pipe.multi()  # type: ignore[no-untyped-call]
                 pipe.set("{c}:n", current + 1)
 
             for _ in range(20):
@@ -426,3 +427,32 @@ async def test_concurrent_optimistic_increments_lose_nothing(
     assert sorted(v for pairs in results for pair in pairs for v in pair) == list(range(1, 401))
     await asyncio.sleep(0.2)
     assert all(s.tx_connections == 0 for s in service.pools[0].servers.values())
+
+
+@pytest.mark.parametrize("protocol", [None, 2], ids=["default-client", "protocol-2"])
+async def test_transactions_on_a_pool_with_redis_auth_and_redis_db(
+    tmp_path: Path, protocol: int | None
+) -> None:
+    """The block's own connection is set up as the shared ones are: AUTH (or HELLO 3 AUTH), SELECT."""
+    password = "tx pass"
+    async with redis_servers(tmp_path / "redis", SHARDS, password=password) as servers:
+        extra = {"redis_auth": f"'{password}'", "redis_db": "3"}
+        text = pool_yaml("alpha", 1, [s.port for s in servers], hash_tag="{}", extra=extra)
+        async with shard_service(text) as service:
+            options = {} if protocol is None else {"protocol": protocol}
+            port = service.pools[0].port
+            async with aredis.Redis(host=HOST, port=port, password=password, db=3, **options) as c:  # type: ignore[arg-type]
+                async with c.pipeline() as pipe:
+                    await pipe.watch("{a}:n")
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.incr("{a}:n")
+                    assert await pipe.execute() == [1]
+                pipe = c.pipeline()
+                pipe.incr("{a}:n")
+                pipe.incr("{a}:n")
+                assert await pipe.execute() == [2, 3]
+        found = []
+        for server in servers:
+            async with server.client(db=3) as direct:
+                found.append(await direct.get("{a}:n"))
+    assert sorted(found, key=lambda v: v is None) == [b"3", None]  # in database 3 of one shard

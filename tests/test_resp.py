@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from distpat.core.redis_commands import COMMANDS, Kind, command_keys, lookup, split_keys
 from distpat.core.resp import (
+    Command,
     FastRequestParser,
     ReplyScanner,
     RequestParser,
@@ -231,11 +232,11 @@ def parsers() -> list[RequestParser | FastRequestParser]:
 
 def feed_until_refused(
     parser: RequestParser | FastRequestParser, pieces: list[bytes]
-) -> tuple[str, int, list]:
+) -> tuple[str, int, list[Command]]:
     """Feed ``pieces`` until the parser refuses; the message, how many bytes it had been given, and the
     commands it returned (before the fault, with the fault's own)."""
     given_bytes = 0
-    out: list = []
+    out: list[Command] = []
     for piece in pieces:
         given_bytes += len(piece)
         try:
