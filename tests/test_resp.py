@@ -13,12 +13,12 @@ from hypothesis import strategies as st
 from distpat.core.redis_commands import COMMANDS, Kind, command_keys, lookup, split_keys
 from distpat.core.resp import (
     Command,
-    FastRequestParser,
     ReplyScanner,
     RequestParser,
     command_bytes,
     encode_command,
 )
+from distpat.core.resp_fast import FastRequestParser
 from distpat.errors import RespProtocolError
 from distpat.net.redis_shard import merge_replies
 

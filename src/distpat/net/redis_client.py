@@ -9,7 +9,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from distpat.core.redis_tx import Transaction
-from distpat.core.resp import Command, FastRequestParser, RequestParser, error
+from distpat.core.resp import Command, RequestParser, error
+from distpat.core.resp_fast import FastRequestParser
 from distpat.errors import RespProtocolError
 
 if TYPE_CHECKING:
