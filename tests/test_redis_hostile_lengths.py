@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from distpat.net import redis_pool
 from distpat.net.redis_shard import ShardSettings
 from tests.rediskit import (
     encode,
@@ -75,8 +76,12 @@ CLASSES: list[Callable[[random.Random, bytes], Variant]] = [
 
 @pytest.mark.parametrize("make", CLASSES, ids=lambda f: f.__name__)
 async def test_hostile_lengths_are_refused_and_reach_no_shard(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, make: Callable[[random.Random, bytes], Variant]
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    make: Callable[[random.Random, bytes], Variant],
 ) -> None:
+    monkeypatch.setattr(redis_pool, "LOG_INTERVAL", 0.0)  # every refusal its own line
     rng = random.Random(f"hostile-{make.__name__}")
     caplog.set_level(logging.INFO, logger="distpat.redis")
     async with redis_servers(tmp_path, 2) as servers, tap(servers[0].port) as t0, tap(servers[1].port) as t1:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from distpat.net import redis_pool
 from tests.nutcracker import free_ports
 from tests.rediskit import (
     HOST,
@@ -102,3 +103,20 @@ async def test_clients_over_client_connections_are_refused_and_counted(tmp_path:
             assert reply == b"-ERR max number of clients reached\r\n"
             assert closed
             assert service.pools[0].refusals == {"max_clients": 1}
+
+
+async def test_a_flood_of_refusals_is_counted_whole_and_logged_once_a_second_per_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_pool, "LOG_INTERVAL", 3600.0)
+    caplog.set_level(logging.INFO, logger="distpat.redis")
+    async with redis_servers(tmp_path, 1) as servers:
+        text = pool_yaml("alpha", 1, [servers[0].port])
+        async with shard_service(text) as service:
+            replies = await raw_pipeline(service.pools[0].port, [[b"NOSUCH"]] * 500 + [[b"KEYS", b"*"]])
+            assert len(replies) == 501
+            assert service.pools[0].refusals == {"unknown_command": 500, "unsupported_command": 1}
+    lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert "(unknown_command)" in lines[0]
+    assert "(unsupported_command)" in lines[1]

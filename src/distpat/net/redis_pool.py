@@ -40,6 +40,9 @@ __all__ = ["ShardPool"]
 
 log = logging.getLogger("distpat.redis")
 
+LOG_INTERVAL = 1.0
+"""Seconds between two log lines for one reason of refusal (the counters count every one)."""
+
 _NOT_QUEUED = frozenset((b"exec", b"discard", b"multi", b"watch", b"quit"))
 """Commands that act at once inside MULTI, as in Redis (the others are queued)."""
 
@@ -72,6 +75,7 @@ class ShardPool:
             ("client_request_bytes", "client_response_bytes", "transactions", "transactions_watch_aborted"), 0
         )
         self.refusals: dict[str, int] = {}  # answers the proxy gave instead of a server, by reason
+        self._refusal_log: dict[str, tuple[float, int]] = {}  # per reason: last line logged, refusals since
         self.latency = Latency()  # from a command's write to its server to the server's reply
         self.tx_latency = Latency()  # the same for a MULTI...EXEC block
         self._client_ids = 0
@@ -187,13 +191,21 @@ class ShardPool:
         client.answer(reply)
 
     def count_refusal(self, client: RedisClient, reason: str, reply: bytes) -> None:
+        """Count a refusal; log it, or (past one line a second per reason) count it into the next line."""
         self.refusals[reason] = self.refusals.get(reason, 0) + 1
+        now = time.perf_counter()
+        last, unlogged = self._refusal_log.get(reason, (-LOG_INTERVAL, 0))
+        if now - last < LOG_INTERVAL:
+            self._refusal_log[reason] = (last, unlogged + 1)
+            return
+        self._refusal_log[reason] = (now, 0)
         log.info(
-            "pool %s: client %d: refused (%s): %s",
+            "pool %s: client %d: refused (%s): %s%s",
             self.name,
             client.id,
             reason,
             reply[1:-2].decode("utf-8", "replace"),
+            f" (and {unlogged} more since the last line)" if unlogged else "",
         )
 
     # -- dispatch ------------------------------------------------------------------------------
