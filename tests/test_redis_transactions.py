@@ -8,11 +8,13 @@ raises and changes nothing anywhere. What each shard holds is always asked of th
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import cast
 
+import hiredis
 import pytest
 import redis
 import redis.asyncio as aredis
@@ -456,3 +458,69 @@ async def test_transactions_on_a_pool_with_redis_auth_and_redis_db(
             async with server.client(db=3) as direct:
                 found.append(await direct.get("{a}:n"))
     assert sorted(found, key=lambda v: v is None) == [b"3", None]  # in database 3 of one shard
+
+
+# --------------------------------------------------------------------------
+# Differential: the same pipelines through the ambassador and straight to one redis-server
+
+TAGGED = [b"{a}:x", b"{a}:y", b"{a}:z"]
+FREE = [b"free-%d-key" % i for i in range(6)]
+
+
+def random_session(rng: random.Random, length: int) -> list[list[bytes]]:
+    """A pipeline of commands in and out of MULTI, WATCH, DISCARD and their misuse, whose transaction keys
+    share a hash tag (so a sharding proxy and one Redis must answer alike, reply for reply)."""
+    commands: list[list[bytes]] = []
+    in_multi = False
+    for _ in range(length):
+        keys = TAGGED if in_multi else TAGGED + FREE
+        value = rng.choice([b"%d" % rng.randrange(100), b"%d" % rng.randrange(100), b"text"])
+        choice = rng.random()
+        if choice < 0.25:
+            commands.append([b"SET", rng.choice(keys), value])
+        elif choice < 0.45:
+            commands.append([b"INCR", rng.choice(keys)])  # on "text": an error inside EXEC's array
+        elif choice < 0.55:
+            commands.append([b"GET", rng.choice(keys)])
+        elif choice < 0.68:
+            commands.append([b"MULTI"])  # nested: an error that does not abort
+            in_multi = True
+        elif choice < 0.80:
+            commands.append([b"EXEC"])  # without MULTI: an error
+            in_multi = False
+        elif choice < 0.86:
+            commands.append([b"DISCARD"])
+            in_multi = False
+        elif choice < 0.95:
+            commands.append([b"WATCH", rng.choice(TAGGED)])  # inside MULTI: an error
+        else:
+            commands.append([b"UNWATCH"] if not in_multi else [b"GET", rng.choice(TAGGED)])
+    if in_multi:
+        commands.append([b"EXEC"])
+    return commands
+
+
+def normalized(replies: list[object]) -> list[object]:
+    """Errors (hiredis.ReplyError objects, equal only to themselves) as text, inside arrays too."""
+    return [
+        f"error: {r}" if isinstance(r, hiredis.ReplyError) else normalized(r) if isinstance(r, list) else r
+        for r in replies
+    ]
+
+
+async def test_pipelines_get_the_replies_one_redis_gives(tmp_path: Path, shards: list[RedisServer]) -> None:
+    rng = random.Random("differential")
+    async with redis_servers(tmp_path / "reference", 1) as [reference]:
+        text = pool_yaml("alpha", 1, [s.port for s in shards], hash_tag="{}")
+        async with shard_service(text) as service:
+            for round_ in range(25):
+                session = random_session(rng, 40)
+                for server in [*shards, reference]:
+                    async with server.client() as direct:
+                        await direct.flushall()
+                expected = normalized(await raw_pipeline(reference.port, session))
+                got = normalized(await raw_pipeline(service.pools[0].port, session))
+                assert got == expected, (round_, session)
+                for key in TAGGED + FREE:  # and the data ends the same, each key on one shard
+                    values = [v for v in await on_shards(shards, key) if v is not None]
+                    assert values == [v for v in await on_shards([reference], key) if v is not None], key
