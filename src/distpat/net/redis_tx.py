@@ -278,8 +278,11 @@ def _abort(reason: bytes) -> bytes:
 
 def _exec(pool: ShardPool, client: RedisClient, tx: Transaction, now: float) -> None:
     watch = client.tx_conn
+    if not tx.in_multi:  # an error, and the WATCH stays, as in Redis
+        client.answer(tx.exec())
+        return
     plan = tx.exec()
-    if isinstance(plan, bytes):
+    if isinstance(plan, bytes):  # aborted, or an empty block: the transaction is over, WATCH too
         _release_watch(client)
         if plan[:1] == b"-":
             pool.refuse(client, "transaction_aborted", plan)
