@@ -278,8 +278,10 @@ def _abort(reason: bytes) -> bytes:
 
 def _exec(pool: ShardPool, client: RedisClient, tx: Transaction, now: float) -> None:
     watch = client.tx_conn
-    if not tx.in_multi:  # an error, and the WATCH stays, as in Redis
-        client.answer(tx.exec())
+    if not tx.in_multi:  # "ERR EXEC without MULTI", and the WATCH stays, as in Redis
+        reply = tx.exec()
+        assert isinstance(reply, bytes)
+        client.answer(reply)
         return
     plan = tx.exec()
     if isinstance(plan, bytes):  # aborted, or an empty block: the transaction is over, WATCH too
