@@ -201,16 +201,23 @@ class ServerConnection(asyncio.Protocol):
         dirty = self.pool.dirty_clients
         latency = self.pool.latency
         counts = latency.counts
-        bounds = LATENCY_BUCKETS
-        bucket = bisect_left
         now = perf_counter()
+        # Commands dispatched from one read share one timestamp object: their bucket is found once.
+        last_sent: float | None = None
+        elapsed = spent = 0.0
+        index = 0
         for reply in replies:
             if not inflight:  # a reply nobody asked for: the stream cannot be trusted
+                latency.total += spent
                 self.fail(f"ERR server {self.server.label} sent a reply nobody asked for")
                 return
             target, token, sent, _ = popleft()
-            counts[bucket(bounds, now - sent)] += 1
-            latency.total += now - sent
+            if sent is not last_sent:
+                last_sent = sent
+                elapsed = now - sent
+                index = bisect_left(LATENCY_BUCKETS, elapsed)
+            counts[index] += 1
+            spent += elapsed
             if target.__class__ is RedisClient:  # RedisClient.complete, inlined: the hot path
                 token[0] = reply
                 waiting = target.waiting
@@ -223,6 +230,7 @@ class ServerConnection(asyncio.Protocol):
                         dirty.append(target)
             else:
                 target.complete(token, reply)
+        latency.total += spent
         if replies:
             self.server.succeeded()
             pool = self.pool
