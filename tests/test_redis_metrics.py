@@ -9,8 +9,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.core import HistogramMetricFamily
 
 from distpat.net import redis_pool
+from distpat.net.redis_metrics import LATENCY_BUCKETS, Latency
 from tests.nutcracker import free_ports
 from tests.rediskit import (
     HOST,
@@ -120,3 +122,20 @@ async def test_a_flood_of_refusals_is_counted_whole_and_logged_once_a_second_per
     assert len(lines) == 2, lines
     assert "(unknown_command)" in lines[0]
     assert "(unsupported_command)" in lines[1]
+
+
+def test_the_latency_histogram_is_cumulative_with_sub_millisecond_buckets() -> None:
+    latency = Latency()
+    for seconds in (0.00004, 0.00007, 0.0003, 0.0009, 0.004, 20.0):
+        latency.observe(seconds)
+    family = HistogramMetricFamily("h", "test", labels=["pool"])
+    latency.add_to(family, ["alpha"])
+    buckets = {s.labels["le"]: s.value for s in family.samples if s.name == "h_bucket"}
+    assert buckets["5e-05"] == 1
+    assert buckets["0.0001"] == 2
+    assert buckets["0.001"] == 4
+    assert buckets["0.005"] == 5
+    assert buckets["10.0"] == 5
+    assert buckets["+Inf"] == 6
+    assert [s.value for s in family.samples if s.name == "h_count"] == [6]
+    assert LATENCY_BUCKETS[0] < 0.001
