@@ -10,6 +10,8 @@ This is a test helper module, not a test file. It provides:
   listening on a free port, shut down however the block is left.
 * :func:`running_redis_shard` -- ``python -m distpat redis-shard ARGS`` as a subprocess, entered once its
   ports accept, stopped (SIGTERM, then SIGKILL) however the block is left.
+* :func:`keys_apart` -- two keys a pool puts on different servers; :func:`commands_run` -- how many
+  times a redis-server ran a command (its INFO commandstats).
 * :func:`raw_exchange` -- bytes to a port, and everything read back until the peer closes or goes quiet.
 
 Only 127.0.0.1 is a target, every wait has a deadline. A missing ``redis-server`` fails the test with the
@@ -30,13 +32,15 @@ import hiredis
 import redis.asyncio as redis
 
 from distpat.config.twemproxy import parse_twemproxy
-from distpat.net.redis_shard import ShardService, ShardSettings
+from distpat.net.redis_shard import ShardPool, ShardService, ShardSettings
 from tests.nutcracker import free_ports, port_accepts
 from tests.tlskit import Sidecar, require_binary, running_distpat
 
 __all__ = [
     "HOST",
     "blocking_exchange",
+    "commands_run",
+    "keys_apart",
     "RawSession",
     "RedisServer",
     "Tap",
@@ -186,6 +190,21 @@ def pool_yaml(
         label = f" {names[i]}" if i < len(names) else ""
         lines.append(f"   - {HOST}:{port}:1{label}")
     return "\n".join(lines) + "\n"
+
+
+def keys_apart(pool: ShardPool, prefix: str) -> tuple[bytes, bytes]:
+    """Two keys (``PREFIX-N-key``) that ``pool`` puts on different servers (its ring's choice: check
+    the shards themselves where it matters)."""
+    keys = [f"{prefix}-{i}-key".encode() for i in range(200)]
+    other = next(k for k in keys if pool.locate(k) != pool.locate(keys[0]))
+    return keys[0], other
+
+
+async def commands_run(server: RedisServer, name: str) -> int:
+    """How many times ``server`` ran command ``name`` (INFO commandstats, asked directly)."""
+    async with server.client() as direct:
+        stats = await direct.info("commandstats")
+    return int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
 
 
 @contextlib.asynccontextmanager

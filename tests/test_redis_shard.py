@@ -408,7 +408,7 @@ async def test_pipeline_of_ten_thousand_mixed_commands(shards: list[RedisServer]
 
 async def test_hash_tags_keep_keys_together_and_cross_server_commands_fail(shards: list[RedisServer]) -> None:
     text = pool_yaml("alpha", 1, [s.port for s in shards], hash_tag="{}")
-    async with shard_service(text) as service:
+    async with shard_service(text, ShardSettings(allow_scripts=True)) as service:
         c = client(service.pools[0].port, single_connection_client=True)
         try:
             me = await c.client_id()
@@ -465,7 +465,8 @@ REFUSED = [
     ([b"KEYS", b"*"], "every key of a server"),
     ([b"SCAN", b"0"], "every key of a server"),
     ([b"FLUSHALL"], "every key of a server"),
-    ([b"MULTI"], "transactions"),
+    ([b"EVAL", b"return redis.call('FLUSHALL')", b"1", b"k"], "--allow-scripts"),
+    ([b"SCRIPT", b"LOAD", b"return 1"], "no key to route by"),
     ([b"SUBSCRIBE", b"news"], "pub/sub"),
     ([b"BLPOP", b"queue", b"0"], "blocking"),
     ([b"INFO"], "administration"),
@@ -555,9 +556,15 @@ async def test_command_over_max_request_bytes_closes_that_client_only(
         bystander = client(listen)
         try:
             assert await bystander.set("before", "1") is True
-            # The header announces 2 MiB; a little over 1 MiB of it is sent, then the client listens.
+            # The header announces 2 MiB: refused when the length is read, as redis-server does.
             big = b"*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$%d\r\n" % (2 * limit) + b"x" * (limit + 65536)
             data, closed = await blocking_exchange(listen, big)
+            assert data.startswith(b"-ERR Protocol error: invalid bulk length\r\n"), data[:200]
+            assert closed
+            # Lengths within the limit that add up to more than it: refused once they do.
+            half = b"x" * (limit // 2 + 16)
+            over = b"*4\r\n$4\r\nMSET\r\n$3\r\nbig\r\n$%d\r\n%b\r\n$%d\r\n" % (len(half), half, len(half))
+            data, closed = await blocking_exchange(listen, over)
             assert data.startswith(b"-ERR Protocol error: request larger than 1048576 bytes"), data[:200]
             assert closed
             # Just under the limit is fine.

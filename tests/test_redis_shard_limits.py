@@ -10,7 +10,7 @@ import hiredis
 import pytest
 
 from distpat.config.twemproxy import parse_twemproxy
-from distpat.net import redis_shard
+from distpat.net import redis_client, redis_server
 from distpat.net.redis_shard import ShardService
 from tests.nutcracker import free_ports
 from tests.rediskit import encode, pool_yaml, raw_connection, raw_pipeline, redis_servers, shard_service
@@ -19,16 +19,16 @@ from tests.rediskit import encode, pool_yaml, raw_connection, raw_pipeline, redi
 async def test_a_client_far_ahead_of_its_replies_is_paused_and_loses_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(redis_shard, "MAX_WAITING", 64)
+    monkeypatch.setattr(redis_client, "MAX_WAITING", 64)
     paused: list[int] = []
-    real_flush = redis_shard.RedisClient.flush
+    real_flush = redis_client.RedisClient.flush
 
-    def watching_flush(self: redis_shard.RedisClient) -> None:
+    def watching_flush(self: redis_client.RedisClient) -> None:
         if self.paused:
             paused.append(len(self.waiting))
         real_flush(self)
 
-    monkeypatch.setattr(redis_shard.RedisClient, "flush", watching_flush)
+    monkeypatch.setattr(redis_client.RedisClient, "flush", watching_flush)
     async with redis_servers(tmp_path, 2) as servers:
         text = pool_yaml("alpha", free_ports(1)[0], [s.port for s in servers])
         async with shard_service(text) as service:
@@ -44,7 +44,7 @@ async def test_a_server_that_stops_reading_stops_the_clients_not_the_memory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With no timeout, a stalled server holds at most SERVER_BACKLOG bytes; clients then wait, unread."""
-    monkeypatch.setattr(redis_shard, "SERVER_BACKLOG", 1 << 20)
+    monkeypatch.setattr(redis_server, "SERVER_BACKLOG", 1 << 20)
     async with redis_servers(tmp_path, 1) as [server]:
         text = pool_yaml("alpha", free_ports(1)[0], [server.port])
         async with shard_service(text) as service, raw_connection(service.pools[0].port) as (_reader, writer):

@@ -12,12 +12,13 @@ from hypothesis import strategies as st
 
 from distpat.core.redis_commands import COMMANDS, Kind, command_keys, lookup, split_keys
 from distpat.core.resp import (
-    FastRequestParser,
+    Command,
     ReplyScanner,
     RequestParser,
     command_bytes,
     encode_command,
 )
+from distpat.core.resp_fast import FastRequestParser
 from distpat.errors import RespProtocolError
 from distpat.net.redis_shard import merge_replies
 
@@ -210,3 +211,99 @@ def test_merges() -> None:
     assert merge_replies(b"exists", 3, [([0, 1], b":1\r\n"), ([2], b"-ERR x\r\n")]) == b"-ERR x\r\n"
     assert merge_replies(b"mset", 2, [([0], b"+OK\r\n"), ([1], b"+OK\r\n")]) == b"+OK\r\n"
     assert merge_replies(b"mset", 2, [([0], b"+OK\r\n"), ([1], b"-ERR oom\r\n")]) == b"-ERR oom\r\n"
+
+
+# -- hostile lengths: refused when the length is read, as redis-server does ----------------------
+
+LIMIT = 1 << 16
+
+#: A length line over LIMIT: just over, far over, past 2^63, with more digits than any count has.
+huge_length = st.one_of(
+    st.integers(LIMIT + 1, LIMIT * 4),
+    st.integers(10**9, 10**12),
+    st.integers(2**63 - 1, 2**64 + 5),
+    st.integers(10**18, 10**30),
+)
+
+
+def parsers() -> list[RequestParser | FastRequestParser]:
+    return [RequestParser(LIMIT), FastRequestParser(LIMIT)]
+
+
+def feed_until_refused(
+    parser: RequestParser | FastRequestParser, pieces: list[bytes]
+) -> tuple[str, int, list[Command]]:
+    """Feed ``pieces`` until the parser refuses; the message, how many bytes it had been given, and the
+    commands it returned (before the fault, with the fault's own)."""
+    given_bytes = 0
+    out: list[Command] = []
+    for piece in pieces:
+        given_bytes += len(piece)
+        try:
+            out.extend(parser.feed(piece))
+        except RespProtocolError as exc:
+            out.extend(getattr(exc, "commands", []))
+            return str(exc), given_bytes, out
+    raise AssertionError("the parser never refused")
+
+
+@given(
+    before=st.lists(args_st, max_size=3),
+    position=st.integers(0, 3),
+    length=huge_length,
+    body=st.integers(0, 64),
+    points=st.lists(st.integers(0, 10_000), max_size=6),
+)
+def test_a_bulk_length_over_the_limit_is_refused_when_read(
+    before: list[list[bytes]], position: int, length: int, body: int, points: list[int]
+) -> None:
+    """Any argument of the command may carry it, after any complete commands, the stream cut anywhere."""
+    prefix = b"".join(encode_command(c) for c in before)
+    args = [b"SET", b"key", b"value", b"more"]
+    head = b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in args[:position])
+    length_read = len(prefix + head + b"$%d\r\n" % length)
+    data = prefix + head + b"$%d\r\n" % length + b"x" * body
+    pieces = cuts(data, points)
+    ends = list(itertools.accumulate(len(p) for p in pieces))
+    completing = next(end for end in ends if end >= length_read)  # the read that completes the length
+    for parser in parsers():
+        message, fed, commands = feed_until_refused(parser, pieces)
+        assert message == "invalid bulk length", (type(parser), message)
+        assert fed == completing, type(parser)  # refused by that very read, not later
+        assert [c[0] for c in commands] == before
+
+
+@given(
+    count=st.one_of(st.integers(LIMIT // 6 + 1, 10**6), st.integers(10**6 + 1, 10**12)),
+    points=st.lists(st.integers(0, 100), max_size=3),
+)
+def test_a_multibulk_count_beyond_the_limit_is_refused_when_read(count: int, points: list[int]) -> None:
+    """Counts whose smallest arguments ("$0\\r\\n\\r\\n" each) cannot fit the limit, and past a million."""
+    data = b"*%d\r\n$3\r\nGET\r\n" % count
+    for parser in parsers():
+        message, _, commands = feed_until_refused(parser, cuts(data, points))
+        assert message == "invalid multibulk length", (type(parser), message)
+        assert commands == []
+
+
+@given(
+    sizes=st.lists(st.integers(LIMIT // 4, LIMIT - 100), min_size=2, max_size=6),
+    points=st.lists(st.integers(0, 10_000), max_size=4),
+)
+def test_lengths_each_within_the_limit_adding_up_past_it_are_refused_once_they_do(
+    sizes: list[int], points: list[int]
+) -> None:
+    """A command that never ends (one more argument is announced than sent), growing past the limit."""
+    if sum(sizes) <= LIMIT:
+        return  # the command fits: nothing hostile here
+    sent = b"*%d\r\n$4\r\nMSET\r\n" % (len(sizes) + 2)
+    for size in sizes:
+        sent += b"$%d\r\n" % size
+        if len(sent) > LIMIT:
+            break
+        sent += b"v" * size + b"\r\n"
+    for parser in parsers():
+        message, fed, commands = feed_until_refused(parser, cuts(sent, points))
+        assert message == f"request larger than {LIMIT} bytes", message
+        assert commands == []
+        assert fed <= LIMIT + LIMIT  # refused by the read that went past it, not later

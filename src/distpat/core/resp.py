@@ -7,6 +7,9 @@ where each one ends, so that the proxy forwards the bytes the server wrote, in
 RESP2 or RESP3, untouched. Both work on whole batches: one call takes
 everything a read brought and returns every complete command or reply in it.
 
+:class:`~distpat.core.resp_fast.FastRequestParser` reads multibulk requests in C (hiredis), checked
+to the same rules.
+
 Malformed input raises :class:`~distpat.errors.RespProtocolError` with a
 message in Redis's words (``invalid bulk length``, ...); the caller answers
 ``-ERR Protocol error: <message>`` and closes the connection, as Redis does.
@@ -14,7 +17,6 @@ message in Redis's words (``invalid bulk length``, ...); the caller answers
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 
 import hiredis
@@ -23,8 +25,9 @@ from distpat.errors import RespProtocolError
 
 __all__ = [
     "MAX_ARGS",
+    "MAX_LENGTH_LINE",
+    "MIN_ARGUMENT",
     "Command",
-    "FastRequestParser",
     "command_bytes",
     "pack_command",
     "RequestParser",
@@ -47,7 +50,11 @@ MAX_ARGS = 1024 * 1024
 """Arguments one command may have (Redis's limit for a multibulk length)."""
 
 _MAX_INLINE = 64 * 1024  # Redis refuses longer inline requests ("too big inline request")
-_MAX_HEADER = 32  # "*1048576\r\n" and "$536870912\r\n" fit easily; a longer count line is garbage
+MAX_LENGTH_LINE = 32
+"""A count or length line longer than this is garbage (``*1048576`` and ``$536870912`` fit easily)."""
+MIN_ARGUMENT = 6
+"""The smallest argument's bytes (``$0``, CRLF, CRLF): a count whose arguments cannot fit the limit is
+refused."""
 
 OK = b"+OK\r\n"
 NULL_BULK = b"$-1\r\n"
@@ -192,26 +199,26 @@ class RequestParser(_Buffered):
                 continue
             crlf = find(b"\r\n", pos)
             if crlf < 0:
-                if n - pos > _MAX_HEADER:
+                if n - pos > MAX_LENGTH_LINE:
                     raise RespProtocolError("invalid multibulk length")
                 self._need = n - pos + 1
                 return pos
             line = data[pos + 1 : crlf]
             count = int(line) if line.isdigit() and len(line) <= 8 else _number(line, "multibulk length")
-            if count > MAX_ARGS:
+            if count > MAX_ARGS or count * MIN_ARGUMENT > limit:
                 raise RespProtocolError("invalid multibulk length")
             p = crlf + 2
             args = []
             need = 0  # bytes from pos this command needs at least, once it is known incomplete
             for _ in range(count):
                 if p >= n:
-                    need = p - pos + 6 * (count - len(args))  # each argument left takes "$0\r\n\r\n" at least
+                    need = p - pos + 4  # the next length line ("$0\r\n" at least), checked once it comes
                     break
                 if data[p] != 36:  # '$'
                     raise RespProtocolError(f"expected '$', got '{chr(data[p])}'")
                 crlf = find(b"\r\n", p)
                 if crlf < 0:
-                    if n - p > _MAX_HEADER:
+                    if n - p > MAX_LENGTH_LINE:
                         raise RespProtocolError("invalid bulk length")
                     need = n - pos + 1
                     break
@@ -240,101 +247,6 @@ class RequestParser(_Buffered):
             return pos
         self._need = 0
         return pos
-
-
-_LONG_COUNT = re.compile(rb"\*[0-9]{7}")  # an array count of a million or more
-
-
-class FastRequestParser:
-    """:class:`RequestParser` for multibulk requests, decoded by hiredis's C reader (ten times faster).
-
-    hiredis reads replies, and is more lenient than Redis is with requests (a
-    ``+simple`` string where a bulk string belongs, no CRLF check after a bulk
-    string). So every command it returns is packed again (in C), and the
-    packed bytes must be exactly the bytes the client sent: anything else is a
-    protocol error, as Redis would answer. Redis's inline form (``GET
-    k\\r\\n``) is not read here: a connection whose first byte is not ``*``
-    should use :class:`RequestParser` (the caller decides on the first read).
-    """
-
-    __slots__ = ("_fallback", "_pending", "_reader", "max_request_bytes")
-
-    def __init__(self, max_request_bytes: int = 512 * 1024 * 1024) -> None:
-        self._reader = hiredis.Reader()
-        self._pending = bytearray()  # what the client sent that no command has accounted for yet
-        self._fallback: RequestParser | None = None
-        self.max_request_bytes = max_request_bytes
-
-    @property
-    def buffered(self) -> int:
-        return len(self._pending) if self._fallback is None else self._fallback.buffered
-
-    def feed(self, data: bytes) -> list[Command]:
-        if self._fallback is not None:
-            return self._fallback.feed(data)
-        reader = self._reader
-        pending = self._pending
-        if _LONG_COUNT.search(bytes(pending[-_MAX_HEADER:]) + data if pending else data):
-            # hiredis allocates an array's whole list when it reads the count: a count of millions
-            # (perhaps only inside a value: the pattern cannot tell) sends this client to the
-            # Python parser, which checks counts against MAX_ARGS first.
-            self._fallback = RequestParser(self.max_request_bytes)
-            return self._fallback.feed(bytes(pending) + data)
-        pending += data
-        out: list[Command] = []
-        packed: list[bytes] = []
-        try:
-            reader.feed(data)
-            gets = reader.gets
-            command = gets()
-            while command is not False:
-                if command.__class__ is list:
-                    raw = pack_command(tuple(command)) if command else b"*0\r\n"
-                    if command:
-                        out.append((command, raw))
-                elif command is None:
-                    raw = b"*-1\r\n"  # skipped, as Redis does
-                else:
-                    raise RespProtocolError("expected '*'")
-                packed.append(raw)
-                command = gets()
-        except hiredis.ProtocolError as exc:
-            self._check(packed, out)
-            raise self._fault(str(exc).removeprefix("Protocol error, "), out) from None
-        except (RespProtocolError, TypeError):  # TypeError: an argument that is not a bulk string
-            self._check(packed, out)
-            raise self._fault("expected '$'", out) from None
-        self._check(packed, out)
-        if len(pending) > self.max_request_bytes:
-            raise self._fault(f"request larger than {self.max_request_bytes} bytes", out)
-        return out
-
-    def _check(self, packed: list[bytes], out: list[Command]) -> None:
-        """The commands' bytes must be what was sent, byte for byte: drop them from ``_pending``."""
-        if not packed:
-            return
-        joined = b"".join(packed)
-        size = len(joined)
-        pending = self._pending
-        if pending[:size] != joined:
-            offset = good = 0
-            for raw in packed:  # keep the commands before the first one that differs
-                if pending[offset : offset + len(raw)] != raw:
-                    break
-                offset += len(raw)
-                good += 1
-            commands = sum(1 for raw in packed[:good] if raw not in (b"*0\r\n", b"*-1\r\n"))
-            del out[commands:]
-            raise self._fault(
-                "invalid multibulk request (expected '$' and CRLF-terminated bulk strings)", out
-            )
-        del pending[:size]
-
-    @staticmethod
-    def _fault(message: str, out: list[Command]) -> RespProtocolError:
-        error = RespProtocolError(message)
-        error.commands = out  # type: ignore[attr-defined]
-        return error
 
 
 # Reply types whose header line is the whole reply, and aggregates with their element factor.
