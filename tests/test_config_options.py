@@ -236,6 +236,7 @@ def test_redis_shard_options_from_environment_and_toml(tmp_path: Path) -> None:
     assert pool.timeout == 500
     assert opts.settings.max_request_bytes == 1 << 20
     assert opts.settings.keep_ring is True
+    assert opts.settings.allow_scripts is False  # scripts stay refused unless asked for
     assert opts.settings.key_cache == 0
     assert opts.log_format == "json"
     assert opts.stats is None
@@ -246,6 +247,8 @@ def test_redis_shard_options_from_environment_and_toml(tmp_path: Path) -> None:
     opts = shard({}, environ=env)
     assert len(opts.load()[0].servers) == 2
     assert opts.settings.keep_ring is True
+    assert shard({}, environ={**env, "DISTPAT_ALLOW_SCRIPTS": "true"}).settings.allow_scripts is True
+    assert shard({"allow_scripts": True}, environ=env).settings.allow_scripts is True
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ import pytest
 from distpat.core.redis_commands import COMMANDS, Kind
 from distpat.net.redis_pool import ShardPool
 from distpat.net.redis_shard import ShardService, ShardSettings
+from tests.nutcracker import free_ports
 from tests.rediskit import (
     RedisServer,
     commands_run,
@@ -24,6 +25,7 @@ from tests.rediskit import (
     pool_yaml,
     raw_session,
     redis_servers,
+    running_redis_shard,
     shard_service,
 )
 
@@ -221,3 +223,18 @@ async def test_allowed_scripts_route_by_their_declared_keys(shards: list[RedisSe
             assert reply.startswith(b"-ERR "), reply
             assert b"at least one key" in reply, reply
     assert await calls(shards, "eval") == 1
+
+
+async def test_allow_scripts_is_a_flag_of_the_process(tmp_path: Path, shards: list[RedisServer]) -> None:
+    """`distpat redis-shard --allow-scripts`: the flag reaches ShardSettings (without it, see above)."""
+    (listen,) = free_ports(1)
+    config = tmp_path / "nutcracker.yml"
+    config.write_text(pool_yaml("alpha", listen, [s.port for s in shards], hash_tag="{}"))
+    async with (
+        running_redis_shard(tmp_path, listen, "--config", str(config), "--allow-scripts"),
+        raw_session(listen) as session,
+    ):
+        assert (await session.call("EVAL", "return redis.call('INCR', KEYS[1])", "1", "{f}:n"))[
+            1
+        ] == b":1\r\n"
+        assert (await session.call("GET", "{f}:n"))[0] == b"1"

@@ -140,6 +140,13 @@ SHARD_OPTIONS: tuple[Option, ...] = (
         "never move an ejected server's keys to other servers: answer errors for them instead",
     ),
     Option(
+        "allow_scripts",
+        Kind.SWITCH,
+        False,
+        "route EVAL/EVALSHA/FCALL (and _RO) by their declared keys; a script can then run any command "
+        "(FLUSHALL, KEYS ...) on the server its keys route to",
+    ),
+    Option(
         "max_request_bytes",
         Kind.SIZE,
         64 << 20,
@@ -321,6 +328,7 @@ def build_shard_options(
         settings=ShardSettings(
             max_request_bytes=values["max_request_bytes"],
             keep_ring=bool(values["keep_ring"]),
+            allow_scripts=bool(values["allow_scripts"]),
             key_cache=values["key_cache"],
             shutdown_timeout=values["shutdown_timeout"],
         ),
