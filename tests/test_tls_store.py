@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import ssl
 from pathlib import Path
 
@@ -112,3 +113,41 @@ def test_sidecar_options(tmp_path: Path) -> None:
     for flags, message in errors:
         with pytest.raises(ConfigError, match=message):
             build_sidecar_config(flags, environ={})
+
+
+@pytest.mark.parametrize(
+    ("replacement", "said"),
+    [
+        ("encrypted", "the private key is encrypted (passphrase-protected)"),
+        ("certificate", "holds a certificate, not a private key"),
+    ],
+)
+def test_a_key_swapped_on_disk_is_refused_plainly_and_never_prompts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, replacement: str, said: str
+) -> None:
+    """A reload reads the files as a start does: the old pair stays in service, the log says why
+    (not OpenSSL's "PEM lib"), and an encrypted key is refused without asking for a passphrase."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    ca = trustme.CA()
+    cert_path, key_path = write_pair(ca, tmp_path, "site", "localhost")
+    store = CertificateStore(TLSOptions(pairs=((cert_path, key_path),)))
+    in_service = store.served
+    if replacement == "encrypted":
+        key = load_pem_private_key(Path(key_path).read_bytes(), password=None)
+        Path(key_path).write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.BestAvailableEncryption(b"secret"),
+            )
+        )
+    else:
+        Path(key_path).write_bytes(Path(cert_path).read_bytes())
+    with caplog.at_level(logging.WARNING):
+        assert not store.reload("test")
+    assert store.served is in_service
+    assert any(said in record.getMessage() and key_path in record.getMessage() for record in caplog.records)
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        CertificateStore(TLSOptions(pairs=((cert_path, key_path),)))

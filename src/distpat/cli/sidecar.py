@@ -6,8 +6,8 @@ import argparse
 
 from distpat.cli.flags import add_options, add_test_flag, apply_logging, configuration_ok, flag_values
 from distpat.cli.proxy import add_config_flag, loop_factory, serve
-from distpat.config.pem import check_tls_files
 from distpat.config.sidecar import SIDECAR_OPTIONS, build_sidecar_config
+from distpat.net.pem import check_tls_files
 from distpat.net.tls import CertificateStore
 
 __all__ = ["register"]

@@ -28,6 +28,7 @@ from typing import Any
 
 from distpat.core.certs import choose_certificate
 from distpat.errors import ConfigError
+from distpat.net.pem import check_certificate_file, check_pair, no_passphrase
 
 __all__ = [
     "TLS12_CIPHERS",
@@ -216,14 +217,15 @@ class CertificateStore:
         ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
         if options.alpn:
             ctx.set_alpn_protocols(list(options.alpn))
+        # What each file holds, said plainly (not OpenSSL's "PEM lib"), and the pair loaded with a
+        # passphrase callback that refuses: an encrypted key swapped in never prompts on a terminal.
+        check_pair(cert, key)
         try:
-            ctx.load_cert_chain(cert, key)
-        except FileNotFoundError:  # OpenSSL does not say which file: look
-            missing = [path for path in (cert, key) if not os.path.exists(path)] or [f"{cert} or {key}"]
-            raise ConfigError(f"{' and '.join(missing)}: no such file") from None
-        except (OSError, ssl.SSLError) as exc:
+            ctx.load_cert_chain(cert, key, password=no_passphrase)
+        except (OSError, ssl.SSLError) as exc:  # replaced between the check and the load
             raise ConfigError(f"certificate {cert} with key {key}: {exc}") from None
         if options.client_ca is not None:
+            check_certificate_file(options.client_ca, "--client-ca")
             try:
                 ctx.load_verify_locations(cafile=options.client_ca)
             except (OSError, ssl.SSLError) as exc:

@@ -1,6 +1,6 @@
 """PEM mix-ups in the sidecar's --cert/--key/--client-ca files get a message that says what is wrong.
 
-Each case is checked through distpat.config.pem and through the real `distpat sidecar -t`, whose one
+Each case is checked through distpat.net.pem and through the real `distpat sidecar -t`, whose one
 line on standard error must name the file and say what it holds instead (never OpenSSL's "PEM lib").
 """
 
@@ -16,8 +16,8 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from distpat.config.pem import check_pair, check_tls_files, pem_labels
 from distpat.errors import ConfigError
+from distpat.net.pem import check_pair, check_tls_files, pem_labels
 from distpat.net.tls import TLSOptions
 
 

@@ -1,4 +1,5 @@
-"""The sidecar's certificate and key files, checked before the TLS layer loads them.
+"""The sidecar's certificate and key files, checked before the TLS layer loads them (at start, on
+``-t`` and at every reload: :class:`distpat.net.tls.CertificateStore` calls :func:`check_pair`).
 
 OpenSSL reports most mix-ups as ``[SSL] PEM lib`` (or, for an encrypted key,
 asks for a passphrase on the terminal). Here each file is read, the labels
@@ -16,11 +17,14 @@ import re
 import ssl
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from distpat.errors import ConfigError
-from distpat.net.tls import TLSOptions
 
-__all__ = ["check_tls_files", "pem_labels"]
+if TYPE_CHECKING:
+    from distpat.net.tls import TLSOptions
+
+__all__ = ["check_certificate_file", "check_pair", "check_tls_files", "no_passphrase", "pem_labels"]
 
 _BEGIN = re.compile(rb"^-----BEGIN ([A-Z0-9 ]+)-----\s*$", re.MULTILINE)
 _KEY_LABELS = {b"PRIVATE KEY", b"RSA PRIVATE KEY", b"EC PRIVATE KEY", b"DSA PRIVATE KEY"}
@@ -92,7 +96,8 @@ def check_key_file(path: str) -> None:
         raise ConfigError(f"--key {path}: holds {_describe(labels)}, not a private key")
 
 
-def _no_passphrase() -> bytes:
+def no_passphrase() -> bytes:
+    """A passphrase callback for ssl's load_cert_chain that refuses: nothing is ever prompted for."""
     raise ConfigError("an encrypted key")  # never reached once check_key_file passed; never prompts
 
 
@@ -102,7 +107,7 @@ def check_pair(cert: str, key: str) -> None:
     check_key_file(key)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        context.load_cert_chain(cert, key, password=_no_passphrase)
+        context.load_cert_chain(cert, key, password=no_passphrase)
     except ssl.SSLError as exc:
         if exc.reason == "KEY_VALUES_MISMATCH":
             raise ConfigError(
