@@ -32,24 +32,21 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Final
 
-from distpat.core.http import (
+from distpat.core.fields import HOP_BY_HOP, _forwarded_element
+from distpat.core.framing import (
     _OWS,
-    _REASONS,
-    BAD_HOST,
     CHUNKED_BODY,
-    HOP_BY_HOP,
     LENGTH_BODY,
     NO_BODY,
-    NO_HOST,
     UNTIL_CLOSE_BODY,
     BodyKind,
     Headers,
-    _forwarded_element,
-    _valid_host_match,
     canonical_length,
     request_framing,
     response_framing,
 )
+from distpat.core.host import BAD_HOST, NO_HOST, _valid_host_match
+from distpat.core.serialize import _REASONS
 from distpat.errors import RemoteProtocolError
 
 __all__ = [
