@@ -343,3 +343,22 @@ def test_workers_with_an_admin_address_in_use_is_one_line_and_status_2() -> None
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("distpat: error: cannot listen on"), done.stderr
     assert "(admin)" in done.stderr
+
+
+async def test_workers_exit_0_when_sigterm_reaches_the_whole_process_group() -> None:
+    """systemd (KillMode=control-group) and a terminal's ^C signal every process of the group: each
+    worker then gets SIGTERM twice, from the group and from the parent, and must still drain and exit
+    0, whenever the second one lands. Several rounds, since the second signal's moment varies."""
+    (port,) = free_ports(1)
+    async with Backend() as backend:
+        for _ in range(5):
+            args = ("--listen", f"{HOST}:{port}", "--upstream", backend.url, "--workers", "2")
+            with proxy_process(*args) as proc:
+                await wait_listening(port, proc)
+                [reply] = await exchange(port, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+                assert reply.status == 200
+                os.killpg(proc.pid, signal.SIGTERM)
+                code = await asyncio.to_thread(proc.wait, 15)
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                assert code == 0, err
+                assert "exited with" not in err, err

@@ -58,21 +58,35 @@ class Serving(typing.Protocol):
     def reload(self) -> None: ...
 
 
-async def run_until_signalled(server: Serving) -> None:
-    """Start ``server``; on SIGTERM or SIGINT shut it down gracefully; on SIGHUP call its reload()."""
+async def run_until_signalled(server: Serving, *, logger: logging.Logger = log) -> None:
+    """Start ``server``; on SIGTERM or SIGINT shut it down gracefully; on SIGHUP call its reload().
+
+    The signals' dispositions are put back as they were found afterwards, not to the defaults: a
+    worker process ignores a second SIGTERM that arrives once it has drained (systemd signals the
+    whole process group, and the parent forwards the same signal), instead of dying of it.
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {sig: signal.getsignal(sig) for sig in signals}
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, server.reload)
     try:
         await server.start()
         await stop.wait()
-        log.info("signal received: draining")
+        logger.info("signal received: draining")
         await server.shutdown()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
+        # Blocked while they change hands, so none can meet the default disposition in between.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+        try:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+                if previous[sig] is not None:
+                    signal.signal(sig, previous[sig])
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 class ProxyServer:

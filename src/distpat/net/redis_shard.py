@@ -120,4 +120,4 @@ class ShardService:
     async def serve_until_signalled(self) -> None:
         from distpat.net.proxy import run_until_signalled
 
-        await run_until_signalled(self)
+        await run_until_signalled(self, logger=log)

@@ -196,7 +196,7 @@ class TcpProxyServer:
     async def serve_until_signalled(self) -> None:
         from distpat.net.proxy import run_until_signalled
 
-        await run_until_signalled(self)
+        await run_until_signalled(self, logger=log)
 
     def reload(self) -> None:
         if self.tls is not None:

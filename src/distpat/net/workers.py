@@ -64,6 +64,12 @@ def run_workers(config: C, workers: int, serve_one: Callable[[C, str], None]) ->
             if pid == 0:  # pragma: no cover - runs in the child
                 if admin is not None:
                     admin.close()
+                # Until its loop handles them, and once it has drained, the worker ignores SIGTERM and
+                # SIGINT (run_until_signalled puts these dispositions back): a signal sent to the whole
+                # group and forwarded by the parent too must not kill a worker mid-exit. The parent
+                # repeats the signal while a worker lives, so one sent while it starts is not lost.
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
                 code = 0
                 try:
                     serve_one(child_config, path)
@@ -79,17 +85,36 @@ def run_workers(config: C, workers: int, serve_one: Callable[[C, str], None]) ->
             admin.close()
 
 
+RESEND_EVERY = 1.0
+"""Seconds between repeats of SIGTERM/SIGINT to the workers still running, while they drain."""
+
+
 async def _parent(admin: socket.socket | None, children: list[int], paths: list[str]) -> int:
     loop = asyncio.get_running_loop()
     draining = False
+    exited: set[int] = set()  # reaped by _wait_all: never signalled again (their pids may be reused)
+    repeat: asyncio.TimerHandle | None = None
+
+    def send(signum: int) -> None:
+        for pid in children:
+            if pid not in exited:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signum)
+
+    def resend(signum: int) -> None:
+        nonlocal repeat
+        send(signum)
+        repeat = loop.call_later(RESEND_EVERY, resend, signum)
 
     def forward(signum: int) -> None:
-        nonlocal draining
-        if signum != signal.SIGHUP:
-            draining = True
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
+        nonlocal draining, repeat
+        if signum == signal.SIGHUP:
+            send(signum)
+            return
+        draining = True
+        if repeat is not None:
+            repeat.cancel()
+        resend(signum)
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(signum, forward, signum)
@@ -100,18 +125,21 @@ async def _parent(admin: socket.socket | None, children: list[int], paths: list[
             app = create_admin_app(metrics=stats, ready=stats.ready, draining=stats.draining)
             server = AdminServer(app)
             await server.start_on(admin)
-        return await asyncio.to_thread(_wait_all, children)
+        return await asyncio.to_thread(_wait_all, children, exited)
     finally:
+        if repeat is not None:
+            repeat.cancel()
         if server is not None:
             await server.close()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
 
 
-def _wait_all(children: list[int]) -> int:
+def _wait_all(children: list[int], exited: set[int]) -> int:
     status = 0
     for pid in children:
         _, code = os.waitpid(pid, 0)
+        exited.add(pid)
         exit_code = os.waitstatus_to_exitcode(code)
         if exit_code != 0:
             log.warning("worker %d exited with %d", pid, exit_code)
