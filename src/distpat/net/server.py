@@ -28,19 +28,15 @@ from distpat.core.hooks import LocalResponse, RequestView
 from distpat.core.http import (
     CHUNKED_BODY,
     LENGTH_BODY,
-    NO_HOST,
-    Framing,
     error_response,
-    forward_request_headers,
     has_host,
-    origin_form,
-    replace_host,
-    request_framing,
-    request_head,
 )
 from distpat.errors import LocalProtocolError, RemoteProtocolError
+from distpat.net.client_timeouts import ensure_tick, stop_ticking
 from distpat.net.engine import READ_BUFFER_BYTES, EngineSettings, EngineState, client_subject
 from distpat.net.exchange import Exchange
+from distpat.net.general_forward import forward_general
+from distpat.net.refusal import Reject, answer_error, protocol_error
 from distpat.net.tunnel import UpgradeExchange
 
 __all__ = ["ClientConnection", "EngineSettings", "EngineState", "Exchange"]
@@ -50,12 +46,6 @@ log = logging.getLogger("distpat.proxy")
 
 LINGER = 2.0
 """Seconds a connection closed while its client is still sending keeps reading (and discarding)."""
-
-
-class _Reject(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class ClientConnection(asyncio.BufferedProtocol):
@@ -113,7 +103,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.timer: asyncio.TimerHandle | None = None
         self.closing = False
         self.write_paused = False
-        self.reject: _Reject | None = None
+        self.reject: Reject | None = None
         self.in_head = False
         self.eof = False
         self.feeding = False
@@ -157,7 +147,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             response = error_response(503, "too many connections", close=True)
             self.write(response)
             Exchange.refusal(self, 503, response, b"-")
-            self._close()
+            self.close()
             return
         state.connections.add(self)
         if state.on_connection_change is not None:
@@ -165,11 +155,11 @@ class ClientConnection(asyncio.BufferedProtocol):
         now = self.loop.time()
         self.head_started = self.idle_since = now  # the first request's head is due from now
         self.in_head_or_new = True
-        self._ensure_tick(now + self.tick_every)
+        ensure_tick(self, now + self.tick_every)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        self._cancel_tick()
+        stop_ticking(self)
         for ex in self.queue:
             ex.abandon()
         self.queue.clear()
@@ -215,24 +205,24 @@ class ClientConnection(asyncio.BufferedProtocol):
                 self.head_read += len(data)
                 # (the read it began in may hold the end of the previous request: one read of slack)
                 if self.head_read > self.max_header_bytes + READ_BUFFER_BYTES and not self.closing:
-                    self._protocol_error(431, "request header fields too large")
+                    protocol_error(self, 431, "request header fields too large")
             if self.chunks is not None:
                 self._check_chunks(data)
         except httptools.HttpParserUpgrade as exc:  # the head of an upgrade request ended
             self._upgrade_requested(bytes(data[int(exc.args[0]) :]))
         except httptools.HttpParserError as exc:
             reject = self.reject
-            if reject is None and isinstance(exc.__context__, _Reject):
+            if reject is None and isinstance(exc.__context__, Reject):
                 reject = exc.__context__
             if reject is not None:
-                self._protocol_error(reject.status, str(reject))
+                protocol_error(self, reject.status, str(reject))
             elif str(exc) == "Invalid HTTP version":
                 # llhttp refuses HTTP/1.2-1.9 and majors 3-9 itself, so RFC 9112 section 2.3's "treat
                 # an unknown 1.x minor as 1.1" cannot be done: answered as any unsupported version.
                 version = self.parser.get_http_version()
-                self._protocol_error(505, f"HTTP/{version} is not supported; use HTTP/1.1 or HTTP/1.0")
+                protocol_error(self, 505, f"HTTP/{version} is not supported; use HTTP/1.1 or HTTP/1.0")
             else:
-                self._protocol_error(400, f"malformed request: {exc}")
+                protocol_error(self, 400, f"malformed request: {exc}")
         finally:
             self.feeding = False
         # one write to the upstream for everything this read produced
@@ -268,14 +258,14 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.url += url
         self.header_bytes += len(url)
         if self.header_bytes > self.max_header_bytes:
-            self.reject = _Reject(431, "request header fields too large")
+            self.reject = Reject(431, "request header fields too large")
             raise self.reject
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
         self.header_bytes += len(name) + len(value) + 4
         if self.header_bytes > self.max_header_bytes:
-            self.reject = _Reject(431, "request header fields too large")
+            self.reject = Reject(431, "request header fields too large")
             raise self.reject
 
     def on_headers_complete(self) -> None:
@@ -285,11 +275,11 @@ class ClientConnection(asyncio.BufferedProtocol):
         method = parser.get_method()
         version = parser.get_http_version()
         if version != "1.1" and version != "1.0":
-            self.reject = _Reject(505, f"HTTP/{version} is not supported; use HTTP/1.1 or HTTP/1.0")
+            self.reject = Reject(505, f"HTTP/{version} is not supported; use HTTP/1.1 or HTTP/1.0")
             raise self.reject
         upgrade = parser.should_upgrade()  # Upgrade is forwarded (net/tunnel.py); CONNECT refused
         if upgrade and method == b"CONNECT":
-            self.reject = _Reject(501, "CONNECT is not supported: this is a reverse proxy")
+            self.reject = Reject(501, "CONNECT is not supported: this is a reverse proxy")
             raise self.reject
         http10 = version == "1.0"
         headers = self.headers
@@ -302,16 +292,16 @@ class ClientConnection(asyncio.BufferedProtocol):
             if fast is not None:
                 body, length, head, expect_continue = fast
             else:
-                framing, head, expect_continue, view, local = self._forward_general(method, http10, headers)
+                framing, head, expect_continue, view, local = forward_general(self, method, http10, headers)
                 body, length = framing.kind, -1 if framing.length is None else framing.length
         except RemoteProtocolError as exc:
-            self.reject = _Reject(exc.status, str(exc))
+            self.reject = Reject(exc.status, str(exc))
             raise self.reject from None
         except LocalProtocolError as exc:  # a hook set a header value with CR or LF in it
-            self.reject = _Reject(500, f"a hook produced an invalid request head: {exc}")
+            self.reject = Reject(500, f"a hook produced an invalid request head: {exc}")
             raise self.reject from None
         if body is LENGTH_BODY and length > settings.max_body_bytes:
-            self.reject = _Reject(413, f"request body larger than {settings.max_body_bytes} bytes")
+            self.reject = Reject(413, f"request body larger than {settings.max_body_bytes} bytes")
             raise self.reject
         if body is CHUNKED_BODY:
             self.chunks = ChunkLines()
@@ -332,63 +322,12 @@ class ClientConnection(asyncio.BufferedProtocol):
         elif len(self.queue) >= settings.max_pipelined:
             self.pause_reading("pipeline")
 
-    def _forward_general(
-        self, method: bytes, http10: bool, headers: list[tuple[bytes, bytes]]
-    ) -> tuple[Framing, bytes, bool, RequestView | None, LocalResponse | None]:
-        """The request through core/http's general functions, and the hooks, if any.
-
-        An absolute-form target is forwarded in origin form, its authority replacing Host (RFC 9112
-        section 3.2.2); an HTTP/1.0 request without Host then gets one.
-        """
-        if not http10 and not has_host(headers):
-            raise RemoteProtocolError(NO_HOST, status=400)
-        settings = self.state.settings
-        framing = request_framing(headers, version=(1, 0) if http10 else (1, 1))
-        target, authority = origin_form(self.url)
-        if authority is not None:
-            headers = replace_host(headers, authority)
-            if http10 and not has_host(headers):  # HTTP/1.0 without Host: the target names it
-                headers.insert(0, (b"Host", authority))
-        expect_continue = False
-        kept: list[tuple[bytes, bytes]] = []
-        drop = self.state.request_drop
-        underscores = settings.underscores_in_headers
-        for name, value in headers:
-            if drop and name.lower() in drop:
-                continue
-            if not underscores and b"_" in name:
-                log.debug("request field %r dropped: its name has '_' (underscores_in_headers off)", name)
-                continue
-            if name.lower() == b"expect":
-                if value.strip().lower() != b"100-continue":
-                    raise RemoteProtocolError("only 'Expect: 100-continue' is supported", status=417)
-                expect_continue = True  # answered here, as nginx does, so the upstream never waits
-                continue
-            kept.append((name, value))
-        out = forward_request_headers(
-            kept, client_addr=self.peer, scheme=settings.scheme, via=self.via, forwarded=settings.forwarded
-        )
-        out.extend(self.extra_request)
-        view: RequestView | None = None
-        local: LocalResponse | None = None
-        if self.state.hooks:
-            view = RequestView(method, target, out, self.peer, settings.scheme)
-            now = self.loop.time()
-            for hook in self.state.hooks:
-                local = hook.on_request(view, now)
-                if local is not None:
-                    break
-            out = view.headers
-        if framing.kind is CHUNKED_BODY:
-            out.append((b"Transfer-Encoding", b"chunked"))
-        return framing, request_head(method, target, out), expect_continue, view, local
-
     def on_body(self, body: bytes) -> None:
         ex = self.parsing
         if ex is None:
             return
         if ex.body_sent + ex.pending_bytes + len(body) > self.state.settings.max_body_bytes:
-            self.reject = _Reject(413, f"request body larger than {self.state.settings.max_body_bytes} bytes")
+            self.reject = Reject(413, f"request body larger than {self.state.settings.max_body_bytes} bytes")
             raise self.reject
         ex.feed_body(body)
 
@@ -416,7 +355,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             chunks.check(data, ex.body_sent + ex.pending_bytes, self.state.settings.max_body_bytes)
         except RemoteProtocolError as exc:
             self.chunks = None
-            self._protocol_error(exc.status, str(exc))
+            protocol_error(self, exc.status, str(exc))
 
     def on_message_complete(self) -> None:
         self.chunks = None
@@ -453,8 +392,8 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.queue.popleft()
         if ex.close_after or self.closing:
             if self.pending_error is not None and not self.queue and not self.closing:
-                self._answer_error(*self.pending_error)
-            self._close()
+                answer_error(self, *self.pending_error)
+            self.close()
             return
         if self.pauses:
             self.resume_reading("pipeline")
@@ -463,14 +402,14 @@ class ClientConnection(asyncio.BufferedProtocol):
         elif self.parsing is not None or self.in_head:
             pass  # the next request is arriving; its own timer runs
         elif self.eof or self.state.draining:
-            self._close()
+            self.close()
         else:
             self.idle_since = self.loop.time()
 
     def drain(self) -> None:
         """Shutdown: close now if idle, else after the requests in flight are answered."""
         if not self.queue and self.parsing is None:
-            self._close()
+            self.close()
 
     def abort(self, reason: str) -> None:
         log.info("client %s: connection aborted: %s", self.peer, reason)
@@ -478,9 +417,10 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def _close(self, *, linger: bool = False) -> None:
+    def close(self, *, linger: bool = False) -> None:
+        """Close the connection: what was written goes first; lingering while the client still sends."""
         self.closing = True
-        self._cancel_tick()
+        stop_ticking(self)
         if self.transport is None:
             return
         self.state.batch.flush()  # what was written goes before the close
@@ -529,104 +469,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         if rest:
             self.data_received(rest)
 
-    def _protocol_error(self, status: int, message: str) -> None:
-        refused: Exchange | bytes = self._refused_line()
-        self.in_head = self.in_head_or_new = False  # nothing more is parsed on this connection
-        ex = self.parsing
-        if ex is not None and self.queue and self.queue[-1] is ex:
-            if ex.response_started:  # its answer is under way: an error cannot follow it in order
-                self.abort(message)
-                return
-            self.queue.pop().abandon()
-            self.parsing = None
-            refused = ex
-        if self.queue:  # answer what came before in order, then this error, then close
-            self.pending_error = (status, message, refused)
-            self.queue[-1].close_after = True
-            self.pause_reading("error")
-            return
-        self.closing = True
-        self._cancel_tick()
-        self._answer_error(status, message, refused)
-        self._close(linger=True)  # the client may still be sending what we refused
-
-    def _answer_error(self, status: int, message: str, refused: Exchange | bytes) -> None:
-        """Write an error the proxy answers itself, and count and log it like any other answer."""
-        response = error_response(status, message, close=True)
-        self.write(response)
-        if isinstance(refused, Exchange):
-            refused.refused(status, response)
-        else:
-            Exchange.refusal(self, status, response, refused, self.loop.time() - self.head_started)
-
-    def _refused_line(self) -> bytes:
-        """What is known of the request being refused, for the access log: ``-`` when nothing is.
-
-        The target is read only while a head is being parsed (or was just completed and refused):
-        otherwise ``url`` is still the previous request's.
-        """
-        if not self.url or not (self.in_head or self.reject is not None):
-            return b"-"
-        try:
-            method = self.parser.get_method()
-        except httptools.HttpParserError:
-            return b"- " + self.url
-        version = self.parser.get_http_version()
-        if version == "0.0":  # the request line is not complete yet
-            return b"%s %s" % (method, self.url)
-        return b"%s %s HTTP/%s" % (method, self.url, version.encode("ascii"))
-
-    # -- timeouts ----------------------------------------------------------------------------
-    #
-    # One timer per connection, not one per request: state changes only note
-    # the time (head_started, idle_since, the exchange's last_io), and a tick
-    # that fires at least every ``tick_every`` seconds (the shortest timeout)
-    # compares them with the clock and re-arms itself for the next deadline.
-
-    def _ensure_tick(self, when: float) -> None:
-        if self.timer is None or when < self.tick_at:
-            self._cancel_tick()
-            self.tick_at = when
-            self.timer = self.loop.call_at(when, self._tick)
+    # -- refusals (net/refusal.py) and timeouts (net/client_timeouts.py) ---------------------------
 
     def cancel_tick(self) -> None:
-        """Stop this connection's timers (it became a tunnel)."""
-        self._cancel_tick()
-
-    def _cancel_tick(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    def _tick(self) -> None:
-        self.timer = None
-        if self.closing:
-            return
-        settings = self.state.settings
-        now = self.loop.time()
-        due = now + self.tick_every
-        if self.in_head or self.in_head_or_new:
-            deadline = self.head_started + settings.header_timeout
-            if now >= deadline:
-                self._protocol_error(408, "request headers not received in time")
-                if self.closing:
-                    return
-            else:
-                due = min(due, deadline)
-        if self.queue:
-            ex = self.queue[0]
-            if ex.conn is not None or ex.upstream_started:
-                deadline = ex.last_io + settings.response_timeout
-                if now >= deadline:
-                    ex.timed_out()
-                    if self.closing:
-                        return
-                else:
-                    due = min(due, deadline)
-        elif not self.in_head and self.parsing is None:
-            deadline = self.idle_since + settings.keepalive_timeout
-            if now >= deadline:
-                self._close()
-                return
-            due = min(due, deadline)
-        self._ensure_tick(due)
+        """Stop this connection's timers (it became a tunnel, or is refusing its request)."""
+        stop_ticking(self)
