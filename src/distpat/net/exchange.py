@@ -7,7 +7,6 @@ import logging
 from time import perf_counter
 from typing import TYPE_CHECKING
 
-from distpat.core.forward import other_codings
 from distpat.core.hooks import LocalResponse, RequestView
 from distpat.core.http import (
     CHUNKED_BODY,
@@ -23,6 +22,7 @@ from distpat.core.http import (
 )
 from distpat.errors import RemoteProtocolError
 from distpat.net.engine import IDEMPOTENT
+from distpat.net.general_response import answer_locally, forward_general_response
 from distpat.net.upstream import Upstream, UpstreamConnection
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ class Exchange:
             if not self.http10 and not self.body_done:
                 self.client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if self.local is not None:
-            self._answer_locally(self.local)
+            answer_locally(self, self.local)
             return
         if self.view is not None and self.view.upstream is not None and not self.tried:
             upstream = state.upstreams.by_name(self.view.upstream)
@@ -304,36 +304,7 @@ class Exchange:
         except RemoteProtocolError as exc:
             self._upstream_broken(ConnectionError(str(exc)))
             return
-        out = forward_response_headers(headers, via=client.via)
-        drop = client.state.response_drop
-        if drop:
-            out = [(n, v) for n, v in out if n.lower() not in drop]
-            out.extend(client.state.settings.response_fields)
-        if self.view is not None:
-            self._run_response_hooks(status, out)
-        kind = framing.kind
-        if kind is CHUNKED_BODY or kind is UNTIL_CLOSE_BODY:
-            # The body is re-framed: any Content-Length no longer describes it, and
-            # codings other than chunked (gzip, ...) must still be declared.
-            out = [(n, v) for n, v in out if n.lower() != b"content-length"]
-            codings = other_codings(headers)
-            if self.http10:
-                self.close_after = True
-                if codings:
-                    out.append((b"Content-Encoding", codings))  # HTTP/1.0 has no transfer codings
-            else:
-                self.rechunk = True
-                out.append((b"Transfer-Encoding", codings + b", chunked" if codings else b"chunked"))
-        if not keep:
-            out.append((b"Connection", b"close"))
-            self.close_after = True
-        elif self.http10:
-            out.append((b"Connection", b"keep-alive"))
-        self.until_close = kind is UNTIL_CLOSE_BODY
-        self.upstream_reusable = keep_alive and not self.until_close
-        self.response_started = True
-        self.to_client.append(response_head(status, out))
-        self.last_io = client.loop.time()
+        forward_general_response(self, status, headers, framing, keep_alive, keep)
 
     def on_response_body(self, data: bytes) -> None:
         self.sent_bytes += len(data)
@@ -420,29 +391,6 @@ class Exchange:
         self.fail_local(
             504, f"upstream {name} did not answer in {self.client.state.settings.response_timeout:g}s"
         )
-
-    def _answer_locally(self, local: LocalResponse) -> None:
-        self.status = local.status
-        headers = [*local.headers, (b"Content-Type", local.content_type)]
-        self._run_response_hooks(local.status, headers)
-        body = b"" if self.method == b"HEAD" else local.body
-        headers.append((b"Content-Length", b"%d" % len(local.body)))
-        self.close_after = self.close_after or not self.keep_alive or not self.body_done
-        if self.close_after:
-            headers.append((b"Connection", b"close"))
-        elif self.http10:
-            headers.append((b"Connection", b"keep-alive"))
-        self.sent_bytes = len(body)
-        self.response_started = True
-        self.client.write(response_head(local.status, headers) + body)
-        self.finish()
-
-    def _run_response_hooks(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        view = self.view
-        if view is not None:
-            now = self.client.loop.time()
-            for hook in self.client.state.hooks:
-                hook.on_response(view, status, headers, now)
 
     def fail_local(self, status: int, message: str) -> None:
         """Answer the client ourselves (the upstream is unreachable, slow or broken)."""

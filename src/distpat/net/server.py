@@ -35,7 +35,7 @@ from distpat.errors import LocalProtocolError, RemoteProtocolError
 from distpat.net.client_timeouts import ensure_tick, stop_ticking
 from distpat.net.engine import READ_BUFFER_BYTES, EngineSettings, EngineState, client_subject
 from distpat.net.exchange import Exchange
-from distpat.net.general_forward import forward_general
+from distpat.net.general_request import forward_general
 from distpat.net.refusal import Reject, answer_error, protocol_error
 from distpat.net.tunnel import UpgradeExchange
 
