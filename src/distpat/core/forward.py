@@ -15,8 +15,9 @@ A :class:`RequestForwarder` lives as long as a client connection and a
 :class:`ResponseForwarder` as long as a server, so what is the same for every
 request they forward (the client's address, the proxy's own fields) is
 serialised once. The field names seen are kept, with what they mean, in a
-table shared by the forwarders with the same dropped fields, so that a name
-met before costs one dictionary lookup and no lowercasing. The tables are bounded (names of at most
+table shared by the forwarders with the same dropped fields
+(:mod:`distpat.core.field_names`), so that a name met before costs one
+dictionary lookup and no lowercasing. The tables are bounded (names of at most
 :data:`MEMO_NAME_BYTES` bytes, :data:`MEMO_NAMES` names), so a client sending
 endless new names costs time, not memory.
 
@@ -27,11 +28,23 @@ used when hooks change fields, are).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import Final
 
+from distpat.core.field_names import (
+    _CONNECTION,
+    _COPY,
+    _EXPECT,
+    _FORWARDED,
+    _FRAMING,
+    _HOST,
+    _LENGTH,
+    _VIA,
+    _XFF,
+    MEMO_NAME_BYTES,
+    MEMO_NAMES,
+    _name_table,
+)
 from distpat.core.fields import HOP_BY_HOP, _forwarded_element
 from distpat.core.framing import (
     _OWS,
@@ -62,33 +75,6 @@ __all__ = [
 ]
 
 
-MEMO_NAMES: Final = 1024
-"""Field names a forwarder remembers the meaning of (beyond the ones it knows from the start)."""
-MEMO_NAME_BYTES: Final = 64
-"""Longer field names are looked up lowercased every time, never remembered."""
-
-# What each field name means to a pass; names absent from a table are copied as they are (_COPY).
-_COPY, _HOP, _CONNECTION, _FRAMING, _HOST, _XFF, _VIA, _XF_SET, _FORWARDED, _EXPECT, _LENGTH = range(11)
-_REQUEST_FIELDS: Final[dict[bytes, int]] = {
-    **dict.fromkeys(HOP_BY_HOP, _HOP),
-    b"connection": _CONNECTION,
-    b"transfer-encoding": _FRAMING,
-    b"content-length": _FRAMING,
-    b"host": _HOST,
-    b"x-forwarded-for": _XFF,
-    b"via": _VIA,
-    b"x-forwarded-proto": _XF_SET,
-    b"x-forwarded-host": _XF_SET,
-    b"forwarded": _FORWARDED,
-    b"expect": _EXPECT,
-}
-_RESPONSE_FIELDS: Final[dict[bytes, int]] = {
-    **dict.fromkeys(HOP_BY_HOP, _HOP),
-    b"connection": _CONNECTION,
-    b"transfer-encoding": _FRAMING,
-    b"content-length": _LENGTH,
-    b"via": _VIA,
-}
 # Connection options that name nothing beyond the fields already dropped.
 _PLAIN_OPTIONS: Final = HOP_BY_HOP | {b"close", b"keep-alive", b""}
 _COMMON_OPTIONS: Final = frozenset({b"keep-alive", b"close"})
@@ -98,41 +84,6 @@ _STATUS_LINES: Final[dict[int, bytes]] = {
     code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in _REASONS.items()
 }
 _NO_FIELDS: Final[frozenset[bytes]] = frozenset()
-
-
-log = logging.getLogger("distpat.proxy")
-
-
-class _NameTable:
-    """What field names mean: the known lowercase names, and a memo of names as seen (shared, bounded).
-
-    Without ``underscores``, a name with ``_`` in it is dropped (nginx's ``underscores_in_headers
-    off``): CGI and WSGI map ``-`` and ``_`` alike to ``_``, so ``X_Client_Cert`` would reach such a
-    service as the ``X-Client-Cert`` the proxy controls. The decision is memoised with the name.
-    """
-
-    __slots__ = ("lower", "seen", "underscores")
-
-    def __init__(self, fields: dict[bytes, int], drop: frozenset[bytes], underscores: bool = True) -> None:
-        self.lower = {**fields, **dict.fromkeys(drop, _HOP)}
-        self.seen = dict(self.lower)
-        self.underscores = underscores
-
-    def kind(self, name: bytes) -> int:
-        """The meaning of a name not in ``seen`` (the forwarders look there first, inline)."""
-        kind = self.lower.get(name.lower(), _COPY)
-        if not self.underscores and b"_" in name:
-            log.debug("request field %r dropped: its name has '_' (underscores_in_headers off)", name)
-            kind = _HOP
-        seen = self.seen
-        if len(name) <= MEMO_NAME_BYTES and len(seen) < len(self.lower) + MEMO_NAMES:
-            seen[name] = kind
-        return kind
-
-
-@lru_cache(maxsize=16)
-def _name_table(response: bool, drop: frozenset[bytes], underscores: bool = True) -> _NameTable:
-    return _NameTable(_RESPONSE_FIELDS if response else _REQUEST_FIELDS, drop, underscores)
 
 
 def _append(joined: bytes | None, value: bytes) -> bytes | None:
