@@ -65,10 +65,16 @@ CASES = {
         400,
         "POST / HTTP/1.1",
     ),
-    "too large head": Case(
+    "too long target": Case(
         b"GET /" + b"a" * 300 + b" HTTP/1.1\r\nHost: h\r\n\r\n",
-        431,
+        414,
         "GET /",
+        (("max_header_bytes", 200),),
+    ),
+    "too large head": Case(
+        b"GET /h HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 300 + b"\r\n\r\n",
+        431,
+        "GET /h",
         (("max_header_bytes", 200),),
     ),
     "too large body": Case(

@@ -257,8 +257,8 @@ class ClientConnection(asyncio.BufferedProtocol):
     def on_url(self, url: bytes) -> None:
         self.url += url
         self.header_bytes += len(url)
-        if self.header_bytes > self.max_header_bytes:
-            self.reject = Reject(431, "request header fields too large")
+        if self.header_bytes > self.max_header_bytes:  # RFC 9112 section 3: the target is too long
+            self.reject = Reject(414, f"request target longer than {self.max_header_bytes} bytes")
             raise self.reject
 
     def on_header(self, name: bytes, value: bytes) -> None:
