@@ -311,7 +311,7 @@ def test_chunks_within_the_limits_pass(chunks: list[tuple[int, int, int]], piece
 
 @few
 @given(st.sampled_from([b"X-Long: ", b"X-Long", b"GET /", b"X-A: 1\r\nX-B: "]), st.integers(1, 4))
-def test_an_endless_head_line_is_refused_with_431_or_414_before_the_header_timeout(start: bytes, mib: int) -> None:
+def test_an_endless_head_is_refused_with_431_or_414_before_the_header_timeout(start: bytes, mib: int) -> None:
     async def run() -> None:
         async with Backend() as backend, proxy(backend.url, max_header_bytes=8192, header_timeout=60.0) as p:
             client = await RawClient.connect(p.port)
