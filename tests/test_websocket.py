@@ -265,3 +265,103 @@ async def test_other_protocols_are_not_offered_to_the_upstream(offer: bytes) -> 
     assert first.status == 426  # the upstream's own answer to a plain GET
     assert up.requests == [("/refuse", None, None)]
     assert (plain.status, plain.body) == (200, b"plain /plain")
+
+
+async def test_backpressure_holds_from_the_first_byte_after_the_switch() -> None:
+    """An upstream that sends its 101 and a flood in one go, to a client that reads nothing: the
+    upstream is held back at a few buffers' worth from the start of the tunnel. (The case where the
+    client's buffer is already over its high-water mark when the tunnel takes over is tested on the
+    splice itself, below: over loopback the kernel's buffers absorb the first read.)"""
+    sent = 0
+    total = 64 * MiB
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        await reader.readuntil(b"\r\n\r\n")
+        head = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        writer.write(head + b"x" * MiB)  # the 101 and the first bytes of the new protocol together
+        sent = MiB
+        with contextlib.suppress(ConnectionError):
+            while sent < total:
+                writer.write(b"y" * MiB)
+                await asyncio.wait_for(writer.drain(), 10)
+                sent += MiB
+        writer.close()
+
+    upstream = await asyncio.start_server(flood, HOST, 0)
+    port = upstream.sockets[0].getsockname()[1]
+    try:
+        async with proxy_to(port) as p:
+            client = await RawClient.connect(p.port)
+            try:
+                await client.send(
+                    b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                )
+                previous = -1
+                for _ in range(100):  # until the upstream is held back (or it sent everything)
+                    await asyncio.sleep(0.1)
+                    if sent == previous:
+                        break
+                    previous = sent
+                assert sent < 40 * MiB, sent
+                [conn] = p.state.connections
+                assert conn.transport is not None
+                assert conn.transport.get_write_buffer_size() <= 4 * MiB  # a read or so, not the flood
+            finally:
+                await client.close()
+    finally:
+        upstream.close()
+        await upstream.wait_closed()
+
+
+class FakeTransport:
+    """Enough of a transport for a Splice: writes kept; over ``high`` bytes, pause_writing once."""
+
+    def __init__(self, high: int = 64 * 1024) -> None:
+        self.protocol: asyncio.BaseProtocol | None = None
+        self.written = 0
+        self.high = high
+        self.reading = False  # paused until the splice starts it
+        self.paused_writing = False
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+        if self.written > self.high and not self.paused_writing:
+            self.paused_writing = True
+            assert isinstance(self.protocol, asyncio.Protocol)
+            self.protocol.pause_writing()
+
+    def drained(self) -> None:
+        self.written = 0
+        self.paused_writing = False
+        assert isinstance(self.protocol, asyncio.Protocol)
+        self.protocol.resume_writing()
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_closing(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("how", ["filled by the first bytes", "full before the switch"])
+async def test_a_splice_reads_a_side_only_while_the_other_can_take_it(how: str) -> None:
+    from distpat.net.tunnel import Splice
+
+    client, upstream = FakeTransport(), FakeTransport()
+    splice = Splice(client, upstream, idle_timeout=None, on_closed=lambda _a, _b: None, name="test")  # type: ignore[arg-type]
+    if how == "filled by the first bytes":
+        splice.start(b"", b"u" * 300_000)  # what came with the 101 overfills the client's buffer
+    else:
+        splice.start(b"", b"", client_full=True)  # the old protocol saw pause_writing already
+    assert not upstream.reading  # the client cannot take more: the upstream is not read
+    assert client.reading  # the upstream's buffer has room: the client is read
+    client.drained()
+    assert upstream.reading

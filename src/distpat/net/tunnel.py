@@ -142,7 +142,9 @@ class UpgradeExchange(Exchange):
             on_closed=self.spliced,
             name=f"client {client.peer}: upgraded connection",
         )
-        self.splice.start(early, rest)
+        self.splice.start(
+            early, rest, client_full=client.write_paused, upstream_full="upstream" in client.pauses
+        )
 
     def on_response_complete(self) -> None:
         if self.offered:
@@ -169,7 +171,7 @@ class UpgradeExchange(Exchange):
 class _Side(asyncio.Protocol):
     """One connection of a splice; what it reads is written to the other."""
 
-    __slots__ = ("splice", "transport", "peer", "carried", "at_eof")
+    __slots__ = ("splice", "transport", "peer", "carried", "at_eof", "write_full")
 
     def __init__(self, splice: Splice, transport: asyncio.Transport) -> None:
         self.splice = splice
@@ -177,6 +179,7 @@ class _Side(asyncio.Protocol):
         self.peer: _Side | None = None
         self.carried = 0  # bytes read from this side
         self.at_eof = False
+        self.write_full = False  # this side's write buffer is over its high-water mark
 
     def data_received(self, data: bytes) -> None:
         peer = self.peer
@@ -199,10 +202,12 @@ class _Side(asyncio.Protocol):
         self.splice.side_closed(self)
 
     def pause_writing(self) -> None:  # this side's buffer is full: stop reading the other
+        self.write_full = True
         if self.peer is not None and not self.peer.transport.is_closing():
             self.peer.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self.write_full = False
         if self.peer is not None and not self.peer.transport.is_closing():
             self.peer.transport.resume_reading()
 
@@ -237,18 +242,34 @@ class Splice:
         self.timer: asyncio.TimerHandle | None = None
         self.closed = False
 
-    def start(self, from_client: bytes = b"", from_upstream: bytes = b"") -> None:
+    def start(
+        self,
+        from_client: bytes = b"",
+        from_upstream: bytes = b"",
+        *,
+        client_full: bool = False,
+        upstream_full: bool = False,
+    ) -> None:
         """Take both connections over (their reading paused until now) and pass on what each
-        had already sent."""
+        had already sent.
+
+        ``client_full`` and ``upstream_full`` say whether a connection's write buffer was already
+        over its high-water mark under its previous protocol: a transport says pause_writing once,
+        so the splice must know, or it would read the other side without bound until it drained.
+        """
         client, upstream = self.client.transport, self.upstream.transport
+        self.client.write_full, self.upstream.write_full = client_full, upstream_full
         client.set_protocol(self.client)
         upstream.set_protocol(self.upstream)
         if from_client:
             self.client.data_received(from_client)
         if from_upstream:
             self.upstream.data_received(from_upstream)
-        upstream.resume_reading()
-        client.resume_reading()
+        # each side is read only while what it reads can be written to the other
+        if not self.client.write_full:
+            upstream.resume_reading()
+        if not self.upstream.write_full:
+            client.resume_reading()
         if self.timeout is not None:
             self.timer = self.loop.call_later(self.timeout, self._tick)
 
