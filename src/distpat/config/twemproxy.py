@@ -49,7 +49,7 @@ from distpat.config.twemproxy_rules import (
     _Context,
     _validate_pool,
 )
-from distpat.config.twemproxy_values import (
+from distpat.core.twemproxy_pool import (
     TWEMPROXY_DISTRIBUTIONS,
     TWEMPROXY_KETAMA_PORT,
     TwemproxyListen,

@@ -13,7 +13,8 @@ from typing import Final, TypeVar
 
 import yaml
 
-from distpat.config.twemproxy_values import (
+from distpat.core.twemhash import TWEMPROXY_HASHES
+from distpat.core.twemproxy_pool import (
     TWEMPROXY_DISTRIBUTIONS,
     TwemproxyListen,
     TwemproxyPool,
@@ -23,7 +24,6 @@ from distpat.config.twemproxy_values import (
     _parse_server,
     _Reject,
 )
-from distpat.core.twemhash import TWEMPROXY_HASHES
 from distpat.errors import ConfigError
 
 __all__ = ["TWEMPROXY_POOL_KEYS"]

@@ -23,9 +23,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from distpat.config.twemproxy import TwemproxyPool
 from distpat.core.redis_commands import COMMANDS, SCRIPT_REFUSAL, Kind, Spec, command_keys, split_keys
 from distpat.core.resp import Command, encode_command, error, pack_command
+from distpat.core.twemproxy_pool import TwemproxyPool
 from distpat.errors import RingError
 from distpat.net.redis_client import RedisClient
 from distpat.net.redis_fanout import SINGLE_KEY, Merge

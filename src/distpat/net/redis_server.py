@@ -15,8 +15,8 @@ from collections import deque
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from distpat.config.twemproxy import TwemproxyPool, TwemproxyServer
 from distpat.core.resp import ReplyScanner, encode_command, error
+from distpat.core.twemproxy_pool import TwemproxyPool, TwemproxyServer
 from distpat.errors import RespProtocolError
 from distpat.net.redis_client import RedisClient
 from distpat.net.redis_metrics import LATENCY_BUCKETS

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from distpat.config.twemproxy import TwemproxyPool
+from distpat.core.twemproxy_pool import TwemproxyPool
 from distpat.net.admin import AdminServer, create_admin_app
 from distpat.net.redis_fanout import merge_replies
 from distpat.net.redis_metrics import ShardMetrics, StatsProtocol, stats_document

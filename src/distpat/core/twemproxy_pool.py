@@ -2,8 +2,8 @@
 
 :class:`TwemproxyServer`, :class:`TwemproxyListen` and :class:`TwemproxyPool`, and the parsers
 that turn the literal text of a ``servers:`` entry or a ``listen:`` value into them, as twemproxy
-0.5.0 reads them (``src/nc_conf.c``). :mod:`distpat.config.twemproxy` loads whole files and
-re-exports the public names.
+0.5.0 reads them (``src/nc_conf.c``). Pure (no I/O, no clock), so :mod:`distpat.net` may import it;
+:mod:`distpat.config.twemproxy` loads whole files and re-exports the public names.
 """
 
 from __future__ import annotations
