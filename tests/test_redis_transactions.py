@@ -8,6 +8,7 @@ raises and changes nothing anywhere. What each shard holds is always asked of th
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import signal
 from collections.abc import AsyncIterator, Sequence
@@ -20,6 +21,7 @@ import redis
 import redis.asyncio as aredis
 from redis.exceptions import ExecAbortError, ResponseError, WatchError
 
+from distpat.config.redis_shard import build_shard_options
 from distpat.net.redis_shard import ShardService, ShardSettings
 from tests.nutcracker import free_ports
 from tests.rediskit import (
@@ -244,6 +246,38 @@ async def test_queue_time_errors_abort_exec_and_apply_nothing(
             assert (await session.call("GET", "{q}:a"))[1] == b"$-1\r\n"
     for server in shards:
         assert await commands_run(server, "set") == 0
+
+
+def test_max_transaction_bytes_is_an_option_with_an_8_mib_default() -> None:
+    opts = build_shard_options({"server": ["127.0.0.1:1"]}, environ={})
+    assert opts.settings.max_transaction_bytes == 8 << 20
+    environ = {"DISTPAT_MAX_TRANSACTION_BYTES": "1m"}
+    opts = build_shard_options({"server": ["127.0.0.1:1"]}, environ=environ)
+    assert opts.settings.max_transaction_bytes == 1 << 20
+
+
+async def test_a_block_over_max_transaction_bytes_is_refused_at_queue_time_and_exec_aborts(
+    shards: list[RedisServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="distpat.redis")
+    text = pool_yaml("alpha", 1, [s.port for s in shards], hash_tag="{}")
+    limit = 64 * 1024
+    async with shard_service(text, ShardSettings(max_transaction_bytes=limit)) as service:
+        flood = [[b"MULTI"]] + [[b"GET", b"{f}:%d" % i] for i in range(limit // 16)] + [[b"EXEC"]]
+        replies = await raw_pipeline(service.pools[0].port, flood)
+        queued = [r for r in replies[1:-1] if r == b"QUEUED"]
+        refused = [r for r in replies[1:-1] if isinstance(r, hiredis.ReplyError)]
+        assert len(refused) == 1
+        assert "transaction larger than 65536 bytes" in str(refused[0])
+        assert len(queued) == len(flood) - 3  # a flagged block goes on answering +QUEUED, as Redis does
+        assert isinstance(replies[-1], hiredis.ReplyError)
+        assert str(replies[-1]).startswith("EXECABORT")
+        pool = service.pools[0]
+        assert pool.refusals["transaction_too_large"] == 1
+        assert pool.refusals["transaction_aborted"] == 1
+        assert "refused (transaction_too_large)" in caplog.text
+    for server in shards:
+        assert await commands_run(server, "get") == 0
 
 
 async def test_multi_discard_and_their_misuse_answer_as_redis_does(service: ShardService) -> None:

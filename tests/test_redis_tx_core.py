@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from distpat.core.redis_tx import EXECABORT, Block, Transaction, queue_keys
+from distpat.core.redis_tx import EXECABORT, Block, Transaction, queue_keys, queued_cost
 from distpat.core.resp import OK, encode_command, error
 
 QUEUED = b"+QUEUED\r\n"
@@ -53,11 +56,41 @@ def test_queue_keys_checks_what_redis_would_and_what_a_proxy_cannot_route() -> N
 
 
 def test_a_block_over_max_bytes_is_flagged() -> None:
-    tx = Transaction(max_bytes=100)
-    tx.multi()
     raw = encode_command([b"SET", b"k", b"v" * 40])
+    tx = Transaction(max_bytes=queued_cost(raw, [b"k"]) + 1)
+    tx.multi()
     assert tx.queue(raw, [b"k"]) == QUEUED
-    assert tx.queue(raw, [b"k"]).startswith(b"-ERR transaction larger than 100 bytes")
+    assert tx.queue(raw, [b"k"]).startswith(b"-ERR transaction larger than")
+    assert tx.commands == []
+    assert tx.keys == []
+    assert tx.queue(raw, [b"k"]) == QUEUED  # Redis goes on queueing a flagged block
+    assert tx.exec() == EXECABORT
+
+
+def test_a_flood_of_tiny_queued_commands_keeps_memory_near_the_limit() -> None:
+    """200k ``GET k`` cost 4 MB on the wire but ~4x that in objects: the limit counts the objects."""
+    limit = 1 << 20
+    tx = Transaction(max_bytes=limit)
+    tx.multi()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        refused = 0
+        for i in range(limit // 8):  # bounded: far more commands than can fit
+            key = b"k%d" % i
+            args = [b"GET", key]
+            reply = tx.queue(encode_command(args), queue_keys(args))
+            if reply != QUEUED:
+                refused += 1
+                assert reply.startswith(b"-ERR transaction larger than")
+            peak = tracemalloc.get_traced_memory()[0]
+            if i % 1024 == 0:
+                assert peak <= 1.5 * limit, f"{peak} bytes held for a {limit}-byte limit after {i} commands"
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert refused == 1  # the one that crossed it; the rest are +QUEUED into an aborted block
+    assert held <= 1.5 * limit
     assert tx.exec() == EXECABORT
 
 

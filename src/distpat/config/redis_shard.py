@@ -19,6 +19,7 @@ from typing import Any
 
 from distpat.config.options import LOG_OPTIONS, LOOP_OPTION, Kind, Option, hostport, resolve_options
 from distpat.config.twemproxy import TwemproxyListen, TwemproxyPool, TwemproxyServer, load_twemproxy
+from distpat.core.redis_tx import MAX_TRANSACTION_BYTES
 from distpat.errors import ConfigError
 from distpat.net.redis_shard import ShardSettings
 
@@ -151,6 +152,14 @@ SHARD_OPTIONS: tuple[Option, ...] = (
         Kind.SIZE,
         64 << 20,
         "largest command (and what a client may buffer); over it: a protocol error",
+        "SIZE",
+    ),
+    Option(
+        "max_transaction_bytes",
+        Kind.SIZE,
+        MAX_TRANSACTION_BYTES,
+        "what one client's MULTI block may hold until EXEC (each command's overhead counted); "
+        "over it: the block is refused and EXEC aborts",
         "SIZE",
     ),
     Option(
@@ -327,6 +336,7 @@ def build_shard_options(
         admin=values["admin"],
         settings=ShardSettings(
             max_request_bytes=values["max_request_bytes"],
+            max_transaction_bytes=values["max_transaction_bytes"],
             keep_ring=bool(values["keep_ring"]),
             allow_scripts=bool(values["allow_scripts"]),
             key_cache=values["key_cache"],

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from distpat.core.redis_tx import MAX_TRANSACTION_BYTES
+
 __all__ = ["VERSION", "ShardSettings"]
 
 VERSION = "7.2.0"  # what HELLO says the server is: the protocol distpat speaks
@@ -13,6 +15,9 @@ VERSION = "7.2.0"  # what HELLO says the server is: the protocol distpat speaks
 class ShardSettings:
     max_request_bytes: int = 64 * 1024 * 1024
     """One command, and what a client may have buffered for an incomplete one."""
+    max_transaction_bytes: int = MAX_TRANSACTION_BYTES
+    """What one client's MULTI block may hold until EXEC, each command's overhead counted
+    (:func:`distpat.core.redis_tx.queued_cost`); past it the block is refused and EXEC aborts."""
     max_reply_bytes: int = 512 * 1024 * 1024
     """One reply from a server."""
     max_client_output_bytes: int = 256 * 1024 * 1024

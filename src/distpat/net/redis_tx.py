@@ -190,8 +190,9 @@ def queue_command(
     else:
         keys = queue_keys(args, allow_scripts=pool.settings.allow_scripts)
     reply = tx.queue(raw, keys)
-    if reply[:1] == b"-":
-        pool.refuse(client, "transaction_queue", reply)
+    if reply[:1] == b"-":  # the command's own error, or the block grown past max_transaction_bytes
+        reason = "transaction_queue" if isinstance(keys, bytes) else "transaction_too_large"
+        pool.refuse(client, reason, reply)
     else:
         client.answer(reply)
 
@@ -202,7 +203,7 @@ def transaction_command(
     """MULTI, EXEC, DISCARD, WATCH, UNWATCH."""
     tx = client.tx
     if tx is None:
-        tx = client.tx = Transaction(pool.settings.max_request_bytes)
+        tx = client.tx = Transaction(pool.settings.max_transaction_bytes)
     if name == b"watch":
         _watch(pool, client, tx, args, now)
     elif len(args) != 1:
