@@ -54,3 +54,26 @@ def test_core_does_no_io_and_reads_no_clock(path: Path) -> None:
 
 def test_core_files_were_found() -> None:
     assert len(CORE_FILES) >= 8
+
+
+# Each outer layer may import the layers under it, never one above: cli -> config -> net -> core, and
+# every layer errors. (config builds net's configuration values, so it may import net; net never
+# reads configuration files or flags.)
+ABOVE = {
+    "net": ("distpat.config", "distpat.cli"),
+    "config": ("distpat.cli",),
+}
+OUTER_FILES = [(layer, path) for layer in ABOVE for path in sorted((SRC / layer).rglob("*.py"))]
+
+
+@pytest.mark.parametrize(
+    ("layer", "path"), OUTER_FILES, ids=[str(p.relative_to(SRC)) for _, p in OUTER_FILES]
+)
+def test_imports_point_one_way(layer: str, path: Path) -> None:
+    upward = {m for m in imported_modules(path) if m.startswith(ABOVE[layer])}
+    assert not upward, f"{layer}/{path.name} imports from a layer above it: {sorted(upward)}"
+
+
+def test_outer_layer_files_were_found() -> None:
+    assert {layer for layer, _ in OUTER_FILES} == set(ABOVE)
+    assert len(OUTER_FILES) >= 20
