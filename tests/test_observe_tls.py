@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import ssl
 import time
@@ -168,3 +169,35 @@ async def test_tcp_mode_tunnels_are_spliced_and_counted(tmp_path: Path) -> None:
         await server.shutdown(1)
         upstream.close()
         await upstream.wait_closed()
+
+
+def test_a_burst_of_refused_handshakes_is_counted_whole_and_logged_once_a_second(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A port scan is a refused handshake a connection: every one counted, one line a second logged."""
+    from distpat.net import tls
+    from distpat.net.ratelog import RateLog
+
+    issuer = Issuer(tmp_path)
+    server = issuer.pair("server", "localhost", "127.0.0.1")
+    store = tls.CertificateStore(tls.TLSOptions(pairs=((str(server.cert), str(server.key)),)))
+    now = [1000.0]
+    monkeypatch.setattr(tls, "REFUSALS_LOG", RateLog(tls.log, clock=lambda: now[0]))
+    caplog.set_level(logging.INFO, logger="distpat.tls")
+
+    def refuse_one() -> None:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = store.context.wrap_bio(incoming, outgoing, server_side=True)
+        incoming.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        with pytest.raises(ssl.SSLError):
+            obj.do_handshake()
+
+    for _ in range(200):  # within one second of the fake clock
+        refuse_one()
+    now[0] += 1.5
+    refuse_one()
+    lines = [r.getMessage() for r in caplog.records if "TLS handshake refused" in r.getMessage()]
+    assert store.handshake_failures == {"not_tls": 201}
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("TLS handshake refused (not_tls)")
+    assert lines[1].endswith("(and 199 more since the last line)")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import signal
 from pathlib import Path
 
@@ -10,8 +12,8 @@ import hiredis
 import pytest
 
 from distpat.config.twemproxy import parse_twemproxy
-from distpat.net import redis_client, redis_server
-from distpat.net.redis_shard import ShardService
+from distpat.net import redis_client, redis_pool, redis_server
+from distpat.net.redis_shard import ShardService, ShardSettings
 from tests.nutcracker import free_ports
 from tests.rediskit import encode, pool_yaml, raw_connection, raw_pipeline, redis_servers, shard_service
 
@@ -110,3 +112,28 @@ async def test_a_reload_that_moves_a_named_server_moves_its_connections(tmp_path
             assert isinstance(info[0], list)
         finally:
             await service.shutdown(5.0)
+
+
+async def test_clients_over_the_output_limit_are_each_counted_and_logged_once_a_second(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_pool, "LOG_INTERVAL", 3600.0)  # the whole test is within one interval
+    caplog.set_level(logging.INFO, logger="distpat.redis")
+    clients = 4
+    async with redis_servers(tmp_path, 1) as servers:
+        text = pool_yaml("alpha", free_ports(1)[0], [servers[0].port])
+        async with shard_service(text, ShardSettings(max_client_output_bytes=1 << 20)) as service:
+            pool = service.pools[0]
+            assert await raw_pipeline(pool.port, [[b"SET", b"big", b"x" * (256 << 10)]]) == [b"OK"]
+            async with contextlib.AsyncExitStack() as stack:
+                for _ in range(clients):  # each asks for 16 MiB of replies and reads none of them
+                    _, writer = await stack.enter_async_context(raw_connection(pool.port))
+                    writer.write(encode([b"GET", b"big"]) * 64)
+                    await writer.drain()
+                for _ in range(200):
+                    if pool.refusals.get("output_limit", 0) >= clients:
+                        break
+                    await asyncio.sleep(0.05)
+            assert pool.refusals["output_limit"] == clients
+    lines = [r.getMessage() for r in caplog.records if "output buffer over its limit" in r.getMessage()]
+    assert len(lines) == 1, lines

@@ -193,7 +193,14 @@ class RedisClient(asyncio.Protocol):
             if transport.get_write_buffer_size() > self.pool.settings.max_client_output_bytes:
                 refusals = self.pool.refusals
                 refusals["output_limit"] = refusals.get("output_limit", 0) + 1
-                log.warning("client %d: output buffer over its limit; disconnected", self.id)
+                self.pool.refusal_log.log(
+                    logging.WARNING,
+                    "output_limit",
+                    "pool %s: client %d: output buffer over its limit (%d bytes); disconnected",
+                    self.pool.name,
+                    self.id,
+                    self.pool.settings.max_client_output_bytes,
+                )
                 transport.abort()
                 return
         if self.paused and len(waiting) < MAX_WAITING // 2:

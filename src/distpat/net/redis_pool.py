@@ -27,6 +27,7 @@ from distpat.core.redis_commands import COMMANDS, SCRIPT_REFUSAL, Kind, Spec, co
 from distpat.core.resp import Command, encode_command, error, pack_command
 from distpat.core.twemproxy_pool import TwemproxyPool
 from distpat.errors import RingError
+from distpat.net.ratelog import LOG_INTERVAL, RateLog
 from distpat.net.redis_client import RedisClient
 from distpat.net.redis_fanout import SINGLE_KEY, Merge
 from distpat.net.redis_local import answer_local
@@ -39,9 +40,6 @@ from distpat.ring import Ring, from_twemproxy
 __all__ = ["ShardPool"]
 
 log = logging.getLogger("distpat.redis")
-
-LOG_INTERVAL = 1.0
-"""Seconds between two log lines for one reason of refusal (the counters count every one)."""
 
 _NOT_QUEUED = frozenset((b"exec", b"discard", b"multi", b"watch", b"quit"))
 """Commands that act at once inside MULTI, as in Redis (the others are queued)."""
@@ -75,7 +73,8 @@ class ShardPool:
             ("client_request_bytes", "client_response_bytes", "transactions", "transactions_watch_aborted"), 0
         )
         self.refusals: dict[str, int] = {}  # answers the proxy gave instead of a server, by reason
-        self._refusal_log: dict[str, tuple[float, int]] = {}  # per reason: last line logged, refusals since
+        self.refusal_log = RateLog(log, interval=LOG_INTERVAL, clock=time.perf_counter)
+        """One line a second per reason, for every refusal of this pool (its clients' and servers' too)."""
         self.latency = Latency()  # from a command's write to its server to the server's reply
         self.tx_latency = Latency()  # the same for a MULTI...EXEC block
         self._client_ids = 0
@@ -193,19 +192,14 @@ class ShardPool:
     def count_refusal(self, client: RedisClient, reason: str, reply: bytes) -> None:
         """Count a refusal; log it, or (past one line a second per reason) count it into the next line."""
         self.refusals[reason] = self.refusals.get(reason, 0) + 1
-        now = time.perf_counter()
-        last, unlogged = self._refusal_log.get(reason, (-LOG_INTERVAL, 0))
-        if now - last < LOG_INTERVAL:
-            self._refusal_log[reason] = (last, unlogged + 1)
-            return
-        self._refusal_log[reason] = (now, 0)
-        log.info(
-            "pool %s: client %d: refused (%s): %s%s",
+        self.refusal_log.log(
+            logging.INFO,
+            reason,
+            "pool %s: client %d: refused (%s): %s",
             self.name,
             client.id,
             reason,
             reply[1:-2].decode("utf-8", "replace"),
-            f" (and {unlogged} more since the last line)" if unlogged else "",
         )
 
     # -- dispatch ------------------------------------------------------------------------------

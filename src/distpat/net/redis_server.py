@@ -190,7 +190,13 @@ class ServerConnection(asyncio.Protocol):
                 self.setup_replies -= 1
                 if first[:1] in (b"-", b"!"):
                     message = first[1:].strip().decode("utf-8", "replace")
-                    log.warning("server %s refused the connection setup: %s", self.server.label, message)
+                    self.pool.refusal_log.log(
+                        logging.WARNING,
+                        f"server_setup {self.server.label}",
+                        "server %s refused the connection setup: %s",
+                        self.server.label,
+                        message,
+                    )
                     self.fail(f"ERR server {self.server.label} refused the connection setup: {message}")
                     return
         inflight = self.inflight
@@ -261,7 +267,14 @@ class ServerConnection(asyncio.Protocol):
         if inflight:
             refusals = self.pool.refusals
             refusals["server_failed"] = refusals.get("server_failed", 0) + len(inflight)
-            log.warning("pool %s: %d commands answered: %s", self.pool.name, len(inflight), message)
+            self.pool.refusal_log.log(
+                logging.WARNING,
+                f"server_failed {self.server.label}",
+                "pool %s: %d commands answered: %s",
+                self.pool.name,
+                len(inflight),
+                message,
+            )
         for target, token, _, _ in inflight:
             target.complete(token, reply)
         if not self.pool.turn_pending and loop_running():

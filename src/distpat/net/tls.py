@@ -29,6 +29,7 @@ from typing import Any
 from distpat.core.certs import choose_certificate
 from distpat.errors import ConfigError
 from distpat.net.pem import check_certificate_file, check_pair, no_passphrase
+from distpat.net.ratelog import RateLog
 
 __all__ = [
     "TLS12_CIPHERS",
@@ -40,6 +41,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("distpat.tls")
+REFUSALS_LOG = RateLog(log)
+"""Refused handshakes: one line a second per reason (a port scan is a refusal a connection)."""
 
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 """OpenSSL cipher string for TLS 1.2: ECDHE (forward secrecy) with AES-GCM or ChaCha20-Poly1305."""
@@ -119,7 +122,8 @@ class DirectSSLObject(ssl.SSLObject):
             if failures is not None:
                 reason = failure_reason(exc)
                 failures[reason] = failures.get(reason, 0) + 1
-                log.info("TLS handshake refused (%s): %s", reason, exc.reason or exc)
+                message = exc.reason or exc
+                REFUSALS_LOG.log(logging.INFO, reason, "TLS handshake refused (%s): %s", reason, message)
             raise
 
 
