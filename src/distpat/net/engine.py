@@ -80,14 +80,19 @@ class EngineState:
     """Where every client connection's reads land (see ClientConnection.get_buffer)."""
     batch: WriteBatch = field(default_factory=WriteBatch)
     """Writes to clients and upstreams, sent together at the end of each event-loop turn."""
+    generation: int = 0
+    """Bumped by each :meth:`apply`: an open connection that made its request rules under an older
+    one makes them again before its next request (ClientConnection.on_message_begin)."""
 
     def __post_init__(self) -> None:
         self.apply(self.settings)
 
     def apply(self, settings: EngineSettings) -> None:
-        """Use ``settings`` from now on (a reload): new connections take all of them, open ones
-        those they read per request (limits, timeouts, the fields added and dropped)."""
+        """Use ``settings`` from now on (a reload): new connections take all of them; open ones take
+        them from their next request on (the request rules: fields dropped and added, underscores,
+        Forwarded, scheme, Via, the head limit; and the limits and timeouts read per request)."""
         self.settings = settings
+        self.generation += 1
         header = self.settings.client_cert_header
         self.request_drop = frozenset() if header is None else frozenset({header.lower()})
         self.response_drop = frozenset(name.lower() for name, _ in self.settings.response_fields)

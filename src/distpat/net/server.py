@@ -83,6 +83,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         "upgrade_rest",
         "head_read",
         "chunks",
+        "generation",
+        "subject",
     )
 
     def __init__(self, state: EngineState) -> None:
@@ -119,6 +121,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.requests: RequestForwarder  # made in connection_made, with the peer's address
         self.upgrade_rest = b""  # bytes after an upgrade request's head, until it is answered
         self.chunks: ChunkLines | None = None  # a chunked request body's size lines (_check_chunks)
+        self.generation = state.generation  # of the settings self.requests was made from
+        self.subject: bytes | None = None  # the verified client certificate's, RFC 4514
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -128,20 +132,11 @@ class ClientConnection(asyncio.BufferedProtocol):
         if isinstance(peer, tuple) and peer:
             self.peer = str(peer[0])
         state = self.state
-        header = state.settings.client_cert_header
-        if header is not None:
+        if state.settings.client_cert_header is not None:  # set with the TLS files: restart-only
             subject = client_subject(transport)
             if subject is not None:
-                self.extra_request = ((header, subject.encode("utf-8")),)
-        self.requests = RequestForwarder(
-            client_addr=self.peer,
-            scheme=state.settings.scheme,
-            via=self.via,
-            forwarded=state.settings.forwarded,
-            drop=state.request_drop,
-            extra=self.extra_request,  # the client certificate's subject
-            underscores=state.settings.underscores_in_headers,
-        )
+                self.subject = subject.encode("utf-8")
+        self._request_rules()
         if len(state.connections) >= state.settings.max_connections:
             self.closing = True
             response = error_response(503, "too many connections", close=True)
@@ -156,6 +151,25 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.head_started = self.idle_since = now  # the first request's head is due from now
         self.in_head_or_new = True
         ensure_tick(self, now + self.tick_every)
+
+    def _request_rules(self) -> None:
+        """Make the request rules from the settings in service (at the start, and after a reload)."""
+        state = self.state
+        settings = state.settings
+        self.generation = state.generation
+        self.via = settings.via
+        self.max_header_bytes = settings.max_header_bytes
+        header = settings.client_cert_header
+        self.extra_request = () if header is None or self.subject is None else ((header, self.subject),)
+        self.requests = RequestForwarder(
+            client_addr=self.peer,
+            scheme=settings.scheme,
+            via=self.via,
+            forwarded=settings.forwarded,
+            drop=state.request_drop,
+            extra=self.extra_request,  # the client certificate's subject
+            underscores=settings.underscores_in_headers,
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -244,6 +258,8 @@ class ClientConnection(asyncio.BufferedProtocol):
     # -- httptools callbacks ----------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self.generation != self.state.generation:  # reloaded since: this request takes the new rules
+            self._request_rules()
         self.url = b""
         self.headers = []
         self.header_bytes = self.head_read = 0
