@@ -362,3 +362,73 @@ async def test_workers_exit_0_when_sigterm_reaches_the_whole_process_group() -> 
                 err = proc.stderr.read().decode() if proc.stderr else ""
                 assert code == 0, err
                 assert "exited with" not in err, err
+
+
+def group_alive(pgid: int) -> list[int]:
+    """The live (not zombie) processes of process group ``pgid``."""
+    alive = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, pgrp, ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            alive.append(int(entry.name))
+    return alive
+
+
+async def first_child(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    """Wait until ``proc`` has forked its first worker."""
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    for _ in range(int(timeout / 0.005)):
+        if proc.poll() is not None or children.read_text().split():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("no worker was forked in time")
+
+
+async def test_signals_during_workers_start_up_leave_no_orphan_and_exit_0() -> None:
+    """SIGHUP or SIGTERM from the first fork on, while the parent and the workers install their
+    handlers: the parent neither dies of it nor leaves a worker serving; it exits 0 and takes the
+    whole group with it. Several moments, since where each signal lands varies."""
+    (port,) = free_ports(1)
+    argv = ("--listen", f"{HOST}:{port}", "--upstream", "http://127.0.0.1:9", "--workers", "2")
+    for delay in (0.0, 0.0, 0.01, 0.03, 0.06, 0.1, 0.2, 0.35, 0.6):
+        with proxy_process(*argv) as proc:
+            await first_child(proc)
+            await asyncio.sleep(delay)
+            proc.send_signal(signal.SIGHUP)
+            await asyncio.sleep(delay / 2)
+            proc.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(proc.wait, 15)
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            left = group_alive(proc.pid)
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            assert code == 0, (delay, code, err)
+            assert left == [], (delay, err)
+
+
+async def test_workers_drain_and_exit_when_their_parent_is_killed() -> None:
+    (port,) = free_ports(1)
+    async with Backend() as backend:
+        argv = ("--listen", f"{HOST}:{port}", "--upstream", backend.url, "--workers", "2")
+        with proxy_process(*argv) as proc:
+            await wait_listening(port, proc)
+            workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            assert len(workers) == 2
+            proc.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(proc.wait, 15)
+            for _ in range(100):  # the workers look every second
+                left = group_alive(proc.pid)
+                if not left:
+                    break
+                await asyncio.sleep(0.1)
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            assert left == []

@@ -146,3 +146,40 @@ async def test_reconfigure_keeps_the_pool_of_a_kept_upstream_and_closes_a_remove
         assert server.config.upstreams == (a.url,)
     finally:
         await server.shutdown(1)
+
+
+async def test_a_refused_reload_changes_nothing_not_even_logging(
+    tmp_path: Path, backends: tuple[Backend, Backend]
+) -> None:
+    a, _ = backends
+    port, admin, other = free_ports(3)
+    config = tmp_path / "proxy.toml"
+    write_config(config, port, admin, a.url, extra='log_level = "info"\n')
+    async with running_distpat("proxy", tmp_path, port, ["--config", str(config)], also=(admin,)) as proxy:
+        write_config(config, other, admin, a.url, extra='log_level = "error"\n')  # listen: restart-only
+        await reload(proxy, "configuration reload refused")
+        mark = len(proxy.log())
+    assert "signal received: draining" in proxy.log()[mark:]  # info lines are still written
+
+
+async def test_a_reload_reaches_the_request_rules_of_an_open_keep_alive_connection(tmp_path: Path) -> None:
+    async with Backend() as backend:
+        port, admin = free_ports(2)
+        config = tmp_path / "proxy.toml"
+        write_config(config, port, admin, backend.url, extra="underscores_in_headers = true\n")
+        async with running_distpat(
+            "proxy", tmp_path, port, ["--config", str(config)], also=(admin,)
+        ) as proxy:
+            client = await RawClient.connect(port)
+            try:
+                forged = b"GET / HTTP/1.1\r\nHost: h\r\nX_Client_Cert_Subject: forged\r\n\r\n"
+                await client.send(forged)
+                [first] = await client.read_responses(1)
+                write_config(config, port, admin, backend.url, extra="underscores_in_headers = false\n")
+                await reload(proxy, "configuration reloaded")
+                await client.send(forged)  # the same connection
+                [second] = await client.read_responses(1)
+            finally:
+                await client.close()
+    assert first.status == second.status == 200
+    assert [r.header(b"X_Client_Cert_Subject") for r in backend.requests] == [b"forged", None]

@@ -12,10 +12,10 @@ from typing import Any
 from distpat.cli.flags import add_options, add_test_flag, apply_logging, configuration_ok, flag_values
 from distpat.config.proxy import OPTIONS, build_config
 from distpat.errors import ConfigError
-from distpat.net.proxy import ProxyConfig, ProxyServer
+from distpat.net.proxy import ProxyConfig, ProxyServer, Reloaded
 from distpat.net.tcp import TcpProxyConfig, TcpProxyServer
 from distpat.net.tls import CertificateStore
-from distpat.net.workers import run_workers
+from distpat.net.workers import run_workers, watch_parent
 from distpat.net.workerstats import serve_worker_stats
 
 __all__ = ["add_config_flag", "loop_factory", "register", "run_server", "serve"]
@@ -83,6 +83,7 @@ def _serve(
         )
 
     async def main() -> None:
+        watch_parent(asyncio.get_running_loop())  # a worker: not to outlive its parent
         stats = await serve_worker_stats(stats_path, server) if stats_path is not None else None
         try:
             await server.serve_until_signalled()
@@ -102,15 +103,15 @@ def run_server(main: Coroutine[Any, Any, None], loop_name: str) -> None:
             raise ConfigError(f"cannot listen: {exc.strerror or exc}") from None
 
 
-def _reloaded(reread: Reread, *, worker: bool) -> ProxyConfig:
-    """The configuration read again on SIGHUP; ConfigError when it is not one this server can take."""
+def _reloaded(reread: Reread, *, worker: bool) -> Reloaded:
+    """The configuration read again on SIGHUP, and the logging it names to apply once the server has
+    taken it (a refused reload changes nothing); ConfigError when it is not one this server can take."""
     config, values = reread()
     if not isinstance(config, ProxyConfig):
         raise ConfigError("--mode changed: a restart is needed to apply that")
     if worker:  # the parent serves the admin listener (distpat.net.workers)
         config = replace(config, admin=None)
-    apply_logging(values)  # the log level and format, as the file now says
-    return config
+    return config, lambda: apply_logging(values)  # the log level and format, as the file now says
 
 
 def serve(config: AnyConfig, values: dict[str, Any], reread: Reread | None = None) -> int:

@@ -22,7 +22,7 @@ from distpat.net.server import ClientConnection, EngineSettings, EngineState, Ex
 from distpat.net.tls import CertificateStore, TLSOptions
 from distpat.net.upstream import Upstream, UpstreamGroup, UpstreamPolicy, parse_upstream_url
 
-__all__ = ["ProxyConfig", "ProxyServer", "Serving", "run_until_signalled"]
+__all__ = ["ProxyConfig", "ProxyServer", "Reloaded", "Serving", "run_until_signalled"]
 
 log = logging.getLogger("distpat.proxy")
 access_log = logging.getLogger("distpat.access")
@@ -48,6 +48,11 @@ class ProxyConfig:
     """Serve HTTPS with these certificates (the TLS sidecar); None for plain HTTP."""
     redirect_http: tuple[str, int] | None = None
     """A plain listener that redirects every request to the HTTPS one."""
+
+
+Reloaded = tuple["ProxyConfig", Callable[[], None] | None]
+"""What a ``config_source`` returns: the configuration read again, and what to do (outside the
+server: logging) once the server has taken it; not called when the reload is refused."""
 
 
 class Serving(typing.Protocol):
@@ -98,7 +103,7 @@ class ProxyServer:
         *,
         metrics: ProxyMetrics | None = None,
         hooks: Sequence[ProxyHook] = (),
-        config_source: Callable[[], ProxyConfig] | None = None,
+        config_source: Callable[[], Reloaded] | None = None,
     ) -> None:
         self.config = config
         self.config_source = config_source
@@ -232,12 +237,14 @@ class ProxyServer:
         stays."""
         if self.config_source is not None:
             try:
-                new = self.config_source()
+                new, applied = self.config_source()
                 self.reconfigure(new)
             except ConfigError as exc:
                 self.metrics.config_reloaded(ok=False)
                 log.error("configuration reload refused, the one in service stays: %s", exc)
             else:
+                if applied is not None:
+                    applied()  # what lives outside the server (logging), only once all of it is taken
                 self.metrics.config_reloaded(ok=True)
                 log.info(
                     "configuration reloaded: upstreams %s", ", ".join(u.name for u in self.group.upstreams)
@@ -259,18 +266,29 @@ class ProxyServer:
         changed = [name for name in self._RESTART_ONLY if getattr(new, name) != getattr(self.config, name)]
         if changed:
             raise ConfigError(f"{', '.join(changed)} changed: a restart is needed to apply that")
+        # Everything is built first, and only then applied: a refusal leaves nothing changed.
         old = {u.name: u for u in self.group.upstreams}
-        upstreams = []
+        upstreams: list[Upstream] = []
+        kept: list[Upstream] = []
+        added: list[Upstream] = []
         for url in new.upstreams:
             host, port = parse_upstream_url(url)
-            kept = old.pop(f"{host}:{port}", None)  # Upstream.name
-            if kept is not None:
-                kept.policy = new.policy
-                kept.max_response_header_bytes = new.settings.max_response_header_bytes
-                upstreams.append(kept)
+            same = old.pop(f"{host}:{port}", None)  # Upstream.name
+            if same is not None:
+                kept.append(same)
+                upstreams.append(same)
             else:
-                upstreams.append(self._new_upstream(url, new))
+                fresh = Upstream(
+                    url, new.policy, max_response_header_bytes=new.settings.max_response_header_bytes
+                )
+                added.append(fresh)
+                upstreams.append(fresh)
         group = UpstreamGroup(upstreams, balance=new.balance)  # ConfigError before anything changes
+        for u in kept:
+            u.policy = new.policy
+            u.max_response_header_bytes = new.settings.max_response_header_bytes
+        for u in added:
+            self._watch_upstream(u)
         for gone in old.values():
             gone.policy = replace(gone.policy, max_idle=0)  # released connections close
             for conn in list(gone.idle):
@@ -297,9 +315,12 @@ class ProxyServer:
 
     def _new_upstream(self, url: str, config: ProxyConfig) -> Upstream:
         u = Upstream(url, config.policy, max_response_header_bytes=config.settings.max_response_header_bytes)
+        self._watch_upstream(u)
+        return u
+
+    def _watch_upstream(self, u: Upstream) -> None:
         u.on_health_change = self._health_changed
         self.metrics.set_upstream_health(u.name, True)
-        return u
 
     # -- observation --------------------------------------------------------------------
 

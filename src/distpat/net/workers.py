@@ -4,6 +4,12 @@ The parent stays small: it forwards SIGTERM, SIGINT and SIGHUP to every worker,
 waits for them, and serves the admin listener itself, gathering each worker's
 metrics and readiness at every request (distpat.net.workerstats), so ``/metrics``
 adds up all workers and a dead worker only drops out of the sum.
+
+Those three signals are blocked from before the first fork until the parent's handlers are in, so
+one sent during start-up waits for them instead of killing the parent and orphaning the workers. A
+worker ignores all three until its own loop handles them; a SIGHUP forwarded to a worker still
+starting is dropped (it has just read the file anyway), a SIGTERM is repeated by the parent. A
+worker whose parent is gone drains and exits (:func:`watch_parent`).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from distpat.errors import ConfigError
 from distpat.net.admin import AdminServer, create_admin_app
 from distpat.net.workerstats import WorkerGroupStats
 
-__all__ = ["run_workers"]
+__all__ = ["run_workers", "watch_parent"]
 
 log = logging.getLogger("distpat.proxy")
 
@@ -58,18 +64,28 @@ def run_workers(config: C, workers: int, serve_one: Callable[[C, str], None]) ->
     paths = [os.path.join(directory, f"worker-{i}.sock") for i in range(workers)]
     child_config = replace(config, admin=None)  # type: ignore[type-var]
     children: list[int] = []
+    parent = os.getpid()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)  # until _parent handles them
+
+    def unblock() -> None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
     try:
         for path in paths:
             pid = os.fork()
             if pid == 0:  # pragma: no cover - runs in the child
+                global _parent_pid
+                _parent_pid = parent
                 if admin is not None:
                     admin.close()
-                # Until its loop handles them, and once it has drained, the worker ignores SIGTERM and
-                # SIGINT (run_until_signalled puts these dispositions back): a signal sent to the whole
-                # group and forwarded by the parent too must not kill a worker mid-exit. The parent
-                # repeats the signal while a worker lives, so one sent while it starts is not lost.
-                signal.signal(signal.SIGTERM, signal.SIG_IGN)
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                # Until its loop handles them, and once it has drained, the worker ignores SIGTERM,
+                # SIGINT and SIGHUP (run_until_signalled puts these dispositions back): a signal sent
+                # to the whole group and forwarded by the parent too must not kill a worker mid-exit.
+                # The parent repeats SIGTERM while a worker lives, so one sent while it starts is not
+                # lost; a SIGHUP then is (the worker is reading the file as it stands anyway).
+                for signum in _SIGNALS:
+                    signal.signal(signum, signal.SIG_IGN)
+                unblock()  # pending ones are discarded: ignored
                 code = 0
                 try:
                     serve_one(child_config, path)
@@ -78,18 +94,52 @@ def run_workers(config: C, workers: int, serve_one: Callable[[C, str], None]) ->
                     code = 1
                 os._exit(code)
             children.append(pid)
-        return asyncio.run(_parent(admin, children, paths))
+        return asyncio.run(_parent(admin, children, paths, unblock))
     finally:
+        unblock()
         shutil.rmtree(directory, ignore_errors=True)
         if admin is not None:
             admin.close()
 
 
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
 RESEND_EVERY = 1.0
 """Seconds between repeats of SIGTERM/SIGINT to the workers still running, while they drain."""
 
+PARENT_CHECK_EVERY = 1.0
+"""Seconds between a worker's looks at whether its parent still lives (:func:`watch_parent`)."""
 
-async def _parent(admin: socket.socket | None, children: list[int], paths: list[str]) -> int:
+_parent_pid: int | None = None
+"""In a worker: the parent that forked it. None in any other process."""
+
+
+def watch_parent(loop: asyncio.AbstractEventLoop) -> None:
+    """In a worker of :func:`run_workers`: once its parent is gone (killed: a parent that exits waits
+    for its workers first), the worker sends itself SIGTERM, so it drains and exits rather than serve
+    on alone. Looked at every :data:`PARENT_CHECK_EVERY` seconds and sent again while the worker
+    lives, so one that lands before the worker handles SIGTERM (it is ignored then) is not lost.
+    Does nothing in a process that is not such a worker."""
+    parent = _parent_pid
+    if parent is None:
+        return
+    gone = False
+
+    def check() -> None:
+        nonlocal gone
+        if os.getppid() != parent:
+            if not gone:
+                log.warning("parent %d is gone: draining", parent)
+                gone = True
+            os.kill(os.getpid(), signal.SIGTERM)
+        loop.call_later(PARENT_CHECK_EVERY, check)
+
+    check()
+
+
+async def _parent(
+    admin: socket.socket | None, children: list[int], paths: list[str], unblock: Callable[[], None]
+) -> int:
     loop = asyncio.get_running_loop()
     draining = False
     exited: set[int] = set()  # reaped by _wait_all: never signalled again (their pids may be reused)
@@ -116,8 +166,9 @@ async def _parent(admin: socket.socket | None, children: list[int], paths: list[
             repeat.cancel()
         resend(signum)
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for signum in _SIGNALS:
         loop.add_signal_handler(signum, forward, signum)
+    unblock()  # one sent since the first fork is handled now
     server: AdminServer | None = None
     try:
         if admin is not None:
@@ -131,7 +182,7 @@ async def _parent(admin: socket.socket | None, children: list[int], paths: list[
             repeat.cancel()
         if server is not None:
             await server.close()
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for signum in _SIGNALS:
             loop.remove_signal_handler(signum)
 
 
