@@ -107,6 +107,11 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 RESEND_EVERY = 1.0
 """Seconds between repeats of SIGTERM/SIGINT to the workers still running, while they drain."""
 
+FIRST_FORWARD_AFTER = 0.25
+"""Seconds before the parent passes SIGTERM/SIGINT on. A signal sent to the whole process group
+(systemd, ^C) has reached every worker already, and one that has drained in that time is gone by
+then: passing it on at once would land a second signal in a worker's last steps of exiting."""
+
 PARENT_CHECK_EVERY = 1.0
 """Seconds between a worker's looks at whether its parent still lives (:func:`watch_parent`)."""
 
@@ -164,7 +169,7 @@ async def _parent(
         draining = True
         if repeat is not None:
             repeat.cancel()
-        resend(signum)
+        repeat = loop.call_later(FIRST_FORWARD_AFTER, resend, signum)
 
     for signum in _SIGNALS:
         loop.add_signal_handler(signum, forward, signum)
