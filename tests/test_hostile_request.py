@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tests.httpkit import Backend, RawClient, Response, exchange, running_proxy
@@ -254,6 +254,9 @@ def oversized_chunks(draw: st.DrawFn) -> tuple[bytes, tuple[int, ...]]:
 
 @few
 @given(st.lists(oversized_chunks(), min_size=1, max_size=6), st.integers(1, 50))
+# Found by hypothesis: a read that ends one chunk and holds the whole over-long size line of the next
+# was searched back past that line (as if it were a trailer field) to the chunk's data, 'd', a size.
+@example(cases=[(b"1\r\nd\r\n5;" + b"e" * 4096 + b"\r\n", (400,))], split=1)
 def test_oversized_chunk_lines_are_refused_at_once(
     cases: list[tuple[bytes, tuple[int, ...]]], split: int
 ) -> None:

@@ -151,7 +151,9 @@ class ChunkLines:
             end = n - len(tail) + tail.rfind(b"\n") + 1  # past the last LF: a trailer line begun
         line, start = self._line_before(data, end)
         for _ in range(_TRAILER_LINES):
-            if is_size_line(line) or start <= 0:
+            # a line past the limit is refused as it is: never looked past as if it were a trailer
+            # field (the size line of a chunk whose data is still to come can look like one)
+            if is_size_line(line) or start <= 0 or len(line) > MAX_CHUNK_LINE:
                 break
             line, start = self._line_before(data, start)
         return line, start
