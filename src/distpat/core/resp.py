@@ -269,11 +269,25 @@ class ReplyScanner(_Buffered):
         self.max_reply_bytes = max_reply_bytes
 
     def feed(self, data: bytes) -> list[bytes]:
+        data, ends = self.scan(data)
+        out: list[bytes] = []
+        start = 0
+        for end in ends:
+            out.append(data[start:end])
+            start = end
+        return out
+
+    def scan(self, data: bytes) -> tuple[bytes, list[int]]:
+        """:meth:`feed`, in a cheaper shape: a buffer, and where each complete reply in it ends.
+
+        The first reply starts at 0, each next one where the one before ended, so a run of
+        replies is one slice (``buf[ends[i - 1]:ends[j]]``) and no reply is cut out on its own.
+        """
         whole = self._take(data)
         if whole is None:
-            return []
+            return b"", []
         data = whole
-        out: list[bytes] = []
+        out: list[int] = []
         n = len(data)
         pos = 0
         find = data.find
@@ -304,10 +318,10 @@ class ReplyScanner(_Buffered):
                 if end < 0:
                     self._need -= pos  # _end set it as an index of data; the buffer starts at pos
                     break
-            out.append(data[pos:end])
+            out.append(end)
             pos = end
         self._keep(data, pos, "reply")
-        return out
+        return data, out
 
     def _end(self, data: bytes, pos: int, n: int) -> int:
         """Where the reply starting at ``pos`` ends, or -1 if it is incomplete (setting ``_need``)."""
