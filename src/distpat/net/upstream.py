@@ -427,7 +427,7 @@ class Upstream:
 class UpstreamGroup:
     """Several upstreams, balanced round robin or by fewest outstanding requests."""
 
-    __slots__ = ("upstreams", "balance", "_cycle", "clock")
+    __slots__ = ("upstreams", "balance", "_cycle", "clock", "name", "_orders")
 
     def __init__(
         self,
@@ -435,6 +435,7 @@ class UpstreamGroup:
         *,
         balance: str = "round_robin",
         clock: Callable[[], float] = time.monotonic,
+        name: str = "default",
     ) -> None:
         if not upstreams:
             raise ConfigError("at least one upstream is needed")
@@ -444,6 +445,9 @@ class UpstreamGroup:
         self.balance = balance
         self._cycle = itertools.cycle(range(len(upstreams)))
         self.clock = clock
+        self.name = name
+        """The pool's name (``[pools.NAME]``); ``default`` for the proxy's ``--upstream`` list."""
+        self._orders: dict[tuple[str, ...], tuple[Upstream, ...]] = {}
 
     def by_name(self, name: str) -> Upstream | None:
         """The upstream called ``name`` (``host:port``), or None."""
@@ -452,12 +456,48 @@ class UpstreamGroup:
                 return u
         return None
 
+    def resolve(self, order: tuple[str, ...]) -> tuple[Upstream, ...] | None:
+        """A stage's preference order as upstreams, or None when it names one not in the group.
+        Orders are remembered (a ring's are few: one per point of a node's replicas)."""
+        found = self._orders.get(order)
+        if found is None:
+            by_name = {u.name: u for u in self.upstreams}
+            try:
+                found = tuple(by_name[name] for name in order)
+            except KeyError:
+                return None
+            if len(self._orders) >= 4096:
+                self._orders.clear()
+            self._orders[order] = found
+        return found
+
+    def in_flight(self) -> dict[str, int]:
+        """Requests in flight to each upstream, by name."""
+        return {u.name: u.outstanding for u in self.upstreams}
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(u.name for u in self.upstreams)
+
     def healthy(self) -> list[Upstream]:
         now = self.clock()
         return [u for u in self.upstreams if u.available(now)]
 
-    def choose(self, exclude: frozenset[Upstream] = frozenset()) -> Upstream | None:
-        """The next upstream to try, or None when every one is ejected or excluded."""
+    def choose(
+        self, exclude: frozenset[Upstream] = frozenset(), order: tuple[Upstream, ...] = ()
+    ) -> Upstream | None:
+        """The next upstream to try, or None when every one is ejected or excluded.
+
+        With ``order`` (a stage's preference order: a shard and its replicas), the first of it
+        that is neither excluded nor ejected; failover never leaves ``order``. When all of it
+        not yet tried is ejected, the one whose ejection ends first (as without an order).
+        """
+        if order:
+            now = self.clock()
+            for u in order:
+                if u not in exclude and u.available(now):
+                    return u
+            rest = [u for u in order if u not in exclude]
+            return min(rest, key=lambda u: u.ejected_until) if rest else None
         if len(self.upstreams) == 1 and not exclude:
             return self.upstreams[0]  # the only one: ejected or not, it is the one to try
         now = self.clock()
