@@ -34,6 +34,7 @@ from distpat.core.ring import (
     Key,
     MaglevRing,
     ModulaRing,
+    NginxChashRing,
     NodesArg,
     RandomRing,
     RendezvousRing,
@@ -70,6 +71,7 @@ ALGORITHMS: Mapping[str, Callable[..., Ring]] = {
     "maglev": MaglevRing,
     "rendezvous": RendezvousRing,
     "jump": JumpRing,
+    "nginx": NginxChashRing,
 }
 """Ring classes by the names the CLI and configuration files use."""
 
