@@ -414,6 +414,10 @@ class Stage:
     """The registry name (``[[stage]] kind = ...``)."""
     reads: frozenset[bytes] = frozenset()
     name: str = ""
+    """Unique in a pipeline (``[[stage]] name = ...``); the kind and position when not set."""
+    pools: tuple[str, ...] = ()
+    """The named pools this stage may forward, mirror or send sub-requests to: the engine checks
+    at start that each is configured, so a typo fails the configuration, not a request."""
 
     def on_request(self, request: Request, tick: Tick) -> Effect | None:
         """Decide about ``request``: an effect, or None to leave it to the next stage."""
@@ -431,6 +435,12 @@ class Stage:
     def on_done(self, request: Request, outcome: Outcome, tick: Tick) -> Call | None:
         """Called exactly once per request this stage saw; a Call is fire-and-forget."""
         return None
+
+    def decision(self, request: Request) -> str | None:
+        """What this stage decided for ``request``, for the metrics (``distpat_stage_decisions_total``
+        by stage and decision: a variant, a shard); by default what it noted under its name."""
+        note = request.notes.get(self.name)
+        return note if isinstance(note, str) else None
 
     @classmethod
     def overrides(cls, method: str) -> bool:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from distpat.core.hooks import ProxyHook
+from distpat.core.stage import Stage
 from distpat.errors import ConfigError
 from distpat.net.admin import AdminServer, create_admin_app
 from distpat.net.health import HealthCheck, HealthChecker
@@ -48,6 +49,14 @@ class ProxyConfig:
     """Serve HTTPS with these certificates (the TLS sidecar); None for plain HTTP."""
     redirect_http: tuple[str, int] | None = None
     """A plain listener that redirects every request to the HTTPS one."""
+    pools: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """Named upstream pools (``[pools.NAME]``): name and upstream URLs, each balanced as
+    ``balance`` says, with ``policy`` and ``health_check``. ``upstreams`` is the pool named
+    ``default`` (it may be empty when the stages name every pool they use)."""
+    stages: tuple[Stage, ...] = ()
+    """The pipeline (see distpat.core.stage): the stages every request passes, in order."""
+    mirror_max_in_flight: int = 64
+    """Mirror copies in flight at once (Forward.mirror); past it copies are dropped and counted."""
 
 
 Reloaded = tuple["ProxyConfig", Callable[[], None] | None]
