@@ -4,14 +4,15 @@ and never in anyone's way (distpat.net.mirror)."""
 from __future__ import annotations
 
 import asyncio
-import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
 from distpat.net.mirror import MirrorSender
-from distpat.net.upstream import Upstream, UpstreamGroup
-from tests.httpkit import HOST, Backend, Reply, Request
+from distpat.net.upstream import UpstreamGroup
+from tests import effectkit
+from tests.effectkit import dead_url, until
+from tests.httpkit import Backend, Reply, Request
 
 GET = b"GET /copy HTTP/1.1\r\nHost: example\r\nX-Copy: 1\r\n\r\n"
 CHUNKED_POST = (
@@ -20,23 +21,8 @@ CHUNKED_POST = (
 )
 
 
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait (bounded) until ``condition()`` holds."""
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.005)
-
-
 def group_of(*urls: str, name: str = "mirror") -> UpstreamGroup:
-    return UpstreamGroup([Upstream(url) for url in urls], name=name)
-
-
-def dead_url() -> str:
-    """A 127.0.0.1 port nothing listens on (bound, then closed)."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port = s.getsockname()[1]
-    return f"http://{HOST}:{port}"
+    return effectkit.group_of(*urls, name=name)
 
 
 class Events:
