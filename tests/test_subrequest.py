@@ -346,3 +346,70 @@ async def test_close_cancels_the_fetches_in_flight(gate: asyncio.Event) -> None:
         await until(lambda: not slow.transports)
         assert done.calls == []
         await pool.close()
+
+
+async def test_interim_responses_and_head_are_read_right_and_the_connection_kept() -> None:
+    async def varied(request: Request) -> Reply:
+        if request.method == b"HEAD":
+            return Reply(raw=b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+        return Reply(
+            raw=b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        )
+
+    async with Backend(varied) as backend:
+        pool = group_of(backend.url)
+        subs = SubRequests({None: pool}, via=VIA, connect_timeout=2.0)
+        for request in (
+            SubRequest(None, b"/h", method=b"HEAD"),
+            SubRequest(None, b"/i"),
+            SubRequest(None, b"/h"),
+        ):
+            done = Done()
+            subs.fetch(fetch(request), done)
+            [result] = await done.results()
+            assert (result.status, result.error) == (200, None)
+            assert result.body == (b"" if request.method == b"HEAD" else b"ok")
+        assert backend.connections == 1
+        await subs.close()
+        await pool.close()
+
+
+async def test_a_pooled_connection_found_closed_is_replaced_for_an_idempotent_request() -> None:
+    async with Backend(reply_with) as backend:
+        pool = group_of(backend.url)
+        upstream = pool.upstreams[0]
+        subs = SubRequests({None: pool}, via=VIA, connect_timeout=2.0)
+
+        async def stale_pooled_connection() -> None:
+            """One pooled connection the backend has closed, unnoticed (its reading paused)."""
+            done = Done()
+            subs.fetch(fetch(SubRequest(None, b"/warm")), done)
+            await done.results()
+            [conn] = upstream.idle
+            assert conn.transport is not None
+            conn.transport.pause_reading()
+            for transport in list(backend.transports):
+                transport.close()
+            await until(lambda: not backend.transports)
+
+        async def through_it(request: SubRequest) -> SubResult:
+            [conn] = upstream.idle
+            done = Done()
+            subs.fetch(fetch(request), done)
+            assert conn.handler is not None  # the pooled connection was taken
+            assert conn.transport is not None
+            conn.transport.resume_reading()  # now its end is seen
+            [result] = await done.results()
+            return result
+
+        await stale_pooled_connection()
+        get = await through_it(SubRequest(None, b"/again"))
+        assert (get.status, get.body) == (200, b"answer to /again")  # sent again on a new connection
+        assert backend.connections == 2
+        await stale_pooled_connection()
+        post = await through_it(SubRequest(None, b"/once", method=b"POST", body=b"x"))
+        assert post.error == "broken"  # not idempotent: never sent twice
+        assert [r.target for r in backend.requests] == [b"/warm", b"/again", b"/warm"]
+        await subs.close()
+        await pool.close()
