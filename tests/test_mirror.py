@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from distpat.net.batch import WriteBatch
 from distpat.net.mirror import MirrorSender
 from distpat.net.upstream import UpstreamGroup
 from tests import effectkit
@@ -64,7 +65,7 @@ async def test_a_chunked_body_goes_as_it_was_framed() -> None:
     events = Events()
     async with Backend() as backend:
         group = group_of(backend.url)
-        sender = MirrorSender(on_event=events)
+        sender = MirrorSender(on_event=events, batch=WriteBatch())  # written with the turn's writes
         assert sender.send(group, CHUNKED_POST)
         await until(lambda: events.count("sent") == 1)
         [request] = backend.requests

@@ -264,6 +264,10 @@ async def test_bodies_over_max_body_broken_and_invalid_responses_are_errors() ->
             return Reply(raw=b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npart", close=True)
         if request.target == b"/junk":
             return Reply(raw=b"SMTP ready\r\n\r\n")
+        if request.target == b"/twice-chunked":
+            return Reply(raw=b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n")
+        if request.target == b"/switch":
+            return Reply(raw=b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n")
         if request.target == b"/eof":
             return Reply(raw=b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end", close=True)
         return Reply(body=b"x" * 10)
@@ -279,10 +283,13 @@ async def test_bodies_over_max_body_broken_and_invalid_responses_are_errors() ->
                 SubRequest(None, b"/cut"),
                 SubRequest(None, b"/junk"),
                 SubRequest(None, b"/eof"),
+                SubRequest(None, b"/twice-chunked"),
+                SubRequest(None, b"/switch"),
             ),
             done,
         )
-        big, fits, cut, junk, eof = await done.results()
+        big, fits, cut, junk, eof, twice_chunked, switch = await done.results()
+        assert twice_chunked.error == switch.error == "protocol"
         assert (big.error, big.body) == ("too_large", b"")
         assert (fits.error, fits.body) == (None, b"x" * 10)
         assert cut.error == "broken"
