@@ -7,7 +7,7 @@ import logging
 from time import perf_counter
 from typing import TYPE_CHECKING
 
-from distpat.core.forward import amend_head
+from distpat.core.amend import amend_head
 from distpat.core.http import (
     CHUNKED_BODY,
     LAST_CHUNK,

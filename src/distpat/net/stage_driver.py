@@ -21,7 +21,7 @@ import logging
 from time import perf_counter
 from typing import TYPE_CHECKING
 
-from distpat.core.forward import amend_head
+from distpat.core.amend import amend_head
 from distpat.core.http import local_response
 from distpat.core.pipeline import StageError
 from distpat.core.stage import (
