@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple, Protocol, TypeAlias
 
 from distpat.errors import LocalProtocolError
@@ -157,6 +157,10 @@ class Request:
         return f"<Request {self.method.decode('latin-1')} {self.target[:60]!r} from {self.client}>"
 
 
+def _lines(fields: Fields) -> bytes:
+    return b"".join(name + b": " + value + b"\r\n" for name, value in fields)
+
+
 def _check_fields(fields: Fields, what: str) -> None:
     for name, value in fields:
         if (
@@ -213,10 +217,15 @@ class Forward:
     """Capture up to this many bytes of the response body for :meth:`Stage.on_body`."""
     mirror: tuple[str, ...] = ()
     """Pools that get a copy of the request, body included; their responses are discarded."""
+    add_lines: bytes = field(init=False, repr=False, compare=False)
+    """``add`` as field lines, serialised once (a stage builds its Forward values once and reuses them)."""
+    respond_lines: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_fields(self.add, "forwarded request")
         _check_fields(self.respond, "response")
+        object.__setattr__(self, "add_lines", _lines(self.add))
+        object.__setattr__(self, "respond_lines", _lines(self.respond))
         if self.target is not None and (
             not self.target.startswith(b"/") or any(c in self.target for c in b" \r\n\0")
         ):

@@ -320,7 +320,7 @@ class Exchange:
         )
         run = self.run
         amend = replaced = None
-        respond_fields: tuple[tuple[bytes, bytes], ...] = ()
+        respond_lines = b""
         if run is not None:
             pipeline = client.state.pipeline
             if pipeline is not None and pipeline.wants_response:
@@ -329,7 +329,7 @@ class Exchange:
                 self.response_fields = tuple(headers)
                 forward = run.plan
                 if forward is not None and forward.respond:
-                    respond_fields = forward.respond
+                    respond_lines = forward.respond_lines
         try:
             plan = client.state.responses.forward(self.method, status, headers, self.http10, keep)
         except RemoteProtocolError as exc:
@@ -342,8 +342,8 @@ class Exchange:
             self.response_started = True
             if amend is not None:
                 head = amend_head(head, add=amend.add, drop=amend.drop)
-            elif respond_fields:
-                head = amend_head(head, add=respond_fields)
+            elif respond_lines:
+                head = head[:-2] + respond_lines + b"\r\n"
             self.to_client.append(head)
             self.last_io = client.loop.time()  # the response timeout runs from here
         else:
@@ -352,8 +352,8 @@ class Exchange:
             except RemoteProtocolError as exc:
                 self._upstream_broken(ConnectionError(str(exc)))
                 return
-            if amend is None and respond_fields:
-                amend = Amend(respond_fields)
+            if amend is None and respond_lines and run is not None and run.plan is not None:
+                amend = Amend(run.plan.respond)
             forward_general_response(self, status, headers, framing, keep_alive, keep, amend)
         if replaced is not None:
             replace_response(self, replaced)

@@ -164,8 +164,10 @@ def _plan(ex: Exchange, fwd: Forward) -> None:
             ex.local = _missing(f"upstreams {', '.join(fwd.order)} in pool {group.name!r}")
             return
         ex.order = order
-    if fwd.target is not None or fwd.add or fwd.drop:
+    if fwd.target is not None or fwd.drop:
         ex.head = amend_head(ex.head, target=fwd.target, add=fwd.add, drop=fwd.drop)
+    elif fwd.add:
+        ex.head = ex.head[:-2] + fwd.add_lines + b"\r\n"
     if fwd.capture:
         ex.capture_left = fwd.capture
         ex.captured = []
@@ -273,7 +275,7 @@ def done(ex: Exchange, kind: OutcomeKind) -> None:
 
 
 def _count(count: Callable[[str, str], None] | None, run: Run) -> None:
-    if count is not None:
+    if count is not None and (run.request.notes or run.pipeline.decides):
         request = run.request
         for stage in run.pipeline.stages[: run.entered]:
             decision = stage.decision(request)
