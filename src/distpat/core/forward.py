@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from distpat.core.field_names import (
+    _CAPTURE,
     _CONNECTION,
     _COPY,
     _EXPECT,
@@ -69,6 +70,8 @@ __all__ = [
     "ForwardedResponse",
     "RequestForwarder",
     "ResponseForwarder",
+    "amend_head",
+    "capture_fields",
     "forward_request",
     "forward_response",
     "other_codings",
@@ -155,6 +158,7 @@ class RequestForwarder:
         "_end",
         "_end_chunked",
         "_host_ok",
+        "capture",
     )
 
     def __init__(
@@ -167,8 +171,11 @@ class RequestForwarder:
         drop: frozenset[bytes] = _NO_FIELDS,
         extra: Sequence[tuple[bytes, bytes]] = (),
         underscores: bool = False,
+        capture: frozenset[bytes] = _NO_FIELDS,
     ) -> None:
-        self._names = _name_table(False, drop, underscores)
+        self._names = _name_table(False, drop, underscores, capture)
+        self.capture = capture
+        """Lowercase names whose values :meth:`forward` hands back in ``fields`` (Stage.reads)."""
         self._host_ok = b""  # the last Host value found valid: a connection's requests repeat it
         self._seen = self._names.seen
         self._addr = client_addr.encode("ascii", "backslashreplace") or b"unknown"
@@ -183,10 +190,18 @@ class RequestForwarder:
         self._end_chunked = extra_lines + b"Transfer-Encoding: chunked\r\n\r\n"
 
     def forward(
-        self, method: bytes, target: bytes, headers: Headers, http10: bool
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        http10: bool,
+        fields: dict[bytes, bytes] | None = None,
     ) -> ForwardedRequest | None:
         """The upstream request head, or None when a Connection field names other fields
         or the target is not in origin form (absolute-form, ``*``).
+
+        With ``fields``, the values of the ``capture`` names are put there by lowercase name, in
+        the same pass (see :func:`capture_fields` for how repeated fields are joined).
 
         ``Expect: 100-continue`` is taken out (the engine answers it); any
         other expectation is refused with 417. Content-Length is sent in
@@ -214,6 +229,10 @@ class RequestForwarder:
                 kind = self._names.kind(name)
             if kind == _COPY:
                 parts += (name, b": ", value, b"\r\n")
+            elif kind == _CAPTURE:
+                parts += (name, b": ", value, b"\r\n")
+                if fields is not None:
+                    _keep(fields, name.lower(), value)
             elif kind == _HOST:
                 if host is not None:
                     raise RemoteProtocolError("request has more than one Host field", status=400)
@@ -253,6 +272,8 @@ class RequestForwarder:
             raise RemoteProtocolError(NO_HOST, status=400)
         if connection is not None and not _options_are_plain(connection):
             return None
+        if fields is not None and self.capture:
+            _capture_known(fields, self.capture, host, xff, vias)
         if body_fields:
             framing = request_framing(body_fields, version=(1, 0) if http10 else (1, 1))
             body, length = framing.kind, -1 if framing.length is None else framing.length
@@ -394,6 +415,69 @@ class ResponseForwarder:
             parts.append(b"Connection: keep-alive\r\n")
         parts.append(b"\r\n")
         return body, b"".join(parts), rechunk, close
+
+
+def _keep(fields: dict[bytes, bytes], lower: bytes, value: bytes) -> None:
+    """One captured field line: repeated fields are joined as one list value (RFC 9110 section
+    5.3), Cookie lines with ``; `` (RFC 6265 section 5.4)."""
+    value = value.strip(_OWS)
+    before = fields.get(lower)
+    if before is None:
+        fields[lower] = value
+    elif value:
+        fields[lower] = before + (b"; " if lower == b"cookie" else b", ") + value
+
+
+def _capture_known(
+    fields: dict[bytes, bytes],
+    capture: frozenset[bytes],
+    host: bytes | None,
+    xff: bytes | None,
+    via: bytes | None,
+) -> None:
+    """The captured fields the pass reads for itself (they keep their own kind in the table)."""
+    for lower, value in ((b"host", host), (b"x-forwarded-for", xff), (b"via", via)):
+        if value is not None and lower in capture:
+            fields[lower] = value
+
+
+def capture_fields(headers: Headers, capture: frozenset[bytes]) -> dict[bytes, bytes]:
+    """The values of the ``capture`` names in ``headers``, as :meth:`RequestForwarder.forward`
+    captures them (for the general path)."""
+    fields: dict[bytes, bytes] = {}
+    for name, value in headers:
+        lower = name.lower()
+        if lower in capture:
+            _keep(fields, lower, value)
+    return fields
+
+
+def amend_head(
+    head: bytes,
+    *,
+    target: bytes | None = None,
+    add: Sequence[tuple[bytes, bytes]] = (),
+    drop: frozenset[bytes] = _NO_FIELDS,
+) -> bytes:
+    """A serialised head with its target replaced (a request's), fields named in ``drop``
+    (lowercase) removed and ``add`` appended before the blank line. The values come from
+    stages, which checked them (distpat.core.stage); framing fields are never dropped here."""
+    if target is not None:
+        line_end = head.index(b"\r\n")
+        method_end = head.index(b" ")
+        version = head.rindex(b" ", 0, line_end)
+        head = head[: method_end + 1] + target + head[version:]
+    if drop:
+        lines = head[:-4].split(b"\r\n")
+        kept = [lines[0]]
+        for line in lines[1:]:
+            lower = line.partition(b":")[0].strip(_OWS).lower()
+            if lower not in drop or lower in (b"content-length", b"transfer-encoding"):
+                kept.append(line)
+        head = b"\r\n".join(kept) + b"\r\n\r\n"
+    if add:
+        head = head[:-2] + _lines(add) + b"\r\n"
+    return head
 
 
 def forward_request(

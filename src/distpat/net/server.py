@@ -23,8 +23,7 @@ from collections import deque
 import httptools
 
 from distpat.core.chunked import ChunkLines
-from distpat.core.forward import ForwardedRequest, RequestForwarder
-from distpat.core.hooks import LocalResponse, RequestView
+from distpat.core.forward import ForwardedRequest, RequestForwarder, capture_fields
 from distpat.core.http import (
     CHUNKED_BODY,
     LENGTH_BODY,
@@ -37,6 +36,7 @@ from distpat.net.engine import READ_BUFFER_BYTES, EngineSettings, EngineState, c
 from distpat.net.exchange import Exchange
 from distpat.net.general_request import forward_general
 from distpat.net.refusal import Reject, answer_error, protocol_error
+from distpat.net.stage_driver import begin
 from distpat.net.tunnel import UpgradeExchange
 
 __all__ = ["ClientConnection", "EngineSettings", "EngineState", "Exchange"]
@@ -169,6 +169,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             drop=state.request_drop,
             extra=self.extra_request,  # the client certificate's subject
             underscores=settings.underscores_in_headers,
+            capture=frozenset() if state.pipeline is None else state.pipeline.reads,
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -300,21 +301,25 @@ class ClientConnection(asyncio.BufferedProtocol):
         http10 = version == "1.0"
         headers = self.headers
         fast: ForwardedRequest | None = None
-        view: RequestView | None = None
-        local: LocalResponse | None = None
+        pipeline = self.state.pipeline
+        fields: dict[bytes, bytes] | None = None if pipeline is None else {}
+        target = self.url
         try:
-            if not self.state.hooks:  # the one-pass form; None leaves a rare case to the general one
-                fast = self.requests.forward(method, self.url, headers, http10)  # Host checked too
+            if pipeline is None or not pipeline.all_fields:
+                # the one-pass form, capturing what the stages read; None: a rare case, for the general one
+                fast = self.requests.forward(method, self.url, headers, http10, fields)  # Host checked too
             if fast is not None:
                 body, length, head, expect_continue = fast
             else:
-                framing, head, expect_continue, view, local = forward_general(self, method, http10, headers)
+                framing, head, expect_continue, target = forward_general(self, method, http10, headers)
                 body, length = framing.kind, -1 if framing.length is None else framing.length
+                if pipeline is not None:
+                    fields = capture_fields(headers, pipeline.reads)
         except RemoteProtocolError as exc:
             self.reject = Reject(exc.status, str(exc))
             raise self.reject from None
-        except LocalProtocolError as exc:  # a hook set a header value with CR or LF in it
-            self.reject = Reject(500, f"a hook produced an invalid request head: {exc}")
+        except LocalProtocolError as exc:
+            self.reject = Reject(500, f"distpat produced an invalid request head: {exc}")
             raise self.reject from None
         if body is LENGTH_BODY and length > settings.max_body_bytes:
             self.reject = Reject(413, f"request body larger than {settings.max_body_bytes} bytes")
@@ -325,12 +330,11 @@ class ClientConnection(asyncio.BufferedProtocol):
         ex = (UpgradeExchange if upgrade else Exchange)(
             self, method, self.url, http10, keep_alive, head, body, headers
         )
-        if view is not None or local is not None:
-            ex.view, ex.local = view, local
         if http10 and not has_host(headers) and (fast is not None or self.url[:1] == b"/"):
-            # the upstream's name is sent, unless a hook set one (an absolute target gave its own)
-            ex.needs_host = view is None or not has_host(view.headers)
-        ex.expect_continue = expect_continue  # answered when the exchange becomes active
+            ex.needs_host = True  # the upstream's name is sent (an absolute target gave its own)
+        ex.expect_continue = expect_continue  # answered when the exchange becomes active, if forwarded
+        if pipeline is not None:
+            begin(ex, target, fields)
         self.parsing = ex
         self.queue.append(ex)
         if len(self.queue) == 1:
