@@ -16,6 +16,7 @@ from distpat.core.pipeline import Pipeline
 from distpat.core.stage import Stage
 from distpat.errors import ConfigError
 from distpat.net.admin import AdminServer, create_admin_app
+from distpat.net.carriers import EffectCarriers
 from distpat.net.health import HealthCheck, HealthChecker
 from distpat.net.metrics import ProxyMetrics
 from distpat.net.redirect import RedirectProtocol
@@ -142,6 +143,11 @@ class ProxyServer:
             count_decision=self.metrics.stage_decided,
             count_mirror=self.metrics.mirror_event,
         )
+        self.carriers = EffectCarriers(
+            self.state,
+            mirror_max_in_flight=config.mirror_max_in_flight,
+            count_mirror=self.metrics.mirror_event,
+        )
         self._server: asyncio.base_events.Server | None = None
         self._admin: AdminServer | None = None
         self._health: HealthChecker | None = None
@@ -243,6 +249,7 @@ class ProxyServer:
             await self._health.stop()
         if self.tls is not None:
             await self.tls.stop()
+        await self.carriers.close()
         for group in self.pools.values():
             await group.close()
         if self._admin is not None:
