@@ -204,6 +204,15 @@ async def test_a_slow_or_dead_mirror_leaves_the_primarys_answers_as_they_were() 
                     copies = sorted(r.body for r in slow.requests)
                     assert copies == sorted(b"payload-" + k for k in chosen)
                     assert {r.target for r in slow.requests} == {b"/m"}
+                else:  # every copy to the dead mirror fails, and is counted
+                    line = (
+                        f'distpat_mirror_requests_total{{pool="mirror",result="failed"}} {float(len(chosen))}'
+                    )
+                    for _ in range(100):
+                        if line in p.metrics.render()[0].decode():
+                            break
+                        await asyncio.sleep(0.05)
+                    assert line in p.metrics.render()[0].decode()
 
 
 async def _metrics(port: int) -> str:
