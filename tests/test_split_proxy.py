@@ -233,3 +233,26 @@ async def test_requests_are_counted_by_variant_on_metrics() -> None:
         for variant, count in expected.items():
             line = f'distpat_stage_decisions_total{{decision="{variant}",stage="split"}} {float(count)}'
             assert line in text, [ln for ln in text.splitlines() if "decisions" in ln]
+
+
+async def test_a_reload_applies_new_shares_and_keeps_the_first_variants_users() -> None:
+    async with Backend(named("new")) as new, Backend(named("old")) as old:
+        flags = {"listen": f"{HOST}:0", "key": "header:X-User"}
+        config, _ = build_split_config(
+            {**flags, "variant": [f"new:30:{new.url}", f"old:*:{old.url}"]}, environ={}
+        )
+        server = ProxyServer(config)
+        await server.start()
+        try:
+            before = {k: (await get(server.port, b"/", user(k))).body.split()[0] for k in KEYS}
+            grown, _ = build_split_config(
+                {**flags, "variant": [f"new:60:{new.url}", f"old:*:{old.url}"]}, environ={}
+            )
+            server.reconfigure(grown)
+            after = {k: (await get(server.port, b"/", user(k))).body.split()[0] for k in KEYS}
+        finally:
+            await server.shutdown(1)
+        bigger = SplitTable.from_variants([("new", "60"), ("old", "*")])
+        assert after == {k: bigger.variant(k).encode() for k in KEYS}
+        assert all(after[k] == b"new" for k in KEYS if before[k] == b"new")
+        assert sum(v == b"new" for v in after.values()) > sum(v == b"new" for v in before.values())
