@@ -7,7 +7,7 @@ import logging
 from time import perf_counter
 from typing import TYPE_CHECKING
 
-from distpat.core.forward import amend_head
+from distpat.core.amend import amend_head
 from distpat.core.http import (
     CHUNKED_BODY,
     LAST_CHUNK,
@@ -21,7 +21,7 @@ from distpat.core.http import (
     response_head,
 )
 from distpat.core.pipeline import Run
-from distpat.core.stage import Answer, OutcomeKind
+from distpat.core.stage import Amend, Answer, OutcomeKind
 from distpat.errors import RemoteProtocolError
 from distpat.net.engine import IDEMPOTENT, Cancellable
 from distpat.net.general_response import answer_locally, forward_general_response
@@ -320,14 +320,16 @@ class Exchange:
         )
         run = self.run
         amend = replaced = None
+        respond_fields: tuple[tuple[bytes, bytes], ...] = ()
         if run is not None:
             pipeline = client.state.pipeline
-            if (pipeline is not None and pipeline.wants_response) or (
-                run.plan is not None and run.plan.respond
-            ):
+            if pipeline is not None and pipeline.wants_response:
                 amend, replaced = respond(self, status, headers)
-            else:
+            else:  # only Forward.respond fields, if any: added straight to the head
                 self.response_fields = tuple(headers)
+                forward = run.plan
+                if forward is not None and forward.respond:
+                    respond_fields = forward.respond
         try:
             plan = client.state.responses.forward(self.method, status, headers, self.http10, keep)
         except RemoteProtocolError as exc:
@@ -340,6 +342,8 @@ class Exchange:
             self.response_started = True
             if amend is not None:
                 head = amend_head(head, add=amend.add, drop=amend.drop)
+            elif respond_fields:
+                head = amend_head(head, add=respond_fields)
             self.to_client.append(head)
             self.last_io = client.loop.time()  # the response timeout runs from here
         else:
@@ -348,6 +352,8 @@ class Exchange:
             except RemoteProtocolError as exc:
                 self._upstream_broken(ConnectionError(str(exc)))
                 return
+            if amend is None and respond_fields:
+                amend = Amend(respond_fields)
             forward_general_response(self, status, headers, framing, keep_alive, keep, amend)
         if replaced is not None:
             replace_response(self, replaced)

@@ -18,12 +18,13 @@ connection or the server.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING
 
-from distpat.core.forward import amend_head
+from distpat.core.amend import amend_head
 from distpat.core.http import local_response
-from distpat.core.pipeline import StageError
+from distpat.core.pipeline import Run, StageError
 from distpat.core.stage import (
     Amend,
     Answer,
@@ -244,6 +245,10 @@ def done(ex: Exchange, kind: OutcomeKind) -> None:
     pending, ex.pending = ex.pending, None
     if pending is not None:
         pending.cancel()
+    if not run.pipeline.wants_done and not ex.leads:  # nobody to tell: only the decisions to count
+        run.finished = True
+        _count(state.count_decision, run)
+        return
     captured = ex.captured
     outcome = Outcome(
         kind,
@@ -259,18 +264,21 @@ def done(ex: Exchange, kind: OutcomeKind) -> None:
     for error in run.errors:
         log.error("%s", error, exc_info=error.__cause__)
     _fire(ex, calls)
-    count = state.count_decision
+    _count(state.count_decision, run)
+    land = state.carriers.land
+    if ex.leads and land is not None:
+        for key in ex.leads:
+            land(key, outcome)
+        ex.leads.clear()
+
+
+def _count(count: Callable[[str, str], None] | None, run: Run) -> None:
     if count is not None:
         request = run.request
         for stage in run.pipeline.stages[: run.entered]:
             decision = stage.decision(request)
             if decision is not None:
                 count(stage.name, decision)
-    land = state.carriers.land
-    if ex.leads and land is not None:
-        for key in ex.leads:
-            land(key, outcome)
-        ex.leads.clear()
 
 
 def _fire(ex: Exchange, calls: list[Call]) -> None:
