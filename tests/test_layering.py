@@ -77,3 +77,20 @@ def test_imports_point_one_way(layer: str, path: Path) -> None:
 def test_outer_layer_files_were_found() -> None:
     assert {layer for layer, _ in OUTER_FILES} == set(ABOVE)
     assert len(OUTER_FILES) >= 20
+
+
+# distpat.aiohttp is a driver beside net/: it uses core and errors, never the engine, the
+# configuration layer or the command line (a user embeds it in their own application).
+AIOHTTP_FILES = sorted((SRC / "aiohttp").rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", AIOHTTP_FILES, ids=lambda p: str(p.relative_to(SRC)))
+def test_the_aiohttp_driver_imports_no_engine_configuration_or_cli(path: Path) -> None:
+    bad = {
+        m for m in imported_modules(path) if m.startswith(("distpat.net", "distpat.config", "distpat.cli"))
+    }
+    assert not bad, f"aiohttp/{path.name} imports {sorted(bad)}"
+
+
+def test_the_aiohttp_driver_files_were_found() -> None:
+    assert len(AIOHTTP_FILES) >= 8
