@@ -119,3 +119,20 @@ def _reachable(start: Path) -> dict[str, Path]:
 def test_no_layer_reaches_above_itself_through_another_module(layer: str, path: Path) -> None:
     upward = sorted(m for m in _reachable(path) if m.startswith(ABOVE[layer]))
     assert not upward, f"{layer}/{path.name} reaches a layer above it through its imports: {upward}"
+
+
+# distpat.aiohttp is a driver beside net/: it uses core and errors, never the engine, the
+# configuration layer or the command line (a user embeds it in their own application).
+AIOHTTP_FILES = sorted((SRC / "aiohttp").rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", AIOHTTP_FILES, ids=lambda p: str(p.relative_to(SRC)))
+def test_the_aiohttp_driver_imports_no_engine_configuration_or_cli(path: Path) -> None:
+    bad = {
+        m for m in imported_modules(path) if m.startswith(("distpat.net", "distpat.config", "distpat.cli"))
+    }
+    assert not bad, f"aiohttp/{path.name} imports {sorted(bad)}"
+
+
+def test_the_aiohttp_driver_files_were_found() -> None:
+    assert len(AIOHTTP_FILES) >= 8
