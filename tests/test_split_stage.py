@@ -155,9 +155,9 @@ def test_the_variant_header_goes_upstream_and_back_and_a_clients_own_is_dropped(
     assert effect == Forward(
         pool="pool-old",
         add=((b"X-Variant", b"old"),),
-        drop=frozenset({b"x-variant"}),
         respond=((b"X-Variant", b"old"),),
     )
+    assert s.drops == frozenset({b"x-variant"})  # dropped by the engine in its one pass
     assert s.reads == frozenset({b"x-user"})  # the field is dropped, not read
 
 
@@ -195,7 +195,7 @@ def test_a_visitor_without_the_cookie_gets_one_and_is_assigned_by_it_now_and_lat
     )
     # the upstream sees the Cookie field the browser sends from now on
     assert effect.add == ((b"X-Variant", variant.encode()), (b"Cookie", b"theme=dark; sid=" + ident))
-    assert effect.drop == frozenset({b"x-variant", b"cookie"})
+    assert effect.drop == frozenset({b"cookie"})
     # the next request sends it back: the same variant, nothing issued
     later = s.on_request(request(cookie=b"sid=" + ident + b"; theme=dark"), Tick(2.0, 2.0, 99))
     assert later.pool == effect.pool

@@ -70,6 +70,7 @@ class Pipeline:
         "wants_body",
         "wants_done",
         "decides",
+        "drops",
         "_respond_at",
     )
 
@@ -95,6 +96,8 @@ class Pipeline:
         self.wants_body = any(type(s).overrides("on_body") for s in self.stages)
         self.wants_done = any(type(s).overrides("on_done") for s in self.stages)
         self.decides = any(type(s).overrides("decision") for s in self.stages)
+        self.drops = frozenset(name.lower() for stage in self.stages for name in stage.drops)
+        """Request fields the engine always removes (``Stage.drops``)."""
         """Some stage reports decisions another way than in ``Request.notes`` (the default)."""
         # for each count of stages entered, the ones with on_response, last first
         self._respond_at = tuple(

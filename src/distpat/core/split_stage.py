@@ -192,6 +192,8 @@ class SplitStage(Stage):
         if self.mirror_pool is not None:
             pool_names.append(self.mirror_pool)
         self.pools = tuple(dict.fromkeys(pool_names))
+        header = self.variant_header
+        self.drops = frozenset() if header is None else frozenset({header.lower()})
 
     def _make_route(self, variant: str, mirrored: bool) -> _Route:
         header = self.variant_header
@@ -201,8 +203,7 @@ class SplitStage(Stage):
             mirrored,
             Forward(
                 pool=self.variant_pools[variant],
-                add=fields,
-                drop=frozenset() if header is None else frozenset({header.lower()}),
+                add=fields,  # a client's own field of that name is dropped in the one pass (self.drops)
                 respond=fields,
                 mirror=(self.mirror_pool,) if mirrored and self.mirror_pool is not None else (),
             ),
@@ -284,7 +285,7 @@ class SplitStage(Stage):
         return Forward(
             pool=plan.pool,
             add=(*plan.add, (b"Cookie", upstream_cookie)),
-            drop=plan.drop | {b"cookie"},
+            drop=frozenset({b"cookie"}),  # replaced by the one with the new ID (the first request only)
             respond=(*plan.respond, (b"Set-Cookie", set_cookie)),
             mirror=plan.mirror,
         )

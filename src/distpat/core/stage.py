@@ -211,8 +211,8 @@ class Forward:
     target: bytes | None = None
     """A new request target (origin form)."""
     respond: Fields = ()
-    """Fields added to the response, whoever answers: the upstream or a stage (not the engine's own
-    error answers, 502 and 504); a variant's name, a sticky cookie."""
+    """Fields added to the response, whoever answers: the upstream, a stage, or the engine itself
+    (its 502 and 504); a variant's name, a sticky cookie."""
     capture: int = 0
     """Capture up to this many bytes of the response body for :meth:`Stage.on_body`."""
     mirror: tuple[str, ...] = ()
@@ -430,6 +430,10 @@ class Stage:
     pools: tuple[str, ...] = ()
     """The named pools this stage may forward, mirror or send sub-requests to: the engine checks
     at start that each is configured, so a typo fails the configuration, not a request."""
+    drops: frozenset[bytes] = frozenset()
+    """Request fields always removed before forwarding (lowercase names), whatever a client sends
+    under them: a field the stage itself sets (a variant header). Dropped in the one pass;
+    ``Forward.drop``, decided per request, takes the general path."""
 
     def on_request(self, request: Request, tick: Tick) -> Effect | None:
         """Decide about ``request``: an effect, or None to leave it to the next stage."""

@@ -179,6 +179,8 @@ class EngineState:
         self.generation += 1
         header = self.settings.client_cert_header
         self.request_drop = frozenset() if header is None else frozenset({header.lower()})
+        if self.pipeline is not None:
+            self.request_drop |= self.pipeline.drops
         self.response_drop = frozenset(name.lower() for name, _ in self.settings.response_fields)
         self.responses = ResponseForwarder(
             via=self.settings.via, drop=self.response_drop, extra=self.settings.response_fields

@@ -467,7 +467,9 @@ class Exchange:
         self.outcome_kind = OutcomeKind.TIMED_OUT if status == 504 else OutcomeKind.UPSTREAM_FAILED
         self.status = status
         self.close_after = self.close_after or not self.keep_alive or not self.body_done
-        response = error_response(status, message, close=self.close_after)
+        run = self.run
+        extra = run.plan.respond if run is not None and run.plan is not None else ()  # a variant's cookie
+        response = error_response(status, message, close=self.close_after, extra=extra)
         self.sent_bytes = body_size(response)
         self.client.write(response)
         self.response_started = True
