@@ -194,7 +194,7 @@ class Run:
         add: list[tuple[bytes, bytes]] = []
         drop: set[bytes] = set()
         plan = self.plan
-        if plan is not None and plan.respond and isinstance(self.final, Forward):
+        if plan is not None and plan.respond:  # whoever answers: an upstream or a stage
             add.extend(plan.respond)
         replaced: Answer | None = None
         current = response
