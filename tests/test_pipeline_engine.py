@@ -567,6 +567,11 @@ class Boom(Stage):
             raise RuntimeError("kaboom")
         return None
 
+    def on_response(self, request: CoreRequest, response: Response, tick: Tick) -> Amend | Answer | None:
+        if request.path == b"/late":
+            raise RuntimeError("late kaboom")
+        return None
+
 
 async def test_a_stage_that_raises_costs_its_request_a_500_and_nothing_more(
     caplog: pytest.LogCaptureFixture,
@@ -578,14 +583,18 @@ async def test_a_stage_that_raises_costs_its_request_a_500_and_nothing_more(
         connected(p.port) as client,
     ):
         got = await ask(client, (b"GET", b"/boom"), (b"GET", b"/ok"), (b"GET", b"/boom"))
-    assert [w.status for w in got] == [500, 200, 500]
+        got += await ask(client, (b"GET", b"/late"), (b"GET", b"/ok2"))
+    assert [w.status for w in got] == [500, 200, 500, 500, 200]
     assert b"exploding-gate" in got[0].body
     assert b"kaboom" in got[0].body
-    assert before.calls == Counter({b"/boom": 2, b"/ok": 1})  # entered before the one that raised
-    assert before.outcomes[b"/boom"].kind is OutcomeKind.LOCAL
+    assert b"exploding-gate" in got[3].body  # raised in on_response: the upstream's answer replaced
+    assert b"late kaboom" in got[3].body
+    assert before.calls == Counter({b"/boom": 2, b"/ok": 1, b"/late": 1, b"/ok2": 1})
+    assert before.outcomes[b"/boom"].kind is OutcomeKind.LOCAL  # entered before the one that raised
     assert before.outcomes[b"/boom"].status == 500
-    assert after.calls == Counter({b"/ok": 1})  # never entered for /boom
-    assert [r.target for r in backend.requests] == [b"/ok"]
+    assert before.outcomes[b"/late"].status == 500
+    assert after.calls == Counter({b"/ok": 1, b"/late": 1, b"/ok2": 1})  # never entered for /boom
+    assert [r.target for r in backend.requests] == [b"/ok", b"/late", b"/ok2"]
     assert any(
         "exploding-gate" in rec.getMessage() for rec in caplog.records if rec.name == "distpat.pipeline"
     )
