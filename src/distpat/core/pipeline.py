@@ -208,7 +208,7 @@ class Run:
         add: list[tuple[bytes, bytes]] = []
         drop: set[bytes] = set()
         plan = self.plan
-        if plan is not None and plan.respond:
+        if plan is not None and plan.respond:  # whoever answers: an upstream, a stage, the engine
             add.extend(plan.respond)
         replaced: Answer | None = None
         current = response

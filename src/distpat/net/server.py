@@ -276,6 +276,8 @@ class ClientConnection(ClientFlow, asyncio.BufferedProtocol):
             raise self.reject
 
     def on_headers_complete(self) -> None:
+        if self.closing:  # answered in this same read (a local answer), and closing: nothing more is taken
+            return
         parser, settings = self.parser, self.state.settings
         self.in_head = False
         self.in_head_or_new = False
