@@ -25,7 +25,14 @@ from distpat.core.stage import Amend, Answer, OutcomeKind
 from distpat.errors import RemoteProtocolError
 from distpat.net.engine import IDEMPOTENT, Cancellable
 from distpat.net.general_response import answer_locally, forward_general_response
-from distpat.net.stage_driver import body_captured, done, mirror_data, replace_response, respond
+from distpat.net.stage_driver import (
+    body_captured,
+    done,
+    error_answer,
+    mirror_data,
+    replace_response,
+    respond,
+)
 from distpat.net.upstream import Upstream, UpstreamConnection, UpstreamGroup
 
 if TYPE_CHECKING:
@@ -467,10 +474,11 @@ class Exchange:
         self.outcome_kind = OutcomeKind.TIMED_OUT if status == 504 else OutcomeKind.UPSTREAM_FAILED
         self.status = status
         self.close_after = self.close_after or not self.keep_alive or not self.body_done
-        run = self.run
-        extra = run.plan.respond if run is not None and run.plan is not None else ()  # a variant's cookie
-        response = error_response(status, message, close=self.close_after, extra=extra)
-        self.sent_bytes = body_size(response)
+        if self.run is not None:  # through the response stages (stale-if-error)
+            response, self.sent_bytes = error_answer(self, status, message)
+        else:
+            response = error_response(status, message, close=self.close_after)
+            self.sent_bytes = body_size(response)
         self.client.write(response)
         self.response_started = True
         self.finish()

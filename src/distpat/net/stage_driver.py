@@ -23,8 +23,9 @@ from time import perf_counter
 from typing import TYPE_CHECKING
 
 from distpat.core.amend import amend_head
-from distpat.core.http import local_response
+from distpat.core.http import error_response, local_response
 from distpat.core.pipeline import Run, StageError
+from distpat.core.serialize import error_body
 from distpat.core.stage import (
     Amend,
     Answer,
@@ -50,6 +51,7 @@ __all__ = [
     "begin",
     "body_captured",
     "done",
+    "error_answer",
     "mirror_data",
     "replace_response",
     "respond",
@@ -187,18 +189,52 @@ def _plan(ex: Exchange, fwd: Forward) -> None:
 
 
 def respond(
-    ex: Exchange, status: int, headers: list[tuple[bytes, bytes]]
+    ex: Exchange, status: int, headers: list[tuple[bytes, bytes]], *, local: bool = False
 ) -> tuple[Amend | None, Answer | None]:
     """The response head passes back out through the stages: what they add, drop or put instead."""
     run = ex.run
     assert run is not None
     fields = tuple(headers)
     ex.response_fields = fields
-    upstream = ex.upstream.name if ex.upstream is not None and ex.local is None else None
+    upstream = ex.upstream.name if ex.upstream is not None and ex.local is None and not local else None
     try:
         return run.respond(Response(status, fields, upstream), ex.client.state.tick())
     except StageError as exc:
         return None, _failed(exc)
+
+
+_ERROR_FIELDS = ((b"Cache-Control", b"no-store"), (b"X-Content-Type-Options", b"nosniff"))
+
+
+def error_answer(ex: Exchange, status: int, message: str) -> tuple[bytes, int]:
+    """The engine's own error answer (502, 504) for a request the stages saw: its bytes and body
+    size. It passes back out through the response stages like any answer, so a stage may add
+    fields or put something in its place (a cache's stale copy: stale-if-error); the outcome stays
+    the failure it was."""
+    run = ex.run
+    assert run is not None
+    pipeline = ex.client.state.pipeline
+    if pipeline is None or not pipeline.wants_response:
+        extra = run.plan.respond if run.plan is not None else ()  # a variant's cookie
+        data = error_response(status, message, close=ex.close_after, extra=extra)
+        return data, len(data) - data.index(b"\r\n\r\n") - 4
+    answer = Answer(status, error_body(status, message), _ERROR_FIELDS, reason=message)
+    amend, replaced = respond(ex, status, list(answer.headers), local=True)
+    if replaced is not None:
+        answer = replaced
+    elif amend is not None:
+        kept = [(n, v) for n, v in answer.headers if n.lower() not in amend.drop]
+        answer = Answer(answer.status, answer.body, (*kept, *amend.add), answer.content_type, answer.reason)
+    ex.status = answer.status
+    return local_response(
+        answer.status,
+        answer.headers,
+        answer.body,
+        content_type=answer.content_type,
+        head_request=ex.method == b"HEAD",
+        close=ex.close_after,
+        http10=ex.http10,
+    )
 
 
 def replace_response(ex: Exchange, answer: Answer) -> None:
