@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from distpat import __version__
-from distpat.cli import proxy, redis_shard, ring, sidecar
+from distpat.cli import proxy, redis_shard, ring, shard, sidecar
 from distpat.errors import DistpatError
 
 __all__ = ["build_parser", "main"]
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.register(sub)
     sidecar.register(sub)
     redis_shard.register(sub)
+    shard.register(sub)
     return parser
 
 
