@@ -5,7 +5,7 @@ a ```toml or ```yaml block whose first line is a comment naming a file (``# prox
 file, written into the page's working directory. A block preceded by ``<!-- not run: REASON -->`` is
 skipped, and the reason is visible in the page. Every other command runs:
 
-- ``distpat proxy|sidecar|redis-shard ...`` without ``-t``: started as a process, with what it needs
+- ``distpat proxy|sidecar|shard|redis-shard ...`` without ``-t``: started as a process, with what it needs
   (an HTTP backend for each upstream, a redis-server for each Redis server or ``tcp://`` upstream,
   certificates from a trustme CA for each missing ``--cert``/``--key``/``--client-ca`` file), probed
   (an HTTP or HTTPS request, PING and SET through each Redis pool, the admin ``/healthz``, the stats
@@ -44,6 +44,8 @@ from distpat.cli import build_parser
 from distpat.cli.flags import flag_values
 from distpat.config.proxy import OPTIONS, build_config
 from distpat.config.redis_shard import SHARD_OPTIONS, build_shard_options
+from distpat.config.shard import SHARD_OPTIONS as HTTP_SHARD_OPTIONS
+from distpat.config.shard import build_shard_config
 from distpat.config.sidecar import SIDECAR_OPTIONS, build_sidecar_config
 from tests.nutcracker import free_ports, port_accepts
 from tests.rediskit import RedisServer
@@ -56,6 +58,8 @@ START_TIMEOUT = 20.0
 RUN_TIMEOUT = 60.0
 #: Programs a command line may start with (after the test's rewriting), beyond `distpat`.
 KNOWN_PROGRAMS = {"distpat", "python", "printf", "redis-cli", "curl"}
+#: The `distpat` commands that serve until signalled (started, probed, stopped).
+SERVING = ("proxy", "sidecar", "shard", "redis-shard")
 #: Absolute paths of the pages, made relative to the working directory.
 PATHS = {"/certs/": "certs/"}
 
@@ -264,13 +268,15 @@ def plan(argv: list[str], cwd: Path, certs: Certificates) -> Plan:
     """Read the command line with distpat's own parser and configuration, as the process will."""
     args = build_parser().parse_args(argv)
     result = Plan()
-    if args.command in ("proxy", "sidecar"):
-        options = OPTIONS if args.command == "proxy" else SIDECAR_OPTIONS
+    if args.command in ("proxy", "sidecar", "shard"):
+        options = {"proxy": OPTIONS, "sidecar": SIDECAR_OPTIONS, "shard": HTTP_SHARD_OPTIONS}[args.command]
         flags = flag_values(args, options)
         with _chdir(cwd):
+            config: Any
             if args.command == "proxy":
-                config: Any
                 config, _ = build_config(flags, environ={}, config_file=args.config)
+            elif args.command == "shard":
+                config, _ = build_shard_config(flags, environ={}, config_file=args.config)
             else:
                 config, _ = build_sidecar_config(flags, environ={}, config_file=args.config)
         tls = getattr(config, "tls", None)
@@ -425,7 +431,7 @@ class PageRun:
                 serving = (
                     words[0] == "distpat"
                     and len(words) > 1
-                    and words[1] in ("proxy", "sidecar", "redis-shard")
+                    and words[1] in SERVING
                     and not {"-t", "--test-config", "--test-conf", "-h", "--help"} & set(words)
                 )
                 if serving:
@@ -436,7 +442,7 @@ class PageRun:
 
     async def run_to_end(self, command: Command, line: str, words: list[str]) -> None:
         self.ran.append(command.where())
-        if words[0] == "distpat" and len(words) > 1 and words[1] in ("proxy", "sidecar", "redis-shard"):
+        if words[0] == "distpat" and len(words) > 1 and words[1] in SERVING:
             try:
                 plan(words[1:], self.cwd, self.certs)  # the files -t reads: certificates made
             except Exception as exc:  # reported below by the command itself if it matters
