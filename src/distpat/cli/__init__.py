@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Serving patterns of Designing Distributed Systems (Burns, 2018), natively in asyncio "
             "Python: consistent-hashing rings (ring), an HTTP/1.1 reverse proxy (proxy), a "
-            "TLS-terminating sidecar (sidecar) and a Redis sharding ambassador that reads "
+            "TLS-terminating sidecar (sidecar), an HTTP sharding ambassador placing keys as nginx's "
+            "hash ... consistent does (shard) and a Redis sharding ambassador that reads "
             "twemproxy's configuration (redis-shard). Each command has its own --help."
         ),
     )
