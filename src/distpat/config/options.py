@@ -42,6 +42,7 @@ __all__ = [
     "flag_name",
     "parse_hostport",
     "read_toml",
+    "read_toml_value",
     "resolve_options",
     "whole_number",
 ]
@@ -220,6 +221,11 @@ def _read(option: Option, raw: Any, where: str, *, typed: bool) -> Any:
     return read_value(option, raw, where)
 
 
+def read_toml_value(option: Option, value: Any, where: str) -> Any:
+    """A TOML value of ``option`` (an array for a repeatable one): its TOML type checked, then read."""
+    return _read(option, value, where, typed=True)
+
+
 def _check_toml_type(option: Option, value: Any, where: str) -> None:
     allowed = _TOML_TYPES[option.kind]
     # bool is an int subclass in Python, not in TOML: true is never a number.
@@ -321,6 +327,7 @@ def resolve_options(
     table: str,
     config_env: str | None = "DISTPAT_CONFIG",
     sources: dict[str, int] | None = None,
+    file_values: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Each option's value: its flag, else its ``DISTPAT_*`` variable, else the TOML file, else the default.
 
@@ -330,11 +337,14 @@ def resolve_options(
     ``sources``, when given, receives where each value came from: 3 a flag,
     2 a variable, 1 the file, 0 the default (for options that stand for one
     another, such as redis-shard's ``-v`` and ``--log-level``).
+    ``file_values``, when given, are the file's option values already read (by a reader of a
+    file that holds more than options, such as a pipeline's); ``config_file`` then only names it.
     """
     rank = {} if sources is None else sources
     environ = os.environ if environ is None else environ
     source = config_file or (environ.get(config_env) if config_env else None) or None
-    file_values = read_toml(source, options, table) if source else {}
+    if file_values is None:
+        file_values = read_toml(source, options, table) if source else {}
     values: dict[str, Any] = {}
     for option in options:
         flag = flags.get(option.name)

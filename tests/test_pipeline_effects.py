@@ -1,0 +1,155 @@
+"""The engine carrying out stages' effects beyond forwarding, over real loopback sockets: mirror
+copies, sub-requests (Fetch) and keyed flights (Join), wired by ProxyServer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from distpat.core.stage import (
+    Answer,
+    Effect,
+    Fetch,
+    Flight,
+    FlightRole,
+    Forward,
+    Join,
+    Request,
+    Stage,
+    SubRequest,
+    SubResult,
+    Tick,
+)
+from distpat.net.proxy import ProxyConfig, ProxyServer
+from tests.effectkit import dead_url, until
+from tests.httpkit import Backend, Reply, exchange
+from tests.httpkit import Request as SeenRequest
+
+
+class Mirror(Stage):
+    kind = "mirror"
+    pools = ("shadow",)
+
+    def on_request(self, request: Request, tick: Tick) -> Effect | None:
+        return Forward(mirror=("shadow",))
+
+
+async def test_a_mirror_gets_a_copy_with_its_body_and_the_primary_answers() -> None:
+    async with Backend() as primary, Backend() as shadow:
+        config = ProxyConfig(
+            listen=("127.0.0.1", 0),
+            upstreams=(primary.url,),
+            pools=(("shadow", (shadow.url,)),),
+            stages=(Mirror(),),
+        )
+        server = ProxyServer(config)
+        await server.start()
+        try:
+            [answer] = await exchange(
+                server.port, b"POST /orders HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"
+            )
+            assert answer.status == 200
+            await until(lambda: len(shadow.requests) == 1)
+        finally:
+            await server.shutdown(1)
+        assert [r.body for r in primary.requests] == [b"hello"]
+        assert shadow.requests[0].target == b"/orders"
+        assert shadow.requests[0].body == b"hello"
+        text = server.metrics.render()[0].decode()
+        assert 'distpat_mirror_requests_total{pool="shadow",result="sent"} 1.0' in text
+
+
+async def test_a_dead_mirror_is_counted_failed_and_the_primary_is_unaffected() -> None:
+    async with Backend() as primary:
+        config = ProxyConfig(
+            listen=("127.0.0.1", 0),
+            upstreams=(primary.url,),
+            pools=(("shadow", (dead_url(),)),),
+            stages=(Mirror(),),
+        )
+        server = ProxyServer(config)
+        await server.start()
+        try:
+            answers = await exchange(server.port, b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n" * 3, count=3)
+            assert [a.status for a in answers] == [200, 200, 200]
+            await until(lambda: b'result="failed"} 3.0' in server.metrics.render()[0])
+        finally:
+            await server.shutdown(1)
+
+
+class Gather(Stage):
+    """Asks two leaves and answers with what came back (the scatter/gather root's shape)."""
+
+    kind = "gather"
+    pools = ("leaves",)
+
+    def on_request(self, request: Request, tick: Tick) -> Effect | None:
+        def merge(results: tuple[SubResult, ...]) -> Effect:
+            body = json.dumps([[r.status, r.body.decode(), r.error] for r in results]).encode()
+            return Answer(200, body, content_type=b"application/json")
+
+        subs = tuple(SubRequest("leaves", b"/leaf" + request.target, order=(name,)) for name in self.leaves)
+        return Fetch(subs, then=merge, deadline=0.5)
+
+    def __init__(self, leaves: tuple[str, ...]) -> None:
+        self.leaves = leaves
+
+
+async def test_a_fetch_fans_out_and_answers_with_complete_and_partial_results() -> None:
+    async def fast(request: SeenRequest) -> Reply:
+        return Reply(body=b"fast:" + request.target)
+
+    async def slow(request: SeenRequest) -> Reply:
+        return Reply(body=b"slow", delay=3.0)
+
+    async with Backend(fast) as a, Backend(slow) as b:
+        names = (a.url.removeprefix("http://"), b.url.removeprefix("http://"))
+        config = ProxyConfig(
+            listen=("127.0.0.1", 0),
+            upstreams=(a.url,),
+            pools=(("leaves", (a.url, b.url)),),
+            stages=(Gather(names),),
+        )
+        server = ProxyServer(config)
+        await server.start()
+        try:
+            [answer] = await exchange(server.port, b"GET /q HTTP/1.1\r\nHost: h\r\n\r\n")
+        finally:
+            await server.shutdown(1)
+        assert answer.status == 200
+        assert json.loads(answer.body) == [[200, "fast:/leaf/q", None], [0, "", "timeout"]]
+
+
+class Coalesce(Stage):
+    kind = "coalesce"
+
+    def on_request(self, request: Request, tick: Tick) -> Effect | None:
+        def woken(flight: Flight) -> Effect | None:
+            if flight.role is FlightRole.LEADER:
+                return Forward(capture=1 << 16)
+            outcome = flight.outcome
+            if flight.role is FlightRole.SHARED and outcome is not None and outcome.body is not None:
+                return Answer(outcome.status, outcome.body, headers=((b"X-Shared", b"1"),))
+            return None
+
+        return Join(request.target, then=woken, timeout=2.0)
+
+
+async def test_concurrent_requests_for_one_key_make_one_upstream_request() -> None:
+    async def slowish(request: SeenRequest) -> Reply:
+        return Reply(body=b"the answer", delay=0.3)
+
+    async with Backend(slowish) as origin:
+        server = ProxyServer(
+            ProxyConfig(listen=("127.0.0.1", 0), upstreams=(origin.url,), stages=(Coalesce(),))
+        )
+        await server.start()
+        try:
+            answers = await asyncio.gather(
+                *(exchange(server.port, b"GET /hot HTTP/1.1\r\nHost: h\r\n\r\n") for _ in range(5))
+            )
+        finally:
+            await server.shutdown(1)
+        assert [a.body for [a] in answers] == [b"the answer"] * 5
+        assert sum(1 for [a] in answers if a.header(b"x-shared") == b"1") == 4
+        assert len(origin.requests) == 1
