@@ -19,6 +19,7 @@ import pytest
 
 from distpat.cli import build_parser
 from distpat.cli.flags import flag_values
+from distpat.config.pipeline import load_pipeline
 from distpat.config.shard import SHARD_OPTIONS, build_shard_config, build_shard_stage, parse_shard
 from distpat.core.pipeline import Pipeline
 from distpat.core.ring import HashRing, MaglevRing, NginxChashRing
@@ -350,3 +351,26 @@ def test_stage_table_errors_name_the_file_and_table(table: dict[str, object], me
     text = str(caught.value)
     assert text.startswith("site.toml: [[stage]] 3: "), text
     assert message in text
+
+
+def test_a_pipeline_file_with_a_shard_stage(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(
+        f'listen = "{HOST}:8080"\nupstream = ["{SHARDS[0]}"]\n'
+        f'[pools.users]\nupstreams = ["{SHARDS[0]}", "{SHARDS[1]}", "{SHARDS[2]}"]\n'
+        '[[stage]]\nkind = "shard"\nname = "users"\npool = "users"\nkey = "header:X-User"\nreplicas = 2\n'
+        f'weights = {{ "{SHARDS[1]}" = 2 }}\n'
+    )
+    config, _ = load_pipeline(str(path), environ={})
+    (stage,) = config.stages
+    assert isinstance(stage, ShardStage)
+    assert (stage.name, stage.pool, stage.replicas) == ("users", "users", 2)
+    assert dict(stage.ring.weights) == {f"{HOST}:8081": 1, f"{HOST}:8082": 2, f"{HOST}:8083": 1}
+    assert dict(config.pools)["users"] == tuple(SHARDS)
+    path.write_text(
+        f'listen = "{HOST}:8080"\nupstream = ["{SHARDS[0]}"]\n[[stage]]\nkind = "shard"\nreplica = 2\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_pipeline(str(path), environ={})
+    assert str(caught.value).startswith(f"{path}: [[stage]] 1 (kind = 'shard'), key 'replica': unknown key")
+    assert "did you mean 'replicas'?" in str(caught.value)

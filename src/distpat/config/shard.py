@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 from distpat.config.options import Kind, Option, choice, resolve_options, whole_number
 from distpat.config.proxy import OPTIONS, proxy_config
+from distpat.config.stages import StageTable, register
 from distpat.core.keys import KeySource
 from distpat.core.ring.base import Ring
 from distpat.core.shard_route import KEY_KINDS, ShardStage
@@ -38,6 +39,7 @@ from distpat.ring import ALGORITHMS, make_ring
 
 __all__ = [
     "SHARD_OPTIONS",
+    "SHARD_STAGE_KEYS",
     "Shard",
     "build_shard_config",
     "build_shard_stage",
@@ -264,6 +266,9 @@ _STAGE_KEYS: dict[str, type | tuple[type, ...]] = {
 }
 _TYPE_NAMES = {str: "a string", int: "an integer", dict: "a table"}
 
+SHARD_STAGE_KEYS = tuple(k for k in _STAGE_KEYS if k not in ("kind", "name"))
+"""The keys of a ``[[stage]] kind = "shard"`` table beside ``kind`` and ``name``."""
+
 
 def build_shard_stage(table: Mapping[str, object], pools: Mapping[str, Sequence[str]], where: str) -> Stage:
     """One ``[[stage]]`` table of ``kind = "shard"``: the shards are the upstreams of ``pool``
@@ -316,3 +321,15 @@ def build_shard_stage(table: Mapping[str, object], pools: Mapping[str, Sequence[
         name=str(table.get("name", "")),
         where=where,
     )
+
+
+def _from_table(table: StageTable) -> Stage:
+    return build_shard_stage(table.values, table.pools, table.where)
+
+
+register(
+    "shard",
+    _from_table,
+    keys=SHARD_STAGE_KEYS,
+    summary="the sharding ambassador: each key's shard on a ring (nginx's hash ... consistent), replicas",
+)
