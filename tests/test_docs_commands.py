@@ -5,7 +5,7 @@ a ```toml or ```yaml block whose first line is a comment naming a file (``# prox
 file, written into the page's working directory. A block preceded by ``<!-- not run: REASON -->`` is
 skipped, and the reason is visible in the page. Every other command runs:
 
-- ``distpat proxy|sidecar|redis-shard ...`` without ``-t``: started as a process, with what it needs
+- ``distpat proxy|sidecar|shard|redis-shard ...`` without ``-t``: started as a process, with what it needs
   (an HTTP backend for each upstream, a redis-server for each Redis server or ``tcp://`` upstream,
   certificates from a trustme CA for each missing ``--cert``/``--key``/``--client-ca`` file), probed
   (an HTTP or HTTPS request, PING and SET through each Redis pool, the admin ``/healthz``, the stats
@@ -45,6 +45,8 @@ from distpat.cli.flags import flag_values
 from distpat.config.pipeline import load_pipeline
 from distpat.config.proxy import OPTIONS, build_config
 from distpat.config.redis_shard import SHARD_OPTIONS, build_shard_options
+from distpat.config.shard import SHARD_OPTIONS as HTTP_SHARD_OPTIONS
+from distpat.config.shard import build_shard_config
 from distpat.config.sidecar import SIDECAR_OPTIONS, build_sidecar_config
 from distpat.config.split import SPLIT_OPTIONS, build_split_config
 from tests.nutcracker import free_ports, port_accepts
@@ -73,7 +75,7 @@ _ADDRESS = re.compile(
 _PORT_FLAG = re.compile(r"(?<=\s)(?P<flag>-s|--stats-port|-p)(?P<sep>\s+|=)(?P<port>\d{2,5})(?!\d)")
 _LOCAL = {"", "*", "127.0.0.1", "0.0.0.0", "localhost", "[::1]", "[::]"}
 #: The commands that serve until signalled.
-SERVING = ("proxy", "sidecar", "redis-shard", "split", "run")
+SERVING = ("proxy", "sidecar", "shard", "redis-shard", "split", "run")
 
 
 # --------------------------------------------------------------------------
@@ -271,13 +273,20 @@ def plan(argv: list[str], cwd: Path, certs: Certificates) -> Plan:
     """Read the command line with distpat's own parser and configuration, as the process will."""
     args = build_parser().parse_args(argv)
     result = Plan()
-    if args.command in ("proxy", "sidecar", "split", "run"):
-        options = {"proxy": OPTIONS, "sidecar": SIDECAR_OPTIONS, "split": SPLIT_OPTIONS}.get(args.command, ())
+    if args.command in ("proxy", "sidecar", "shard", "split", "run"):
+        options = {
+            "proxy": OPTIONS,
+            "sidecar": SIDECAR_OPTIONS,
+            "shard": HTTP_SHARD_OPTIONS,
+            "split": SPLIT_OPTIONS,
+        }.get(args.command, ())
         flags = flag_values(args, options)
         with _chdir(cwd):
             config: Any
             if args.command == "proxy":
                 config, _ = build_config(flags, environ={}, config_file=args.config)
+            elif args.command == "shard":
+                config, _ = build_shard_config(flags, environ={}, config_file=args.config)
             elif args.command == "split":
                 config, _ = build_split_config(flags, environ={}, config_file=args.config)
             elif args.command == "run":

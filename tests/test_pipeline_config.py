@@ -154,7 +154,7 @@ def test_the_options_are_the_proxys_and_the_mirror_bound() -> None:
             "[pools.x], key 'balance': 'least_outstanding', but every pool is balanced the same way",
         ),
         # the stage tables
-        (GOOD + "[[stage]]\nname = 'x'\n", '[[stage]] 2: needs kind = "..." (one of split'),
+        (GOOD + "[[stage]]\nname = 'x'\n", '[[stage]] 2: needs kind = "..." (one of shard, split)'),
         (
             GOOD + "[[stage]]\nkind = 'splt'\n",
             "[[stage]] 2 (kind = 'splt'), key 'kind': no stage kind 'splt' (did you mean 'split'?)",

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from distpat import __version__
-from distpat.cli import proxy, redis_shard, ring, run, sidecar, split
+from distpat.cli import proxy, redis_shard, ring, run, shard, sidecar, split
 from distpat.errors import DistpatError
 
 __all__ = ["build_parser", "main"]
@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Serving patterns of Designing Distributed Systems (Burns, 2018), natively in asyncio "
             "Python: consistent-hashing rings (ring), an HTTP/1.1 reverse proxy (proxy), a "
             "TLS-terminating sidecar (sidecar), a Redis sharding ambassador that reads "
-            "twemproxy's configuration (redis-shard), an experiment router (split) and pipelines "
+            "twemproxy's configuration (redis-shard), an HTTP sharding ambassador placing keys as "
+            "nginx's hash ... consistent does (shard), an experiment router (split) and pipelines "
             "of stages from a file (run). Each command has its own --help."
         ),
     )
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.register(sub)
     sidecar.register(sub)
     redis_shard.register(sub)
+    shard.register(sub)
     split.register(sub)
     run.register(sub)
     return parser
