@@ -218,8 +218,11 @@ class Exchange:
             self.tried = self.tried | {upstream}
             reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
             log.warning("upstream %s: connect failed: %s", upstream.name, reason)
-            if self.method in IDEMPOTENT and self.body_sent == 0 and self._another_upstream():
-                self.start()  # nothing reached the upstream: try the next one
+            if self.body_sent == 0 and self._another_upstream():
+                # Nothing reached the upstream (no connection was made): any method may go to the
+                # next one, as nginx's proxy_next_upstream does for a connect error. A request that
+                # reached an upstream and is not idempotent is never sent again (_upstream_broken).
+                self.start()
             else:
                 self.fail_local(502, f"upstream {upstream.name} unreachable: {reason}")
             return

@@ -422,7 +422,7 @@ class Upstream:
 class UpstreamGroup:
     """Several upstreams, balanced round robin or by fewest outstanding requests."""
 
-    __slots__ = ("upstreams", "balance", "_cycle", "clock", "name", "_orders")
+    __slots__ = ("upstreams", "balance", "_cycle", "clock", "name", "_orders", "_by_name")
 
     def __init__(
         self,
@@ -443,13 +443,11 @@ class UpstreamGroup:
         self.name = name
         """The pool's name (``[pools.NAME]``); ``default`` for the proxy's ``--upstream`` list."""
         self._orders: dict[tuple[str, ...], tuple[Upstream, ...]] = {}
+        self._by_name = {u.name: u for u in reversed(upstreams)}  # the first of a name, as before
 
     def by_name(self, name: str) -> Upstream | None:
         """The upstream called ``name`` (``host:port``), or None."""
-        for u in self.upstreams:
-            if u.name == name:
-                return u
-        return None
+        return self._by_name.get(name)
 
     def resolve(self, order: tuple[str, ...]) -> tuple[Upstream, ...] | None:
         """A stage's preference order as upstreams, or None when it names one not in the group.
