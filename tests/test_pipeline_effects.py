@@ -7,6 +7,7 @@ import asyncio
 import json
 
 from distpat.core.stage import (
+    Amend,
     Answer,
     Effect,
     Fetch,
@@ -14,7 +15,9 @@ from distpat.core.stage import (
     FlightRole,
     Forward,
     Join,
+    Outcome,
     Request,
+    Response,
     Stage,
     SubRequest,
     SubResult,
@@ -153,3 +156,55 @@ async def test_concurrent_requests_for_one_key_make_one_upstream_request() -> No
         assert [a.body for [a] in answers] == [b"the answer"] * 5
         assert sum(1 for [a] in answers if a.header(b"x-shared") == b"1") == 4
         assert len(origin.requests) == 1
+
+
+class Cookie(Stage):
+    kind = "cookie"
+    FORWARD = Forward(respond=((b"Set-Cookie", b"sid=new"),))
+
+    def on_request(self, request: Request, tick: Tick) -> Effect | None:
+        return self.FORWARD
+
+
+class StaleIfError(Stage):
+    """Puts a stored copy in place of an error (the shape of RFC 5861's stale-if-error)."""
+
+    kind = "stale"
+
+    def __init__(self) -> None:
+        self.outcomes: list[tuple[str, int]] = []
+
+    def on_request(self, request: Request, tick: Tick) -> Effect | None:
+        return Forward(respond=((b"Set-Cookie", b"sid=abc"),))
+
+    def on_response(self, request: Request, response: Response, tick: Tick) -> Amend | Answer | None:
+        if response.status >= 500 and response.upstream is None:
+            return Answer(200, b"stale copy", headers=((b"Warning", b'110 - "stale"'),))
+        return None
+
+    def on_done(self, request: Request, outcome: Outcome, tick: Tick) -> None:
+        self.outcomes.append((outcome.kind.value, outcome.status))
+
+
+async def test_the_engines_own_502_passes_the_response_stages_and_keeps_a_stages_fields() -> None:
+    stage = StaleIfError()
+    server = ProxyServer(ProxyConfig(listen=("127.0.0.1", 0), upstreams=(dead_url(),), stages=(stage,)))
+    await server.start()
+    try:
+        [answer] = await exchange(server.port, b"GET /page HTTP/1.1\r\nHost: h\r\n\r\n")
+    finally:
+        await server.shutdown(1)
+    assert answer.status == 200
+    assert answer.body == b"stale copy"
+    assert answer.header(b"warning") == b'110 - "stale"'
+    assert stage.outcomes == [("upstream_failed", 200)]  # the failure it was, answered with the copy
+
+    plain = Cookie()  # no on_response: the 502 is the engine's error_response, with the stage's fields
+    server = ProxyServer(ProxyConfig(listen=("127.0.0.1", 0), upstreams=(dead_url(),), stages=(plain,)))
+    await server.start()
+    try:
+        [answer] = await exchange(server.port, b"GET /page HTTP/1.1\r\nHost: h\r\n\r\n")
+    finally:
+        await server.shutdown(1)
+    assert answer.status == 502
+    assert answer.header(b"set-cookie") == b"sid=new"

@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
+from distpat.core.amend import capture_known, keep_field
 from distpat.core.field_names import (
     _CAPTURE,
     _CONNECTION,
@@ -56,6 +57,8 @@ from distpat.core.framing import (
     BodyKind,
     Headers,
     canonical_length,
+    expects_continue,
+    other_codings,
     request_framing,
     response_framing,
 )
@@ -70,8 +73,6 @@ __all__ = [
     "ForwardedResponse",
     "RequestForwarder",
     "ResponseForwarder",
-    "amend_head",
-    "capture_fields",
     "forward_request",
     "forward_response",
     "other_codings",
@@ -232,7 +233,7 @@ class RequestForwarder:
             elif kind == _CAPTURE:
                 parts += (name, b": ", value, b"\r\n")
                 if fields is not None:
-                    _keep(fields, name.lower(), value)
+                    keep_field(fields, name.lower(), value)
             elif kind == _HOST:
                 if host is not None:
                     raise RemoteProtocolError("request has more than one Host field", status=400)
@@ -264,16 +265,14 @@ class RequestForwarder:
                 else:
                     parts += (name, b": ", value, b"\r\n")
             elif kind == _EXPECT:
-                if value.strip(_OWS).lower() != b"100-continue":
-                    raise RemoteProtocolError("only 'Expect: 100-continue' is supported", status=417)
-                expect = True
+                expect = expects_continue(value)
             # _HOP and _XF_SET fields are dropped
         if host is None and not http10:
             raise RemoteProtocolError(NO_HOST, status=400)
         if connection is not None and not _options_are_plain(connection):
             return None
         if fields is not None and self.capture:
-            _capture_known(fields, self.capture, host, xff, vias)
+            capture_known(fields, self.capture, host, xff, vias)
         if body_fields:
             framing = request_framing(body_fields, version=(1, 0) if http10 else (1, 1))
             body, length = framing.kind, -1 if framing.length is None else framing.length
@@ -417,69 +416,6 @@ class ResponseForwarder:
         return body, b"".join(parts), rechunk, close
 
 
-def _keep(fields: dict[bytes, bytes], lower: bytes, value: bytes) -> None:
-    """One captured field line: repeated fields are joined as one list value (RFC 9110 section
-    5.3), Cookie lines with ``; `` (RFC 6265 section 5.4)."""
-    value = value.strip(_OWS)
-    before = fields.get(lower)
-    if before is None:
-        fields[lower] = value
-    elif value:
-        fields[lower] = before + (b"; " if lower == b"cookie" else b", ") + value
-
-
-def _capture_known(
-    fields: dict[bytes, bytes],
-    capture: frozenset[bytes],
-    host: bytes | None,
-    xff: bytes | None,
-    via: bytes | None,
-) -> None:
-    """The captured fields the pass reads for itself (they keep their own kind in the table)."""
-    for lower, value in ((b"host", host), (b"x-forwarded-for", xff), (b"via", via)):
-        if value is not None and lower in capture:
-            fields[lower] = value
-
-
-def capture_fields(headers: Headers, capture: frozenset[bytes]) -> dict[bytes, bytes]:
-    """The values of the ``capture`` names in ``headers``, as :meth:`RequestForwarder.forward`
-    captures them (for the general path)."""
-    fields: dict[bytes, bytes] = {}
-    for name, value in headers:
-        lower = name.lower()
-        if lower in capture:
-            _keep(fields, lower, value)
-    return fields
-
-
-def amend_head(
-    head: bytes,
-    *,
-    target: bytes | None = None,
-    add: Sequence[tuple[bytes, bytes]] = (),
-    drop: frozenset[bytes] = _NO_FIELDS,
-) -> bytes:
-    """A serialised head with its target replaced (a request's), fields named in ``drop``
-    (lowercase) removed and ``add`` appended before the blank line. The values come from
-    stages, which checked them (distpat.core.stage); framing fields are never dropped here."""
-    if target is not None:
-        line_end = head.index(b"\r\n")
-        method_end = head.index(b" ")
-        version = head.rindex(b" ", 0, line_end)
-        head = head[: method_end + 1] + target + head[version:]
-    if drop:
-        lines = head[:-4].split(b"\r\n")
-        kept = [lines[0]]
-        for line in lines[1:]:
-            lower = line.partition(b":")[0].strip(_OWS).lower()
-            if lower not in drop or lower in (b"content-length", b"transfer-encoding"):
-                kept.append(line)
-        head = b"\r\n".join(kept) + b"\r\n\r\n"
-    if add:
-        head = head[:-2] + _lines(add) + b"\r\n"
-    return head
-
-
 def forward_request(
     method: bytes,
     target: bytes,
@@ -522,17 +458,3 @@ def forward_response(
     return ResponseForwarder(via=via, drop=drop, extra=extra).forward(
         method, status, headers, http10, keep_alive
     )
-
-
-def other_codings(body_fields: Headers) -> bytes:
-    """The transfer codings other than a final ``chunked``, comma-joined."""
-    codings = [
-        c.strip(_OWS)
-        for name, value in body_fields
-        if name.lower() == b"transfer-encoding"
-        for c in value.split(b",")
-        if c.strip(_OWS)
-    ]
-    if codings and codings[-1].lower() == b"chunked":
-        codings.pop()
-    return b", ".join(codings)

@@ -62,7 +62,17 @@ class StageError(LocalProtocolError):
 class Pipeline:
     """Stages in request order, and what the engine must prepare for them."""
 
-    __slots__ = ("stages", "reads", "all_fields", "wants_response", "wants_body", "wants_done", "_respond_at")
+    __slots__ = (
+        "stages",
+        "reads",
+        "all_fields",
+        "wants_response",
+        "wants_body",
+        "wants_done",
+        "decides",
+        "drops",
+        "_respond_at",
+    )
 
     def __init__(self, stages: Sequence[Stage]) -> None:
         self.stages = tuple(stages)
@@ -85,6 +95,10 @@ class Pipeline:
         self.wants_response = any(type(s).overrides("on_response") for s in self.stages)
         self.wants_body = any(type(s).overrides("on_body") for s in self.stages)
         self.wants_done = any(type(s).overrides("on_done") for s in self.stages)
+        self.decides = any(type(s).overrides("decision") for s in self.stages)
+        self.drops = frozenset(name.lower() for stage in self.stages for name in stage.drops)
+        """Request fields the engine always removes (``Stage.drops``)."""
+        """Some stage reports decisions another way than in ``Request.notes`` (the default)."""
         # for each count of stages entered, the ones with on_response, last first
         self._respond_at = tuple(
             tuple(s for s in reversed(self.stages[:n]) if type(s).overrides("on_response"))
@@ -194,7 +208,7 @@ class Run:
         add: list[tuple[bytes, bytes]] = []
         drop: set[bytes] = set()
         plan = self.plan
-        if plan is not None and plan.respond and isinstance(self.final, Forward):
+        if plan is not None and plan.respond:  # whoever answers: an upstream, a stage, the engine
             add.extend(plan.respond)
         replaced: Answer | None = None
         current = response

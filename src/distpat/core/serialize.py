@@ -14,6 +14,7 @@ from distpat.errors import LocalProtocolError
 __all__ = [
     "LAST_CHUNK",
     "chunk",
+    "error_body",
     "error_response",
     "local_response",
     "request_head",
@@ -137,9 +138,7 @@ def error_response(
     """
     if not 400 <= status <= 599:
         raise LocalProtocolError(f"error_response needs a 4xx or 5xx status, not {status}", status=500)
-    reason = _REASONS.get(status)
-    text = message.encode("utf-8", "backslashreplace")
-    body = b"%d %b: %b\n" % (status, reason, text) if reason else b"%d: %b\n" % (status, text)
+    body = error_body(status, message)
     headers = [
         (b"Content-Type", b"text/plain; charset=utf-8"),
         (b"Content-Length", b"%d" % len(body)),
@@ -150,6 +149,13 @@ def error_response(
         headers.append((b"Connection", b"close"))
     headers += extra
     return response_head(status, headers) + body
+
+
+def error_body(status: int, message: str) -> bytes:
+    """The ``text/plain`` body of an error distpat answers itself: ``"<status> <reason>: <message>\\n"``."""
+    reason = _REASONS.get(status)
+    text = message.encode("utf-8", "backslashreplace")
+    return b"%d %b: %b\n" % (status, reason, text) if reason else b"%d: %b\n" % (status, text)
 
 
 def local_response(

@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import ClassVar, Protocol, TypeAlias
+from dataclasses import dataclass, field
+from typing import ClassVar, NamedTuple, Protocol, TypeAlias
 
 from distpat.errors import LocalProtocolError
 
@@ -72,9 +72,11 @@ the engine then takes the general path for each request, a few microseconds dear
 _FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 
 
-@dataclass(frozen=True, slots=True)
-class Tick:
-    """What a stage may know of the world beyond the request: handed in, never read by the stage."""
+class Tick(NamedTuple):
+    """What a stage may know of the world beyond the request: handed in, never read by the stage.
+
+    (A named tuple, not a dataclass: the engine makes one per request, and a tuple costs a
+    quarter of a frozen dataclass's construction.)"""
 
     mono: float
     """Seconds on a monotonic clock (for rates, ages, deadlines)."""
@@ -155,6 +157,10 @@ class Request:
         return f"<Request {self.method.decode('latin-1')} {self.target[:60]!r} from {self.client}>"
 
 
+def _lines(fields: Fields) -> bytes:
+    return b"".join(name + b": " + value + b"\r\n" for name, value in fields)
+
+
 def _check_fields(fields: Fields, what: str) -> None:
     for name, value in fields:
         if (
@@ -205,15 +211,21 @@ class Forward:
     target: bytes | None = None
     """A new request target (origin form)."""
     respond: Fields = ()
-    """Fields added to the response, whoever answers (a variant's name, a sticky cookie)."""
+    """Fields added to the response, whoever answers: the upstream, a stage, or the engine itself
+    (its 502 and 504); a variant's name, a sticky cookie."""
     capture: int = 0
     """Capture up to this many bytes of the response body for :meth:`Stage.on_body`."""
     mirror: tuple[str, ...] = ()
     """Pools that get a copy of the request, body included; their responses are discarded."""
+    add_lines: bytes = field(init=False, repr=False, compare=False)
+    """``add`` as field lines, serialised once (a stage builds its Forward values once and reuses them)."""
+    respond_lines: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_fields(self.add, "forwarded request")
         _check_fields(self.respond, "response")
+        object.__setattr__(self, "add_lines", _lines(self.add))
+        object.__setattr__(self, "respond_lines", _lines(self.respond))
         if self.target is not None and (
             not self.target.startswith(b"/") or any(c in self.target for c in b" \r\n\0")
         ):
@@ -418,6 +430,10 @@ class Stage:
     pools: tuple[str, ...] = ()
     """The named pools this stage may forward, mirror or send sub-requests to: the engine checks
     at start that each is configured, so a typo fails the configuration, not a request."""
+    drops: frozenset[bytes] = frozenset()
+    """Request fields always removed before forwarding (lowercase names), whatever a client sends
+    under them: a field the stage itself sets (a variant header). Dropped in the one pass;
+    ``Forward.drop``, decided per request, takes the general path."""
 
     def on_request(self, request: Request, tick: Tick) -> Effect | None:
         """Decide about ``request``: an effect, or None to leave it to the next stage."""

@@ -66,6 +66,15 @@ class EngineSettings:
     """An upstream's status line and header fields larger than this are answered 502."""
 
 
+_monotonic = time.monotonic
+_time = time.time
+_getrandbits = random.getrandbits
+
+
+def _bits() -> int:
+    return _getrandbits(64)
+
+
 class Cancellable(Protocol):
     def cancel(self) -> None: ...
 
@@ -134,7 +143,7 @@ class EngineState:
     """Counts a mirror copy's fate (pool, ``sent``/``dropped``/``failed``/``too_large``)."""
     mono: Callable[[], float] = time.monotonic
     wall: Callable[[], float] = time.time
-    rand: Callable[[], int] = field(default=lambda: random.getrandbits(64))
+    rand: Callable[[], int] = _bits
     """Random bits for each tick (Python's generator, seeded from the OS: visitor IDs, samples;
     not for secrets)."""
     pool_view: EnginePools = field(init=False)
@@ -157,7 +166,10 @@ class EngineState:
 
     def tick(self) -> Tick:
         """What a stage is handed for one call: the clocks and fresh random bits."""
-        return Tick(self.mono(), self.wall(), self.rand())
+        mono, wall, rand = self.mono, self.wall, self.rand
+        if mono is _monotonic and wall is _time and rand is _bits:  # the usual clocks: no indirection
+            return Tick(_monotonic(), _time(), _getrandbits(64))
+        return Tick(mono(), wall(), rand())
 
     def apply(self, settings: EngineSettings) -> None:
         """Use ``settings`` from now on (a reload): new connections take all of them; open ones take
@@ -167,6 +179,8 @@ class EngineState:
         self.generation += 1
         header = self.settings.client_cert_header
         self.request_drop = frozenset() if header is None else frozenset({header.lower()})
+        if self.pipeline is not None:
+            self.request_drop |= self.pipeline.drops
         self.response_drop = frozenset(name.lower() for name, _ in self.settings.response_fields)
         self.responses = ResponseForwarder(
             via=self.settings.via, drop=self.response_drop, extra=self.settings.response_fields

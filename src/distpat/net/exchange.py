@@ -7,7 +7,7 @@ import logging
 from time import perf_counter
 from typing import TYPE_CHECKING
 
-from distpat.core.forward import amend_head
+from distpat.core.amend import amend_head
 from distpat.core.http import (
     CHUNKED_BODY,
     LAST_CHUNK,
@@ -21,11 +21,18 @@ from distpat.core.http import (
     response_head,
 )
 from distpat.core.pipeline import Run
-from distpat.core.stage import Answer, OutcomeKind
+from distpat.core.stage import Amend, Answer, OutcomeKind
 from distpat.errors import RemoteProtocolError
 from distpat.net.engine import IDEMPOTENT, Cancellable
 from distpat.net.general_response import answer_locally, forward_general_response
-from distpat.net.stage_driver import body_captured, done, mirror_data, replace_response, respond
+from distpat.net.stage_driver import (
+    body_captured,
+    done,
+    error_answer,
+    mirror_data,
+    replace_response,
+    respond,
+)
 from distpat.net.upstream import Upstream, UpstreamConnection, UpstreamGroup
 
 if TYPE_CHECKING:
@@ -211,8 +218,11 @@ class Exchange:
             self.tried = self.tried | {upstream}
             reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
             log.warning("upstream %s: connect failed: %s", upstream.name, reason)
-            if self.method in IDEMPOTENT and self.body_sent == 0 and self._another_upstream():
-                self.start()  # nothing reached the upstream: try the next one
+            if self.body_sent == 0 and self._another_upstream():
+                # Nothing reached the upstream (no connection was made): any method may go to the
+                # next one, as nginx's proxy_next_upstream does for a connect error. A request that
+                # reached an upstream and is not idempotent is never sent again (_upstream_broken).
+                self.start()
             else:
                 self.fail_local(502, f"upstream {upstream.name} unreachable: {reason}")
             return
@@ -320,14 +330,16 @@ class Exchange:
         )
         run = self.run
         amend = replaced = None
+        respond_lines = b""
         if run is not None:
             pipeline = client.state.pipeline
-            if (pipeline is not None and pipeline.wants_response) or (
-                run.plan is not None and run.plan.respond
-            ):
+            if pipeline is not None and pipeline.wants_response:
                 amend, replaced = respond(self, status, headers)
-            else:
+            else:  # only Forward.respond fields, if any: added straight to the head
                 self.response_fields = tuple(headers)
+                forward = run.plan
+                if forward is not None and forward.respond:
+                    respond_lines = forward.respond_lines
         try:
             plan = client.state.responses.forward(self.method, status, headers, self.http10, keep)
         except RemoteProtocolError as exc:
@@ -340,6 +352,8 @@ class Exchange:
             self.response_started = True
             if amend is not None:
                 head = amend_head(head, add=amend.add, drop=amend.drop)
+            elif respond_lines:
+                head = head[:-2] + respond_lines + b"\r\n"
             self.to_client.append(head)
             self.last_io = client.loop.time()  # the response timeout runs from here
         else:
@@ -348,6 +362,8 @@ class Exchange:
             except RemoteProtocolError as exc:
                 self._upstream_broken(ConnectionError(str(exc)))
                 return
+            if amend is None and respond_lines and run is not None and run.plan is not None:
+                amend = Amend(run.plan.respond)
             forward_general_response(self, status, headers, framing, keep_alive, keep, amend)
         if replaced is not None:
             replace_response(self, replaced)
@@ -461,8 +477,11 @@ class Exchange:
         self.outcome_kind = OutcomeKind.TIMED_OUT if status == 504 else OutcomeKind.UPSTREAM_FAILED
         self.status = status
         self.close_after = self.close_after or not self.keep_alive or not self.body_done
-        response = error_response(status, message, close=self.close_after)
-        self.sent_bytes = body_size(response)
+        if self.run is not None:  # through the response stages (stale-if-error)
+            response, self.sent_bytes = error_answer(self, status, message)
+        else:
+            response = error_response(status, message, close=self.close_after)
+            self.sent_bytes = body_size(response)
         self.client.write(response)
         self.response_started = True
         self.finish()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from distpat.core.framing import expects_continue
 from distpat.core.http import (
     CHUNKED_BODY,
     NO_HOST,
@@ -64,9 +65,7 @@ def forward_general(
             log.debug("request field %r dropped: its name has '_' (underscores_in_headers off)", name)
             continue
         if name.lower() == b"expect":
-            if value.strip().lower() != b"100-continue":
-                raise RemoteProtocolError("only 'Expect: 100-continue' is supported", status=417)
-            expect_continue = True  # answered here, as nginx does, so the upstream never waits
+            expect_continue = expects_continue(value)  # answered by the engine, as nginx does
             continue
         kept.append((name, value))
     out = forward_request_headers(

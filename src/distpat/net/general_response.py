@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from distpat.core.forward import other_codings
+from distpat.core.framing import reframe_for_client
 from distpat.core.http import (
-    CHUNKED_BODY,
     UNTIL_CLOSE_BODY,
     Framing,
     forward_response_headers,
@@ -52,19 +51,9 @@ def forward_general_response(
             out = [(n, v) for n, v in out if n.lower() not in amend.drop]
         out.extend(amend.add)
     kind = framing.kind
-    if kind is CHUNKED_BODY or kind is UNTIL_CLOSE_BODY:
-        # The body is re-framed: any Content-Length no longer describes it, and
-        # codings other than chunked (gzip, ...) must still be declared.
-        out = [(n, v) for n, v in out if n.lower() != b"content-length"]
-        codings = other_codings(headers)
-        if ex.http10:
-            ex.close_after = True
-            if codings:
-                out.append((b"Content-Encoding", codings))  # HTTP/1.0 has no transfer codings
-        else:
-            ex.rechunk = True
-            out.append((b"Transfer-Encoding", codings + b", chunked" if codings else b"chunked"))
-    if not keep:
+    out, rechunk, close = reframe_for_client(out, headers, kind, http10=ex.http10)
+    ex.rechunk = ex.rechunk or rechunk
+    if not keep or close:  # as the one pass does: a close-delimited answer to HTTP/1.0 says so
         out.append((b"Connection", b"close"))
         ex.close_after = True
     elif ex.http10:

@@ -215,8 +215,10 @@ class ProxyServer:
         return self._admin.port if self._admin is not None else None
 
     def ready(self) -> bool:
-        """Ready while at least one upstream is not ejected (the readiness probe)."""
-        return bool(self.group.healthy())
+        """Ready while every pool has an upstream that is not ejected (the readiness probe): with
+        one pool, while any upstream is in rotation; with a split's pools, while every variant can
+        be served."""
+        return all(group.healthy() for group in self.pools.values())
 
     @property
     def draining(self) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import socket
 import time
 from collections.abc import Callable
@@ -43,6 +44,11 @@ log = logging.getLogger("distpat.redis")
 
 _NOT_QUEUED = frozenset((b"exec", b"discard", b"multi", b"watch", b"quit"))
 """Commands that act at once inside MULTI, as in Redis (the others are queued)."""
+
+
+def _draw() -> int:
+    """32 random bits for twemproxy's ``distribution: random`` (the shell's randomness)."""
+    return random.getrandbits(32)
 
 
 class ShardPool:
@@ -146,10 +152,10 @@ class ShardPool:
         self.next_rebuild = next_rebuild
         self.cache = {}
         if not live:
-            self.ring = from_twemproxy(self.pool)
+            self.ring = from_twemproxy(self.pool, draw=_draw)
             self.locate = self._nothing_live
             return
-        self.ring = from_twemproxy(replace(self.pool, servers=tuple(live)))
+        self.ring = from_twemproxy(replace(self.pool, servers=tuple(live)), draw=_draw)
         self.locate = self.ring.get_node
 
     def _nothing_live(self, key: bytes) -> str:

@@ -22,8 +22,9 @@ from collections import deque
 
 import httptools
 
+from distpat.core.amend import capture_fields
 from distpat.core.chunked import ChunkLines
-from distpat.core.forward import ForwardedRequest, RequestForwarder, capture_fields
+from distpat.core.forward import ForwardedRequest, RequestForwarder
 from distpat.core.http import (
     CHUNKED_BODY,
     LENGTH_BODY,
@@ -34,6 +35,7 @@ from distpat.errors import LocalProtocolError, RemoteProtocolError
 from distpat.net.client_timeouts import ensure_tick, stop_ticking
 from distpat.net.engine import READ_BUFFER_BYTES, EngineSettings, EngineState, client_subject
 from distpat.net.exchange import Exchange
+from distpat.net.flow import ClientFlow
 from distpat.net.general_request import forward_general
 from distpat.net.refusal import Reject, answer_error, protocol_error
 from distpat.net.stage_driver import begin
@@ -48,7 +50,7 @@ LINGER = 2.0
 """Seconds a connection closed while its client is still sending keeps reading (and discarding)."""
 
 
-class ClientConnection(asyncio.BufferedProtocol):
+class ClientConnection(ClientFlow, asyncio.BufferedProtocol):
     """One client connection: parses requests and answers them in order."""
 
     __slots__ = (
@@ -63,10 +65,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         "header_bytes",
         "parsing",
         "queue",
-        "pauses",
         "timer",
         "closing",
-        "write_paused",
         "reject",
         "in_head",
         "eof",
@@ -246,16 +246,6 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self.parsing is not None and self.parsing.conn is not None:
             self.parsing.flush_upstream()
 
-    def pause_writing(self) -> None:
-        self.write_paused = True
-        if self.queue and self.queue[0].conn is not None:
-            self.queue[0].conn.pause_reading()
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        if self.queue and self.queue[0].conn is not None:
-            self.queue[0].conn.resume_reading()
-
     # -- httptools callbacks ----------------------------------------------------------
 
     def on_message_begin(self) -> None:
@@ -286,6 +276,8 @@ class ClientConnection(asyncio.BufferedProtocol):
             raise self.reject
 
     def on_headers_complete(self) -> None:
+        if self.closing:  # answered in this same read (a local answer), and closing: nothing more is taken
+            return
         parser, settings = self.parser, self.state.settings
         self.in_head = False
         self.in_head_or_new = False
@@ -385,25 +377,6 @@ class ClientConnection(asyncio.BufferedProtocol):
                 ex.end_body()
             if not ex.keep_alive:
                 self.pause_reading("closing")  # nothing after this request will be read
-
-    # -- flow control and writing ---------------------------------------------------------
-
-    def pause_reading(self, reason: str) -> None:
-        if not self.pauses and self.transport is not None and not self.closing:
-            self.transport.pause_reading()
-        self.pauses.add(reason)
-
-    def resume_reading(self, reason: str) -> None:
-        if reason in self.pauses:
-            self.pauses.discard(reason)
-            if not self.pauses and self.transport is not None and not self.closing:
-                self.transport.resume_reading()
-
-    def write(self, data: bytes) -> None:
-        """Send ``data`` to the client at the end of this event-loop turn (distpat.net.batch)."""
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            self.state.batch.write(transport, data)
 
     # -- the request queue ------------------------------------------------------------------
 

@@ -18,12 +18,14 @@ connection or the server.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING
 
-from distpat.core.forward import amend_head
-from distpat.core.http import local_response
-from distpat.core.pipeline import StageError
+from distpat.core.amend import amend_head
+from distpat.core.http import error_response, local_response
+from distpat.core.pipeline import Run, StageError
+from distpat.core.serialize import error_body
 from distpat.core.stage import (
     Amend,
     Answer,
@@ -49,6 +51,7 @@ __all__ = [
     "begin",
     "body_captured",
     "done",
+    "error_answer",
     "mirror_data",
     "replace_response",
     "respond",
@@ -163,8 +166,10 @@ def _plan(ex: Exchange, fwd: Forward) -> None:
             ex.local = _missing(f"upstreams {', '.join(fwd.order)} in pool {group.name!r}")
             return
         ex.order = order
-    if fwd.target is not None or fwd.add or fwd.drop:
+    if fwd.target is not None or fwd.drop:
         ex.head = amend_head(ex.head, target=fwd.target, add=fwd.add, drop=fwd.drop)
+    elif fwd.add:
+        ex.head = ex.head[:-2] + fwd.add_lines + b"\r\n"
     if fwd.capture:
         ex.capture_left = fwd.capture
         ex.captured = []
@@ -184,18 +189,52 @@ def _plan(ex: Exchange, fwd: Forward) -> None:
 
 
 def respond(
-    ex: Exchange, status: int, headers: list[tuple[bytes, bytes]]
+    ex: Exchange, status: int, headers: list[tuple[bytes, bytes]], *, local: bool = False
 ) -> tuple[Amend | None, Answer | None]:
     """The response head passes back out through the stages: what they add, drop or put instead."""
     run = ex.run
     assert run is not None
     fields = tuple(headers)
     ex.response_fields = fields
-    upstream = ex.upstream.name if ex.upstream is not None and ex.local is None else None
+    upstream = ex.upstream.name if ex.upstream is not None and ex.local is None and not local else None
     try:
         return run.respond(Response(status, fields, upstream), ex.client.state.tick())
     except StageError as exc:
         return None, _failed(exc)
+
+
+_ERROR_FIELDS = ((b"Cache-Control", b"no-store"), (b"X-Content-Type-Options", b"nosniff"))
+
+
+def error_answer(ex: Exchange, status: int, message: str) -> tuple[bytes, int]:
+    """The engine's own error answer (502, 504) for a request the stages saw: its bytes and body
+    size. It passes back out through the response stages like any answer, so a stage may add
+    fields or put something in its place (a cache's stale copy: stale-if-error); the outcome stays
+    the failure it was."""
+    run = ex.run
+    assert run is not None
+    pipeline = ex.client.state.pipeline
+    if pipeline is None or not pipeline.wants_response:
+        extra = run.plan.respond if run.plan is not None else ()  # a variant's cookie
+        data = error_response(status, message, close=ex.close_after, extra=extra)
+        return data, len(data) - data.index(b"\r\n\r\n") - 4
+    answer = Answer(status, error_body(status, message), _ERROR_FIELDS, reason=message)
+    amend, replaced = respond(ex, status, list(answer.headers), local=True)
+    if replaced is not None:
+        answer = replaced
+    elif amend is not None:
+        kept = [(n, v) for n, v in answer.headers if n.lower() not in amend.drop]
+        answer = Answer(answer.status, answer.body, (*kept, *amend.add), answer.content_type, answer.reason)
+    ex.status = answer.status
+    return local_response(
+        answer.status,
+        answer.headers,
+        answer.body,
+        content_type=answer.content_type,
+        head_request=ex.method == b"HEAD",
+        close=ex.close_after,
+        http10=ex.http10,
+    )
 
 
 def replace_response(ex: Exchange, answer: Answer) -> None:
@@ -244,6 +283,10 @@ def done(ex: Exchange, kind: OutcomeKind) -> None:
     pending, ex.pending = ex.pending, None
     if pending is not None:
         pending.cancel()
+    if not run.pipeline.wants_done and not ex.leads:  # nobody to tell: only the decisions to count
+        run.finished = True
+        _count(state.count_decision, run)
+        return
     captured = ex.captured
     outcome = Outcome(
         kind,
@@ -259,18 +302,21 @@ def done(ex: Exchange, kind: OutcomeKind) -> None:
     for error in run.errors:
         log.error("%s", error, exc_info=error.__cause__)
     _fire(ex, calls)
-    count = state.count_decision
-    if count is not None:
-        request = run.request
-        for stage in run.pipeline.stages[: run.entered]:
-            decision = stage.decision(request)
-            if decision is not None:
-                count(stage.name, decision)
+    _count(state.count_decision, run)
     land = state.carriers.land
     if ex.leads and land is not None:
         for key in ex.leads:
             land(key, outcome)
         ex.leads.clear()
+
+
+def _count(count: Callable[[str, str], None] | None, run: Run) -> None:
+    if count is not None and (run.request.notes or run.pipeline.decides):
+        request = run.request
+        for stage in run.pipeline.stages[: run.entered]:
+            decision = stage.decision(request)
+            if decision is not None:
+                count(stage.name, decision)
 
 
 def _fire(ex: Exchange, calls: list[Call]) -> None:

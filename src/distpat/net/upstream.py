@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from distpat.core.health import EjectionPolicy, PassiveHealth
 from distpat.errors import ConfigError
 
 __all__ = [
@@ -320,8 +321,7 @@ class Upstream:
         "idle",
         "open",
         "outstanding",
-        "fails",
-        "ejected_until",
+        "health",
         "on_health_change",
         "max_response_header_bytes",
     )
@@ -344,8 +344,7 @@ class Upstream:
         self.idle: list[UpstreamConnection] = []
         self.open: set[UpstreamConnection] = set()
         self.outstanding = 0
-        self.fails = 0
-        self.ejected_until = 0.0
+        self.health = PassiveHealth()  # core/health.py: the policy the Redis ambassador shares
         self.on_health_change: Callable[[Upstream, bool], None] | None = None
 
     def __repr__(self) -> str:
@@ -354,38 +353,34 @@ class Upstream:
     # -- health (the clock comes in as ``now``) --------------------------------------
 
     def available(self, now: float) -> bool:
-        return self.ejected_until <= now
+        return self.health.ejected_until <= now
+
+    @property
+    def fails(self) -> int:
+        return self.health.fails
+
+    @property
+    def ejected_until(self) -> float:
+        return self.health.ejected_until
 
     def record_connect_failure(self, now: float) -> None:
-        self.fails += 1
-        if self.fails >= self.policy.max_fails and self.ejected_until <= now:
-            self.ejected_until = now + self.policy.fail_timeout
-            if self.on_health_change is not None:
-                self.on_health_change(self, False)
+        policy = EjectionPolicy(self.policy.max_fails, self.policy.fail_timeout)
+        if self.health.failure(policy, now) and self.on_health_change is not None:
+            self.on_health_change(self, False)
 
     def mark_down(self) -> None:
         """An active health check failed: out of rotation until :meth:`mark_up`."""
-        if self.ejected_until != float("inf"):
-            self.ejected_until = float("inf")
-            if self.on_health_change is not None:
-                self.on_health_change(self, False)
+        if self.health.pin_down() and self.on_health_change is not None:
+            self.on_health_change(self, False)
 
     def mark_up(self) -> None:
         """An active health check passed: back in rotation."""
-        if self.ejected_until == float("inf"):
-            self.ejected_until = 0.0
-            self.fails = 0
-            if self.on_health_change is not None:
-                self.on_health_change(self, True)
+        if self.health.pin_up() and self.on_health_change is not None:
+            self.on_health_change(self, True)
 
     def record_success(self) -> None:
-        if self.ejected_until == float("inf"):  # a connect succeeding does not overrule a failed health check
-            self.fails = 0
-            return
-        was_ejected = self.ejected_until > 0.0
-        self.fails = 0
-        self.ejected_until = 0.0
-        if was_ejected and self.on_health_change is not None:
+        """A connection succeeded (it does not overrule a failed active check)."""
+        if self.health.success() and self.on_health_change is not None:
             self.on_health_change(self, True)
 
     # -- the pool -----------------------------------------------------------------
@@ -427,7 +422,7 @@ class Upstream:
 class UpstreamGroup:
     """Several upstreams, balanced round robin or by fewest outstanding requests."""
 
-    __slots__ = ("upstreams", "balance", "_cycle", "clock", "name", "_orders")
+    __slots__ = ("upstreams", "balance", "_cycle", "clock", "name", "_orders", "_by_name")
 
     def __init__(
         self,
@@ -448,13 +443,11 @@ class UpstreamGroup:
         self.name = name
         """The pool's name (``[pools.NAME]``); ``default`` for the proxy's ``--upstream`` list."""
         self._orders: dict[tuple[str, ...], tuple[Upstream, ...]] = {}
+        self._by_name = {u.name: u for u in reversed(upstreams)}  # the first of a name, as before
 
     def by_name(self, name: str) -> Upstream | None:
         """The upstream called ``name`` (``host:port``), or None."""
-        for u in self.upstreams:
-            if u.name == name:
-                return u
-        return None
+        return self._by_name.get(name)
 
     def resolve(self, order: tuple[str, ...]) -> tuple[Upstream, ...] | None:
         """A stage's preference order as upstreams, or None when it names one not in the group.
