@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import hiredis
@@ -137,3 +138,58 @@ async def test_clients_over_the_output_limit_are_each_counted_and_logged_once_a_
             assert pool.refusals["output_limit"] == clients
     lines = [r.getMessage() for r in caplog.records if "output buffer over its limit" in r.getMessage()]
     assert len(lines) == 1, lines
+
+
+@contextlib.asynccontextmanager
+async def split_answering_server(replies: int, *, close_after: int | None = None) -> AsyncIterator[int]:
+    """A fake server that answers its first ``replies`` GETs (``$2 vN``) in two writes cut inside a
+    reply, 50 ms apart; with ``close_after``, it sends that many replies and half of the next, then
+    closes. Yields its port."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        data = b""
+        while data.count(b"*2\r\n") < replies:
+            chunk = await reader.read(65536)
+            if not chunk:
+                return
+            data += chunk
+        answers = b"".join(b"$2\r\nv%d\r\n" % (i % 10) for i in range(replies))
+        cut = 8 * (close_after if close_after is not None else replies // 2) + 4
+        writer.write(answers[:cut])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        if close_after is None:
+            writer.write(answers[cut:])
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+async def test_a_run_of_commands_answered_in_pieces_gets_every_reply_in_order() -> None:
+    """Commands of one read for one server share one record; their replies may come in several reads."""
+    async with split_answering_server(40) as port:
+        text = pool_yaml("alpha", free_ports(1)[0], [port])
+        async with shard_service(text) as service:
+            replies = await raw_pipeline(service.pools[0].port, [[b"GET", b"k%d" % i] for i in range(40)])
+            pool = service.pools[0]
+            assert replies == [b"v%d" % (i % 10) for i in range(40)]
+            stats = pool.stats_json()[f"127.0.0.1:{port}"]
+            assert (stats["requests"], stats["responses"], stats["in_queue"]) == (40, 40, 0)
+            assert sum(pool.latency.counts) == 40
+
+
+async def test_a_server_lost_inside_a_run_answers_what_it_sent_and_errors_for_the_rest() -> None:
+    async with split_answering_server(40, close_after=15) as port:
+        text = pool_yaml("alpha", free_ports(1)[0], [port])
+        async with shard_service(text) as service:
+            replies = await raw_pipeline(service.pools[0].port, [[b"GET", b"k%d" % i] for i in range(40)])
+            pool = service.pools[0]
+    assert replies[:15] == [b"v%d" % (i % 10) for i in range(15)]
+    assert all(isinstance(r, hiredis.ReplyError) and "closed the connection" in str(r) for r in replies[15:])
+    assert pool.refusals["server_failed"] == 25
+    assert sum(pool.latency.counts) == 15

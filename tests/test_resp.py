@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import itertools
 import re
+from unittest import mock
 
+import hiredis
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from distpat.core import resp_fast
 from distpat.core.redis_commands import COMMANDS, Kind, command_keys, lookup, split_keys
 from distpat.core.resp import (
     Command,
@@ -18,6 +21,7 @@ from distpat.core.resp import (
     command_bytes,
     encode_command,
 )
+from distpat.core.resp_decode import ErrorReply, ReplyDecoder
 from distpat.core.resp_fast import FastRequestParser
 from distpat.errors import RespProtocolError
 from distpat.net.redis_shard import merge_replies
@@ -97,6 +101,36 @@ def test_fast_parser_refuses_what_redis_refuses() -> None:
             FastRequestParser().feed(data)
 
 
+bulk_value = st.one_of(st.binary(max_size=8), st.integers(1020, 1030).map(lambda n: b"v" * n))
+request_element = st.one_of(
+    st.builds(lambda b: b"$%d\r\n%b\r\n" % (len(b), b), bulk_value),
+    st.builds(lambda b: b"$%d\r\n%bXY" % (len(b), b), bulk_value),  # no CRLF after the value
+    st.builds(lambda b: b"+%b\r\n" % b, st.sampled_from([b"", b"x", b"GET"])),
+    st.builds(lambda i: b":%d\r\n" % i, st.integers(-5, 5)),
+    st.builds(lambda b: b"=%d\r\ntxt:%b\r\n" % (len(b) + 4, b), st.binary(max_size=4)),
+    st.sampled_from([b"$-1\r\n", b"_\r\n", b",1.5\r\n", b"#t\r\n", b"(123\r\n", b"*1\r\n$1\r\na\r\n"]),
+)
+request_st = st.builds(lambda xs: b"*%d\r\n" % len(xs) + b"".join(xs), st.lists(request_element, max_size=4))
+
+
+def fast_outcome(data: bytes) -> tuple[list[Command], str | None]:
+    try:
+        return FastRequestParser().feed(data), None
+    except RespProtocolError as exc:
+        return exc.commands, str(exc)  # type: ignore[attr-defined]
+
+
+@settings(max_examples=300)
+@given(requests=st.lists(request_st, min_size=1, max_size=4))
+def test_the_fast_parser_packs_and_refuses_as_hiredis_pack_command_does(requests: list[bytes]) -> None:
+    """Short commands are packed again in Python (resp_fast._BULK_HEADS); without the table every
+    command is packed by hiredis.pack_command: the commands, their bytes and the faults are the same."""
+    data = b"".join(requests)
+    with mock.patch.object(resp_fast, "_BULK_HEADS", []):
+        expected = fast_outcome(data)
+    assert fast_outcome(data) == expected
+
+
 @pytest.mark.parametrize("pieces", [[b"*2147483647\r\n"], [b"*21474", b"83647\r\n"], [b"*4294967295\r\n"]])
 def test_a_huge_array_count_is_refused_before_anything_is_allocated(pieces: list[bytes]) -> None:
     # hiredis would allocate the whole list when it reads the count: the fast parser hands such
@@ -166,6 +200,41 @@ def test_replies_are_framed_whole_at_any_split(replies: list[bytes], points: lis
         out.extend(scanner.feed(piece))
     assert out == replies
     assert scanner.buffered == 0
+
+
+@given(
+    replies=st.lists(reply_st, min_size=1, max_size=8), points=st.lists(st.integers(0, 10_000), max_size=6)
+)
+def test_replies_decode_at_any_split_as_hiredis_decodes_them_whole(
+    replies: list[bytes], points: list[int]
+) -> None:
+    whole = hiredis.Reader(replyError=ErrorReply)  # type: ignore[arg-type]
+    whole.feed(b"".join(replies))
+    decoder = ReplyDecoder()
+    try:
+        expected = [whole.gets() for _ in replies]
+    except TypeError:  # a map keyed by an array: refused, as a protocol error
+        with pytest.raises(RespProtocolError):
+            decoder.feed(b"".join(replies))
+        return
+    out: list[object] = []
+    for piece in cuts(b"".join(replies), points):
+        out.extend(decoder.feed(piece))
+    assert out == expected
+    assert decoder.buffered == 0
+
+
+def test_decoded_errors_and_limits() -> None:
+    decoder = ReplyDecoder(max_reply_bytes=64)
+    assert decoder.feed(b"-ERR no\r\n*2\r\n:1\r\n-WRONGTYPE x\r\n$-1\r\n") == [
+        ErrorReply("ERR no"),
+        [1, ErrorReply("WRONGTYPE x")],
+        None,
+    ]
+    with pytest.raises(RespProtocolError, match="larger than 64 bytes"):
+        decoder.feed(b"$100\r\n" + b"x" * 90)
+    with pytest.raises(RespProtocolError):
+        ReplyDecoder().feed(b"?\r\n")
 
 
 @settings(max_examples=300)

@@ -29,6 +29,7 @@ __all__ = [
     "MIN_ARGUMENT",
     "Command",
     "command_bytes",
+    "connection_setup",
     "pack_command",
     "RequestParser",
     "ReplyScanner",
@@ -90,6 +91,24 @@ def encode_command(args: Sequence[bytes]) -> bytes:
         parts.append(a)
         parts.append(b"\r\n")
     return b"".join(parts)
+
+
+def connection_setup(*, password: str | None = None, db: int = 0, proto: int = 2) -> list[bytes]:
+    """What a new connection to a Redis server sends first, as the ambassador's and distpat's own
+    client both do: ``HELLO 3`` (RESP3; with ``AUTH default PASSWORD``), else ``AUTH PASSWORD``; then
+    ``SELECT DB`` unless it is 0. One reply comes for each; an error reply means the connection is
+    not usable (a wrong password, a database out of range)."""
+    setup: list[bytes] = []
+    if proto == 3:
+        hello = [b"HELLO", b"3"]
+        if password:
+            hello += [b"AUTH", b"default", password.encode()]
+        setup.append(encode_command(hello))
+    elif password:
+        setup.append(encode_command([b"AUTH", password.encode()]))
+    if db:
+        setup.append(encode_command([b"SELECT", str(db).encode()]))
+    return setup
 
 
 pack_command: Callable[[tuple[bytes, ...]], bytes] = hiredis.pack_command  # type: ignore[assignment]
@@ -269,11 +288,25 @@ class ReplyScanner(_Buffered):
         self.max_reply_bytes = max_reply_bytes
 
     def feed(self, data: bytes) -> list[bytes]:
+        data, ends = self.scan(data)
+        out: list[bytes] = []
+        start = 0
+        for end in ends:
+            out.append(data[start:end])
+            start = end
+        return out
+
+    def scan(self, data: bytes) -> tuple[bytes, list[int]]:
+        """:meth:`feed`, in a cheaper shape: a buffer, and where each complete reply in it ends.
+
+        The first reply starts at 0, each next one where the one before ended, so a run of
+        replies is one slice (``buf[ends[i - 1]:ends[j]]``) and no reply is cut out on its own.
+        """
         whole = self._take(data)
         if whole is None:
-            return []
+            return b"", []
         data = whole
-        out: list[bytes] = []
+        out: list[int] = []
         n = len(data)
         pos = 0
         find = data.find
@@ -304,10 +337,10 @@ class ReplyScanner(_Buffered):
                 if end < 0:
                     self._need -= pos  # _end set it as an index of data; the buffer starts at pos
                     break
-            out.append(data[pos:end])
+            out.append(end)
             pos = end
         self._keep(data, pos, "reply")
-        return out
+        return data, out
 
     def _end(self, data: bytes, pos: int, n: int) -> int:
         """Where the reply starting at ``pos`` ends, or -1 if it is incomplete (setting ``_need``)."""

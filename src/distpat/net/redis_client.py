@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from distpat.core.redis_tx import Transaction
 from distpat.core.resp import Command, RequestParser, error
@@ -30,9 +30,11 @@ class RedisClient(asyncio.Protocol):
     """One client connection.
 
     Replies are written in the order the commands came: each command has a slot in ``waiting``, filled
-    when its reply is known. A WATCH or EXEC (:mod:`distpat.net.redis_tx`) is a barrier: it goes out once
-    every slot before it is filled, and the commands after it are ``held`` (and the client not read)
-    until its own reply is in.
+    when its reply is known. A slot is ``[reply, n]``: a run of ``n`` consecutive commands of one read
+    that went to one server connection shares one slot, filled with their ``n`` replies at once
+    (``queued`` counts commands, not slots). A WATCH or EXEC (:mod:`distpat.net.redis_tx`) is a
+    barrier: it goes out once every slot before it is filled, and the commands after it are ``held``
+    (and the client not read) until its own reply is in.
     """
 
     def __init__(self, pool: ShardPool) -> None:
@@ -40,7 +42,8 @@ class RedisClient(asyncio.Protocol):
         self.loop = pool.loop
         self.parser: FastRequestParser | RequestParser | None = None  # chosen by the first byte
         self.transport: asyncio.Transport | None = None
-        self.waiting: deque[list[bytes | None]] = deque()
+        self.waiting: deque[list[Any]] = deque()  # slots: [reply or None, commands it answers]
+        self.queued = 0  # commands in ``waiting``
         self.out: list[bytes] = []
         self.dirty = False
         self.proto = 2
@@ -56,7 +59,7 @@ class RedisClient(asyncio.Protocol):
         self.held: list[Command] | None = None  # commands after a barrier, not dispatched yet
         self.held_fault: bytes | None = None  # a protocol error that came after the held commands
         self.barrier: Callable[[], None] | None = None  # sends the barrier once the slots before it fill
-        self.barrier_slot: list[bytes | None] | None = None
+        self.barrier_slot: list[Any] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -103,7 +106,7 @@ class RedisClient(asyncio.Protocol):
         except MemoryError:
             commands, fault = [], RespProtocolError("request too large")
         pool.dispatch_batch(self, commands)
-        if len(self.waiting) > MAX_WAITING and not self.paused:
+        if self.queued > MAX_WAITING and not self.paused:
             self.paused = True  # a client far ahead of its replies is not read until they catch up
             self.update_reading()
         if fault is not None and not self.close_after:
@@ -148,29 +151,36 @@ class RedisClient(asyncio.Protocol):
     def answer(self, reply: bytes) -> None:
         """A reply decided here, in order after the commands before it."""
         if self.waiting:
-            self.waiting.append([reply])
+            self.waiting.append([reply, 1])
+            self.queued += 1
         else:
             self.out.append(reply)
 
-    def wait(self) -> list[bytes | None]:
-        slot: list[bytes | None] = [None]
+    def wait(self) -> list[Any]:
+        slot = [None, 1]
         self.waiting.append(slot)
+        self.queued += 1
         return slot
 
-    def hold_until(self, slot: list[bytes | None], send: Callable[[], None]) -> None:
+    def hold_until(self, slot: list[Any], send: Callable[[], None]) -> None:
         """``send`` once every slot before ``slot`` is filled; hold later commands until ``slot`` is."""
         self.held = []
         self.barrier, self.barrier_slot = send, slot
         self.update_reading()
         self.touch()  # flush() starts the barrier
 
-    def complete(self, slot: list[bytes | None], reply: bytes) -> None:
+    def complete(self, slot: list[Any], reply: bytes) -> None:
+        """``slot`` is answered: ``reply`` holds the replies of every command the slot stands for."""
         slot[0] = reply
         waiting = self.waiting
         if waiting and waiting[0] is slot:
             out = self.out
+            queued = self.queued
             while waiting and waiting[0][0] is not None:
-                out.append(waiting.popleft()[0])  # type: ignore[arg-type]
+                done = waiting.popleft()
+                out.append(done[0])
+                queued -= done[1]
+            self.queued = queued
             if not self.dirty:
                 self.dirty = True
                 self.pool.dirty_clients.append(self)
@@ -179,8 +189,13 @@ class RedisClient(asyncio.Protocol):
         self.dirty = False
         waiting = self.waiting
         out = self.out
-        while waiting and waiting[0][0] is not None:
-            out.append(waiting.popleft()[0])  # type: ignore[arg-type]
+        if waiting and waiting[0][0] is not None:
+            queued = self.queued
+            while waiting and waiting[0][0] is not None:
+                done = waiting.popleft()
+                out.append(done[0])
+                queued -= done[1]
+            self.queued = queued
         if self.barrier is not None and waiting[0] is self.barrier_slot:
             send, self.barrier = self.barrier, None
             send()
@@ -203,7 +218,7 @@ class RedisClient(asyncio.Protocol):
                 )
                 transport.abort()
                 return
-        if self.paused and len(waiting) < MAX_WAITING // 2:
+        if self.paused and self.queued < MAX_WAITING // 2:
             self.paused = False
             self.update_reading()
         if self.close_after and not waiting and transport is not None:

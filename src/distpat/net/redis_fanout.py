@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from distpat.core.redis_commands import COMMANDS, Kind
 from distpat.core.resp import NULL_BULK, OK, ReplyScanner, array, error, integer
@@ -67,7 +67,7 @@ class Merge:
 
     __slots__ = ("client", "count", "fragments", "name", "remaining", "slot")
 
-    def __init__(self, client: RedisClient, name: bytes, count: int, slot: list[bytes | None]) -> None:
+    def __init__(self, client: RedisClient, name: bytes, count: int, slot: list[Any]) -> None:
         self.client = client
         self.name = name
         self.count = count

@@ -149,7 +149,8 @@ class ShardMetrics:
                     family.add_metric(labels, state.stats[key])
                 ejected.add_metric(labels, 1 if state.ejected_until else 0)
                 in_queue.add_metric(
-                    labels, sum(len(c.inflight) for c in state.conns.values() if not c.closed)
+                    labels,
+                    sum(entry[4] for c in state.conns.values() if not c.closed for entry in c.inflight),
                 )
         yield clients
         yield ejects

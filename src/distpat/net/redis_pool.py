@@ -51,6 +51,15 @@ def _draw() -> int:
     return random.getrandbits(32)
 
 
+def _end_run(
+    conn: ServerConnection, client: RedisClient, slot: list[Any], now: float, size: int, n: int
+) -> None:
+    """A run of ``n`` commands (``size`` bytes) for ``conn`` is complete: it waits for its replies."""
+    conn.inflight.append((client, slot, now, size, n))
+    slot[1] = n
+    client.queued += n
+
+
 class ShardPool:
     """One twemproxy pool served: its listener, servers, ring and clients."""
 
@@ -211,7 +220,12 @@ class ShardPool:
     # -- dispatch ------------------------------------------------------------------------------
 
     def dispatch_batch(self, client: RedisClient, commands: list[Command]) -> None:
-        """Route every command of one read. Single-key commands take a short path."""
+        """Route every command of one read. Single-key commands take a short path.
+
+        Consecutive single-key commands for one server are a run: one slot in the client's
+        ``waiting`` and one record in the connection's ``inflight`` for all of them, answered with
+        their replies together (the server answers them in order, one after another).
+        """
         if client.held is not None:  # behind a WATCH or EXEC still waiting for its reply
             client.held.extend(commands)
             return
@@ -226,6 +240,13 @@ class ShardPool:
         to_flush = self.to_flush
         pack = pack_command
         cache_get = self.cache.get
+        # The run being built: its server, connection, slot, commands and bytes.
+        run_state: ServerState | None = None
+        run_conn: ServerConnection | None = None
+        run_slot: list[Any] = []
+        nothing: list[bytes] = []
+        run_out = nothing.append  # the run's connection's out.append, once a run starts
+        run_n = run_size = 0
         batch = iter(commands)
         for args, raw in batch:
             if fast and len(args) >= 2 and args[0] in single:
@@ -233,21 +254,38 @@ class ShardPool:
                 if state is None or state.ejected_until:
                     found = server_for(args[1], now)
                     if isinstance(found, bytes):
+                        if run_conn is not None:
+                            _end_run(run_conn, client, run_slot, now, run_size, run_n)
+                            run_state = run_conn = None
                         self.refuse(client, "server_down", found)
                         continue
                     state = found
+                data = raw if raw is not None else pack(tuple(args))
+                if state is run_state:
+                    run_n += 1
+                    run_size += len(data)
+                    run_out(data)
+                    continue
+                if run_conn is not None:  # _end_run, inlined
+                    run_conn.inflight.append((client, run_slot, now, run_size, run_n))
+                    run_slot[1] = run_n
+                    client.queued += run_n
                 conn = state.conns.get(proto)
                 if conn is None or conn.closed:
                     conn = state.connection(proto)
-                slot: list[bytes | None] = [None]
-                waiting.append(slot)
-                data = raw if raw is not None else pack(tuple(args))
-                conn.inflight.append((client, slot, now, len(data)))
-                conn.out.append(data)
+                run_state, run_conn = state, conn
+                run_slot = [None, 1]
+                waiting.append(run_slot)
+                run_n, run_size = 1, len(data)
+                run_out = conn.out.append
+                run_out(data)
                 if not conn.flush_scheduled:
                     conn.flush_scheduled = True
                     to_flush.append(conn)
             else:
+                if run_conn is not None:
+                    _end_run(run_conn, client, run_slot, now, run_size, run_n)
+                    run_state = run_conn = None
                 self.dispatch(client, args, raw if raw is not None else pack(tuple(args)), now)
                 if client.close_after:
                     break
@@ -256,6 +294,8 @@ class ShardPool:
                     break
                 fast = client.authed and client.tx is None
                 proto = client.proto
+        if run_conn is not None:
+            _end_run(run_conn, client, run_slot, now, run_size, run_n)
 
     def release(self, client: RedisClient) -> None:
         """A barrier's reply is in: the commands held behind it go on, in order."""
@@ -456,8 +496,10 @@ class ShardPool:
             out[state.name] = {
                 **state.stats,
                 "server_connections": len(conns),
-                "in_queue": sum(len(c.inflight) for c in conns),
-                "in_queue_bytes": sum(entry[3] for c in conns for entry in c.inflight),
+                "in_queue": sum(entry[4] for c in conns for entry in c.inflight),
+                "in_queue_bytes": sum(
+                    entry[3] for c in conns for entry in c.inflight
+                ),  # a run: until its last reply
                 "out_queue": sum(len(c.out) for c in conns),
                 "out_queue_bytes": sum(len(b) for c in conns for b in c.out),
             }

@@ -15,7 +15,7 @@ from collections import deque
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from distpat.core.resp import ReplyScanner, encode_command, error
+from distpat.core.resp import ReplyScanner, connection_setup, error
 from distpat.core.twemproxy_pool import TwemproxyPool, TwemproxyServer
 from distpat.errors import RespProtocolError
 from distpat.net.redis_client import RedisClient
@@ -42,17 +42,7 @@ no client of the pool is read until it drains, so memory stays bounded without a
 
 def setup_commands(pool: TwemproxyPool, proto: int) -> list[bytes]:
     """What a new server connection sends first: HELLO 3 (RESP3), AUTH, SELECT, as the pool asks."""
-    setup: list[bytes] = []
-    if proto == 3:
-        hello = [b"HELLO", b"3"]
-        if pool.redis_auth:
-            hello += [b"AUTH", b"default", pool.redis_auth.encode()]
-        setup.append(encode_command(hello))
-    elif pool.redis_auth:
-        setup.append(encode_command([b"AUTH", pool.redis_auth.encode()]))
-    if pool.redis_db:
-        setup.append(encode_command([b"SELECT", str(pool.redis_db).encode()]))
-    return setup
+    return connection_setup(password=pool.redis_auth or None, db=pool.redis_db, proto=proto)
 
 
 class ServerState:
@@ -120,7 +110,9 @@ class ServerConnection(asyncio.Protocol):
         self.proto = proto
         self.pool = server.pool
         self.transport: asyncio.Transport | None = None
-        self.inflight: deque[tuple[Any, Any, float, int]] = deque()  # target, token, sent at, size
+        # target, token, sent at, size, replies: a run of n commands of one client's read is one entry
+        self.inflight: deque[tuple[Any, Any, float, int, int]] = deque()
+        self.partial = b""  # replies of inflight[0]'s run that came before the rest of them
         self.out: list[bytes] = []
         self.scanner = ReplyScanner(self.pool.settings.max_reply_bytes)
         self.closed = False
@@ -159,7 +151,7 @@ class ServerConnection(asyncio.Protocol):
     # sending
 
     def send(self, data: bytes, target: Any, token: Any, now: float) -> None:
-        self.inflight.append((target, token, now, len(data)))
+        self.inflight.append((target, token, now, len(data), 1))
         self.out.append(data)
         if not self.flush_scheduled:
             self.flush_scheduled = True
@@ -180,13 +172,16 @@ class ServerConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            replies = self.scanner.feed(data)
+            buf, ends = self.scanner.scan(data)
         except RespProtocolError as exc:
             self.fail(f"ERR server {self.server.label} sent an invalid reply: {exc}")
             return
+        i = 0  # replies of ``ends`` handed on
+        count = len(ends)
         if self.setup_replies:
-            while replies and self.setup_replies:
-                first = replies.pop(0)
+            while i < count and self.setup_replies:
+                first = buf[ends[i - 1] if i else 0 : ends[i]]
+                i += 1
                 self.setup_replies -= 1
                 if first[:1] in (b"-", b"!"):
                     message = first[1:].strip().decode("utf-8", "replace")
@@ -201,7 +196,7 @@ class ServerConnection(asyncio.Protocol):
                     return
         inflight = self.inflight
         stats = self.server.stats
-        stats["responses"] += len(replies)
+        stats["responses"] += count - i
         stats["response_bytes"] += len(data)
         popleft = inflight.popleft
         dirty = self.pool.dirty_clients
@@ -212,32 +207,54 @@ class ServerConnection(asyncio.Protocol):
         last_sent: float | None = None
         elapsed = spent = 0.0
         index = 0
-        for reply in replies:
+        start = ends[i - 1] if i else 0
+        partial = self.partial  # the replies of the first run that came with earlier reads
+        while i < count:
             if not inflight:  # a reply nobody asked for: the stream cannot be trusted
                 latency.total += spent
                 self.fail(f"ERR server {self.server.label} sent a reply nobody asked for")
                 return
-            target, token, sent, _ = popleft()
+            target, token, sent, size, n = inflight[0]
             if sent is not last_sent:
                 last_sent = sent
                 elapsed = now - sent
                 index = bisect_left(LATENCY_BUCKETS, elapsed)
-            counts[index] += 1
-            spent += elapsed
+            i += n
+            if i > count:  # the rest of this run's replies are still to come
+                got = n - (i - count)
+                counts[index] += got
+                spent += elapsed * got
+                partial += buf[start : ends[count - 1]]
+                inflight[0] = (target, token, sent, size, n - got)
+                break
+            counts[index] += n
+            spent += elapsed * n
+            popleft()
+            end = ends[i - 1]
+            reply = buf[start:end]
+            start = end
+            if partial:
+                reply = partial + reply
+                partial = b""
             if target.__class__ is RedisClient:  # RedisClient.complete, inlined: the hot path
                 token[0] = reply
                 waiting = target.waiting
                 if waiting[0] is token:
                     out = target.out
+                    queued = target.queued
                     while waiting and waiting[0][0] is not None:
-                        out.append(waiting.popleft()[0])  # type: ignore[arg-type]
+                        done = waiting.popleft()
+                        out.append(done[0])
+                        queued -= done[1]
+                    target.queued = queued
                     if not target.dirty:
                         target.dirty = True
                         dirty.append(target)
             else:
                 target.complete(token, reply)
+        self.partial = partial
         latency.total += spent
-        if replies:
+        if count:
             self.server.succeeded()
             pool = self.pool
             if not pool.turn_pending:
@@ -263,20 +280,23 @@ class ServerConnection(asyncio.Protocol):
             self.transport.abort()
         reply = error(message)
         inflight, self.inflight = self.inflight, deque()
+        partial, self.partial = self.partial, b""
         self.out.clear()
         if inflight:
+            commands = sum(entry[4] for entry in inflight)
             refusals = self.pool.refusals
-            refusals["server_failed"] = refusals.get("server_failed", 0) + len(inflight)
+            refusals["server_failed"] = refusals.get("server_failed", 0) + commands
             self.pool.refusal_log.log(
                 logging.WARNING,
                 f"server_failed {self.server.label}",
                 "pool %s: %d commands answered: %s",
                 self.pool.name,
-                len(inflight),
+                commands,
                 message,
             )
-        for target, token, _, _ in inflight:
-            target.complete(token, reply)
+        for target, token, _, _, n in inflight:
+            target.complete(token, partial + reply * n if n > 1 or partial else reply)
+            partial = b""
         if not self.pool.turn_pending and loop_running():
             self.pool.end_turn_soon()
 

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from distpat.core.redis_commands import wrong_arity
 from distpat.core.redis_tx import Block, Transaction, queue_keys
@@ -314,7 +314,7 @@ def _exec(pool: ShardPool, client: RedisClient, tx: Transaction, now: float) -> 
 
 
 def _send_block(
-    pool: ShardPool, client: RedisClient, conn: TxConnection, plan: Block, slot: list[bytes | None]
+    pool: ShardPool, client: RedisClient, conn: TxConnection, plan: Block, slot: list[Any]
 ) -> None:
     def done(result: list[bytes] | str) -> None:
         if client.tx_conn is conn:
