@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 from distpat.core.stage import (
     Amend,
     Answer,
+    Call,
+    CallResult,
     Effect,
     Fetch,
     Flight,
@@ -27,6 +30,7 @@ from distpat.net.proxy import ProxyConfig, ProxyServer
 from tests.effectkit import dead_url, until
 from tests.httpkit import Backend, Reply, exchange
 from tests.httpkit import Request as SeenRequest
+from tests.rediskit import raw_exchange, redis_servers
 
 
 class Mirror(Stage):
@@ -208,3 +212,39 @@ async def test_the_engines_own_502_passes_the_response_stages_and_keeps_a_stages
         await server.shutdown(1)
     assert answer.status == 502
     assert answer.header(b"set-cookie") == b"sid=new"
+
+
+class Counter(Stage):
+    """Counts each client's requests in Redis and refuses the third (the shape of a shared limiter)."""
+
+    kind = "counter"
+
+    def on_request(self, request: Request, tick: Tick) -> Effect | None:
+        def decide(result: CallResult) -> Effect | None:
+            if result.error is not None:
+                return Answer(503, result.error.encode())
+            assert isinstance(result.value, int)
+            return Answer(429, b"%d" % result.value) if result.value > 2 else None
+
+        return Call((b"INCR", b"count:" + request.client.encode()), then=decide)
+
+
+async def test_a_call_goes_to_the_configured_redis_and_its_reply_decides(tmp_path: Path) -> None:
+    async with redis_servers(tmp_path, 1) as [redis], Backend() as origin:
+        config = ProxyConfig(
+            listen=("127.0.0.1", 0),
+            upstreams=(origin.url,),
+            stages=(Counter(),),
+            redis=f"redis://127.0.0.1:{redis.port}/3",
+        )
+        server = ProxyServer(config)
+        await server.start()
+        try:
+            answers = await exchange(server.port, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n" * 3, count=3)
+        finally:
+            await server.shutdown(1)
+        assert [a.status for a in answers] == [200, 200, 429]
+        assert answers[2].body == b"3"
+        assert len(origin.requests) == 2
+        reply, _ = await raw_exchange(redis.port, b"SELECT 3\r\nGET count:127.0.0.1\r\nQUIT\r\n")
+        assert reply == b"+OK\r\n$1\r\n3\r\n+OK\r\n"

@@ -58,6 +58,9 @@ class ProxyConfig:
     """The pipeline (see distpat.core.stage): the stages every request passes, in order."""
     mirror_max_in_flight: int = 64
     """Mirror copies in flight at once (Forward.mirror); past it copies are dropped and counted."""
+    redis: str | None = None
+    """``redis://[:password@]host:port[/db]``: where stages' Calls go (net/resp_client.py); None:
+    a Call's continuation gets ``unavailable``."""
 
 
 Reloaded = tuple["ProxyConfig", Callable[[], None] | None]
@@ -147,6 +150,7 @@ class ProxyServer:
             self.state,
             mirror_max_in_flight=config.mirror_max_in_flight,
             count_mirror=self.metrics.mirror_event,
+            redis=config.redis,
         )
         self._server: asyncio.base_events.Server | None = None
         self._admin: AdminServer | None = None
@@ -284,7 +288,7 @@ class ProxyServer:
         if self.tls is not None:
             self.tls.reload("SIGHUP")
 
-    _RESTART_ONLY = ("listen", "admin", "backlog", "reuse_port", "tls", "redirect_http")
+    _RESTART_ONLY = ("listen", "admin", "backlog", "reuse_port", "tls", "redirect_http", "redis")
 
     def reconfigure(self, new: ProxyConfig) -> None:
         """Serve with ``new`` from now on, keeping every open connection.
