@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from distpat.core import resp_fast
 from distpat.core.redis_commands import COMMANDS, Kind, command_keys, lookup, split_keys
+from distpat.core.redis_merge import merge_replies
 from distpat.core.resp import (
     Command,
     ReplyScanner,
@@ -24,7 +25,6 @@ from distpat.core.resp import (
 from distpat.core.resp_decode import ErrorReply, ReplyDecoder
 from distpat.core.resp_fast import FastRequestParser
 from distpat.errors import RespProtocolError
-from distpat.net.redis_shard import merge_replies
 
 args_st = st.lists(st.binary(max_size=40), min_size=1, max_size=6)
 commands_st = st.lists(args_st, min_size=1, max_size=12)
