@@ -3,23 +3,31 @@
 Each :class:`Named` server answers any request with JSON naming itself and what it got (the
 target as the request line had it, the method, the fields), except ``.../echo``, which streams
 the request body back as it reads it, in a chunked response that names the server in
-``X-Name``; it records how many reads the body took and how it was framed.
+``X-Name`` (recording how many reads the body took), and ``.../hold``, which answers once
+:attr:`Named.release` is set. :func:`the_cookie` reads the visitor cookie a split sets.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tests.nutcracker import free_ports
 
 HOST = "127.0.0.1"
+ROOT = Path(__file__).resolve().parents[1]
 
-__all__ = ["HOST", "Named", "dead_url", "named_upstreams"]
+__all__ = ["HOST", "ROOT", "Named", "dead_url", "named_upstreams", "the_cookie"]
+
+_COOKIE = re.compile(r"^visitor=([0-9a-f]{16}); Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax$")
 
 
 class Named:
@@ -28,6 +36,8 @@ class Named:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.server: TestServer | None = None
+        self.release = asyncio.Event()
+        """``.../hold`` waits for it before answering."""
 
     @property
     def name(self) -> str:
@@ -39,6 +49,9 @@ class Named:
     def url(self) -> str:
         return f"http://{self.name}"
 
+    def hits(self, target: str) -> int:
+        return sum(1 for r in self.requests if r["target"] == target)
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         record: dict[str, Any] = {
             "name": self.name,
@@ -47,6 +60,8 @@ class Named:
             "headers": [[k.decode(), v.decode()] for k, v in request.raw_headers],
         }
         self.requests.append(record)
+        if request.path.endswith("/hold"):
+            await self.release.wait()
         if request.path.endswith("/echo"):
             response = web.StreamResponse(headers={"X-Name": self.name})
             response.enable_chunked_encoding()
@@ -70,6 +85,7 @@ class Named:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self.release.set()
         assert self.server is not None
         await self.server.close()
 
@@ -84,3 +100,11 @@ def dead_url() -> str:
     """An http:// URL of a 127.0.0.1 port nothing listens on."""
     (port,) = free_ports(1)
     return f"http://{HOST}:{port}"
+
+
+def the_cookie(response: aiohttp.ClientResponse) -> str:
+    """The visitor ID of the one ``Set-Cookie`` a split sets for cookie ``visitor`` (its defaults)."""
+    (field,) = response.headers.getall("Set-Cookie")
+    match = _COOKIE.match(field)
+    assert match is not None, field
+    return match[1]

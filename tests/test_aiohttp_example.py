@@ -16,7 +16,6 @@ import hashlib
 import importlib.util
 import math
 import os
-import re
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -29,14 +28,13 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from distpat.core.ring import NginxChashRing
 from distpat.core.split import SplitTable, murmur2
-from tests.aiohttpkit import HOST, Named, named_upstreams
+from tests.aiohttpkit import HOST, Named, named_upstreams, the_cookie
 from tests.nutcracker import free_ports, port_accepts
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "aiohttp_app.py"
 WAIT = 20.0  # seconds the example process may take to listen, or to exit, before the test fails
 TABLE = SplitTable.from_variants([("a", "50"), ("b", "*")])
-COOKIE = re.compile(r"^visitor=([0-9a-f]{16}); Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax$")
 
 
 def load_example() -> ModuleType:
@@ -59,13 +57,6 @@ async def front(shards: list[Named]) -> AsyncIterator[TestClient[web.Request, we
     app = create_app([s.url for s in shards])
     async with TestClient(TestServer(app, host=HOST), cookie_jar=aiohttp.DummyCookieJar()) as client:
         yield client
-
-
-def the_cookie(response: aiohttp.ClientResponse) -> str:
-    (field,) = response.headers.getall("Set-Cookie")
-    match = COOKIE.match(field)
-    assert match is not None, field
-    return match[1]
 
 
 # --------------------------------------------------------------------------
