@@ -7,9 +7,11 @@
   :class:`~distpat.core.stage.Join`: sub-requests, a Redis round trip, a keyed flight; the
   result goes back to :meth:`Run.resume <distpat.core.pipeline.Run.resume>`;
 * :class:`~distpat.core.stage.Answer`: a local response;
-* :class:`~distpat.core.stage.Forward` to no pool: the application's handler (with the
-  Forward's fields and target applied to the request it gets); to a named pool: the pool,
-  through :mod:`distpat.aiohttp.proxy`, instead of the handler.
+* :class:`~distpat.core.stage.Forward` to no pool (or to one of the middleware's
+  ``handler_pools``): the application's handler (with the Forward's fields and target applied
+  to the request it gets); to a named pool: the pool, through :mod:`distpat.aiohttp.proxy`,
+  instead of the handler. The fields the stages always drop (``Stage.drops``) are dropped
+  from both.
 
 Every response head passes :meth:`Run.respond <distpat.core.pipeline.Run.respond>` before it
 is sent (fields added and dropped, or the response replaced), the driver's own 502/504/500
@@ -118,9 +120,10 @@ class Exchange:
 
     async def serve(self, handler: Handler) -> web.StreamResponse:
         request = self.request
-        request[EXCHANGE] = self
-        request[STAGE_REQUEST] = self.run.request
-        request[NOTES] = self.run.request.notes
+        if self.driver.publish:
+            request[EXCHANGE] = self
+            request[STAGE_REQUEST] = self.run.request
+            request[NOTES] = self.run.request.notes
         try:
             return await self._serve(handler)
         except asyncio.CancelledError:
@@ -149,10 +152,16 @@ class Exchange:
                 log.info("%s %s: answered %d: %s", self.request.method, self.request.raw_path[:200],
                          effect.status, effect.reason)  # fmt: skip
             return await self._answer(effect, OutcomeKind.LOCAL)
-        self.request[FORWARD] = effect
+        driver = self.driver
+        drops = driver.pipeline.drops
+        if drops:  # fields a stage sets itself (a variant header): a client's own are never passed on
+            effect = effect.merge(Forward(drop=drops))
+        if driver.publish:
+            self.request[FORWARD] = effect
+        driver.decided(self.request, self.run.request, effect)
         if effect.mirror:
-            self.driver.warn_once("mirror", "Forward.mirror is not carried out by the aiohttp driver")
-        if effect.pool is None:
+            driver.warn_once("mirror", "Forward.mirror is not carried out by the aiohttp driver")
+        if effect.pool is None or effect.pool in driver.handler_pools:
             return await self._application(handler, effect)
         return await self._proxy(effect)
 
@@ -176,7 +185,8 @@ class Exchange:
         if session is None:
             raise ConfigError(
                 "no client session: add the middleware's cleanup_ctx to the application "
-                "(app.cleanup_ctx.append(middleware.cleanup_ctx), or use distpat.aiohttp.setup(app, ...))"
+                "(app.cleanup_ctx.append(middleware.cleanup_ctx), or use distpat.aiohttp.setup(app, ...); "
+                "a shard_handler alone: app.cleanup_ctx.append(distpat.aiohttp.client_context()))"
             )
         return session
 

@@ -27,7 +27,7 @@ from distpat.aiohttp.proxy import ProxySettings
 from distpat.aiohttp.redis_calls import call_redis
 from distpat.aiohttp.state import client_context
 from distpat.core.pipeline import Pipeline
-from distpat.core.stage import Call, Stage
+from distpat.core.stage import Call, Forward, Request, Stage
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -43,11 +43,28 @@ class PipelineMiddleware:
 
     It owns what lives as long as the application: the pools' turns and in-flight counts, the
     keyed flights of :class:`~distpat.core.stage.Join`, and the fire-and-forget Redis calls
-    of ``on_done`` / ``on_body`` still running (:attr:`tasks`)."""
+    of ``on_done`` / ``on_body`` still running (:attr:`tasks`).
+
+    ``handler_pools`` are pool names that mean "the application's handler": a Forward to one
+    of them continues into the handler, as a Forward to no pool does (a router that only
+    decides, :func:`~distpat.aiohttp.split_middleware` without pools). With ``publish`` False
+    the request keys (:data:`~distpat.aiohttp.FORWARD`, :data:`~distpat.aiohttp.NOTES`,
+    :data:`~distpat.aiohttp.STAGE_REQUEST`) are not stored: a pipeline run inside a handler
+    (:func:`~distpat.aiohttp.shard_handler`) leaves those of the middleware around it alone."""
 
     __middleware_version__ = 1  # aiohttp's mark of a middleware taking (request, handler)
 
-    __slots__ = ("pipeline", "pools", "settings", "flights", "tasks", "cleanup_ctx", "_warned")
+    __slots__ = (
+        "pipeline",
+        "pools",
+        "settings",
+        "flights",
+        "tasks",
+        "cleanup_ctx",
+        "handler_pools",
+        "publish",
+        "_warned",
+    )
 
     def __init__(
         self,
@@ -57,9 +74,13 @@ class PipelineMiddleware:
         redis_url: str | None = None,
         settings: ProxySettings | None = None,
         connections: int = 100,
+        handler_pools: Iterable[str] = (),
+        publish: bool = True,
     ) -> None:
         self.pipeline = pipeline
         self.pools = pools
+        self.handler_pools = frozenset(handler_pools)
+        self.publish = publish
         self.settings = settings if settings is not None else ProxySettings()
         self.flights = Flights()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -72,6 +93,11 @@ class PipelineMiddleware:
 
     async def __call__(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         return await Exchange(self, request).serve(handler)
+
+    def decided(self, request: web.Request, view: Request, forward: Forward) -> None:
+        """Called once the stages decided to forward ``request`` (``view`` is what they saw,
+        ``forward`` the merged decision), before the handler or the pool gets it: a subclass
+        stores what the application should see under a request key of its own."""
 
     async def on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
         """For ``app.on_response_prepare``: a response the handler prepares itself (a stream)
