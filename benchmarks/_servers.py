@@ -46,6 +46,7 @@ __all__ = [
     "median_of",
     "nginx_config",
     "nginx_proxy_body",
+    "nginx_router_body",
     "open_fd_count",
     "open_files_limit",
     "parse_redis_benchmark",
@@ -58,6 +59,7 @@ __all__ = [
     "run_parallel",
     "run_redis_benchmark",
     "run_wrk_url",
+    "start_backend",
     "start_nginx",
     "start_process",
     "start_redis_server",
@@ -383,17 +385,39 @@ def nginx_proxy_body(backend_port: int, listen: str, *server_lines: str) -> str:
     An upstream with ``keepalive 64``, HTTP/1.1 to it and ``Connection ""``; ``listen`` is what follows
     ``listen`` (``127.0.0.1:8080 ssl backlog=4096``) and ``server_lines`` go into the server block.
     """
+    upstreams = {"backend": [f"server {LOOPBACK}:{backend_port};"]}
+    return nginx_router_body(upstreams, "backend", listen, server_lines=server_lines)
+
+
+def nginx_router_body(
+    upstreams: Mapping[str, Sequence[str]],
+    proxy_pass: str,
+    listen: str,
+    *,
+    http_lines: Sequence[str] = (),
+    server_lines: Sequence[str] = (),
+) -> str:
+    """nginx's ``http { }`` body proxying to one of several upstream groups, with the anchors' settings.
+
+    ``upstreams`` maps each group's name to its lines (a balancing method first, such as ``hash
+    $request_uri consistent;``, then its ``server`` lines); every group gets ``keepalive 64`` after
+    them, where nginx wants it. Requests go to ``http://PROXY_PASS`` (a group's name, or a variable
+    holding one, such as ``$variant``) over HTTP/1.1 with ``Connection ""``. ``http_lines`` come first
+    (a ``split_clients`` block), ``server_lines`` go into the server block.
+    """
+    groups = "".join(
+        f"upstream {name} {{\n"
+        + "".join(f"    {line}\n" for line in lines)
+        + "    keepalive 64;\n    keepalive_requests 1000000;\n}\n"
+        for name, lines in upstreams.items()
+    )
+    before = "".join(f"{line}\n" for line in http_lines)
     extra = "".join(f"    {line}\n" for line in server_lines)
     return f"""
-upstream backend {{
-    server {LOOPBACK}:{backend_port};
-    keepalive 64;
-    keepalive_requests 1000000;
-}}
-server {{
+{before}{groups}server {{
     listen {listen};
 {extra}    location / {{
-        proxy_pass http://backend;
+        proxy_pass http://{proxy_pass};
         proxy_http_version 1.1;
         proxy_set_header Connection "";
     }}
@@ -401,11 +425,16 @@ server {{
 """
 
 
-def start_backend(nginx: str, *, port: int, base_dir: Path) -> Service:
-    """The benchmarks' backend: nginx, 1 worker; ``GET /`` answers "hello world\\n", ``/static/`` serves
-    the files of ``base_dir/www/static``."""
+def start_backend(
+    nginx: str, *, port: int, base_dir: Path, name: str = "backend", server_lines: Sequence[str] = ()
+) -> Service:
+    """The benchmarks' backend: nginx, 1 worker; ``GET /`` (and every other path) answers "hello
+    world\\n", ``/static/`` serves the files of ``base_dir/www/static``. ``name`` names its directory
+    and log (one per backend when there are several); ``server_lines`` go into its server block, such
+    as ``add_header X-Backend $server_port;``."""
+    extra = "".join(f"    {line}\n" for line in server_lines)
     return start_nginx(
-        "backend",
+        name,
         nginx,
         port=port,
         base_dir=base_dir,
@@ -413,7 +442,7 @@ def start_backend(nginx: str, *, port: int, base_dir: Path) -> Service:
         http_body=f"""
 server {{
     listen {LOOPBACK}:{port} backlog=4096;
-    location / {{ return 200 "hello world\\n"; }}
+{extra}    location / {{ return 200 "hello world\\n"; }}
     location ^~ /static/ {{ root {base_dir / "www"}; }}
 }}
 """,
@@ -497,9 +526,11 @@ def run_wrk_url(
     duration: int = 4,
     latency: bool = True,
     headers: Sequence[str] = (),
+    script: Path | None = None,
 ) -> WrkResult:
-    """Run ``wrk -tT -cC -dDs [--latency] [-H ...] url`` against an http:// or https:// URL on 127.0.0.1,
-    and parse its report.
+    """Run ``wrk -tT -cC -dDs [--latency] [-H ...] [-s SCRIPT] url`` against an http:// or https:// URL
+    on 127.0.0.1, and parse its report. A ``script`` may choose the requests (its ``request()``), not
+    where they go: wrk connects to the URL's host and port whatever the script does.
 
     wrk does not verify certificates. Over https it keeps the TLS session of a connection it closes and
     offers it when it reconnects, so a server that resumes sessions does resumed handshakes after the
@@ -515,6 +546,7 @@ def run_wrk_url(
         f"-d{duration}s",
         *(["--latency"] if latency else []),
         *(arg for header in headers for arg in ("-H", header)),
+        *(["-s", str(script)] if script is not None else []),
         url,
     ]
     try:

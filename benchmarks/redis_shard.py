@@ -44,7 +44,6 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -76,7 +75,7 @@ from http_proxy import (
     verdict,
     why_missing,
 )
-from tls_sidecar import Measured, Rounds, TlsContender, alternate, ratio_line
+from tls_sidecar import Measured, Rounds, alternate, ratio_line
 
 POOL = "alpha"
 SHARDS = ("s1", "s2", "s3")
@@ -301,9 +300,8 @@ def pipeline(
         f"\n## Pipeline {depth}: redis-benchmark -t set,get -n {requests:,} -c {args.clients} "
         f"-r {args.keyspace} -P {depth} -q --csv, median of {args.rounds} alternating rounds"
     )
-    # alternate() is typed for the TLS script's contenders, but uses only what every Contender has.
     run = benchmark_runner(depth, requests, redis_benchmark, args)
-    results = alternate(cast(Sequence[TlsContender], contenders), "redis-benchmark", run, args)
+    results = alternate(contenders, "redis-benchmark", run, args)
     print(
         f"{'contender':18s} {'SET ops/s':>10s} {'GET ops/s':>10s} {'SET p99 ms':>10s} {'GET p99 ms':>10s} "
         f"{'CPU µs/op':>9s}   SET/GET ops/s by round"

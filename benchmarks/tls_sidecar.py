@@ -373,6 +373,7 @@ def start_all(
 # --- rounds, medians, ratios --------------------------------------------------------------------------
 
 T = TypeVar("T")
+C = TypeVar("C", bound=Contender)
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,7 +388,7 @@ Rounds = dict[str, list[Measured[T] | None]]  # contender -> one per round (None
 
 
 def alternate(
-    contenders: Sequence[TlsContender], what: str, run: Callable[[TlsContender], T], args: argparse.Namespace
+    contenders: Sequence[C], what: str, run: Callable[[C], T], args: argparse.Namespace
 ) -> Rounds[T]:
     """``args.rounds`` rounds of ``run`` on every available contender, the order rotating."""
     results: Rounds[T] = {c.name: [] for c in contenders}
@@ -484,7 +485,7 @@ def wrk_runner(
 
 
 def rate_table(
-    contenders: Sequence[TlsContender], results: Rounds[WrkResult], skipped: Mapping[str, str]
+    contenders: Sequence[Contender], results: Rounds[WrkResult], skipped: Mapping[str, str]
 ) -> None:
     print(
         f"{'contender':16s} {'req/s':>9s}  {'p50 ms':>7s} {'p99 ms':>7s} {'errors':>7s} {'CPU µs/req':>10s}"

@@ -5,7 +5,7 @@ a ```toml or ```yaml block whose first line is a comment naming a file (``# prox
 file, written into the page's working directory. A block preceded by ``<!-- not run: REASON -->`` is
 skipped, and the reason is visible in the page. Every other command runs:
 
-- ``distpat proxy|sidecar|redis-shard ...`` without ``-t``: started as a process, with what it needs
+- ``distpat proxy|sidecar|shard|redis-shard ...`` without ``-t``: started as a process, with what it needs
   (an HTTP backend for each upstream, a redis-server for each Redis server or ``tcp://`` upstream,
   certificates from a trustme CA for each missing ``--cert``/``--key``/``--client-ca`` file), probed
   (an HTTP or HTTPS request, PING and SET through each Redis pool, the admin ``/healthz``, the stats
@@ -42,9 +42,13 @@ import trustme
 
 from distpat.cli import build_parser
 from distpat.cli.flags import flag_values
+from distpat.config.pipeline import load_pipeline
 from distpat.config.proxy import OPTIONS, build_config
 from distpat.config.redis_shard import SHARD_OPTIONS, build_shard_options
+from distpat.config.shard import SHARD_OPTIONS as HTTP_SHARD_OPTIONS
+from distpat.config.shard import build_shard_config
 from distpat.config.sidecar import SIDECAR_OPTIONS, build_sidecar_config
+from distpat.config.split import SPLIT_OPTIONS, build_split_config
 from tests.nutcracker import free_ports, port_accepts
 from tests.rediskit import RedisServer
 from tests.tlskit import require_binary
@@ -63,10 +67,15 @@ _FENCE = re.compile(r"^```(\w*)\s*$")
 _NOT_RUN = re.compile(r"^<!--\s*not run:\s*(.+?)\s*-->$")
 _FILE_NAME = re.compile(r"^#\s*([\w.-]+\.(?:toml|ya?ml))\b")
 _ADDRESS = re.compile(
-    r"(?P<host>\[[0-9A-Fa-f:]*\]|\d{1,3}(?:\.\d{1,3}){3}|localhost|\*)?:(?P<port>\d{2,5})(?!\d)"
+    # a port without a host must not follow a word: `new:10:URL` (a split's share) and `HOST:PORT:10`
+    # (a Redis server's weight) are no addresses
+    r"(?:(?P<host>\[[0-9A-Fa-f:]*\]|\d{1,3}(?:\.\d{1,3}){3}|localhost|\*)|(?<![\w\]*]))"
+    r":(?P<port>\d{2,5})(?!\d)"
 )
 _PORT_FLAG = re.compile(r"(?<=\s)(?P<flag>-s|--stats-port|-p)(?P<sep>\s+|=)(?P<port>\d{2,5})(?!\d)")
 _LOCAL = {"", "*", "127.0.0.1", "0.0.0.0", "localhost", "[::1]", "[::]"}
+#: The commands that serve until signalled.
+SERVING = ("proxy", "sidecar", "shard", "redis-shard", "split", "run")
 
 
 # --------------------------------------------------------------------------
@@ -264,13 +273,24 @@ def plan(argv: list[str], cwd: Path, certs: Certificates) -> Plan:
     """Read the command line with distpat's own parser and configuration, as the process will."""
     args = build_parser().parse_args(argv)
     result = Plan()
-    if args.command in ("proxy", "sidecar"):
-        options = OPTIONS if args.command == "proxy" else SIDECAR_OPTIONS
+    if args.command in ("proxy", "sidecar", "shard", "split", "run"):
+        options = {
+            "proxy": OPTIONS,
+            "sidecar": SIDECAR_OPTIONS,
+            "shard": HTTP_SHARD_OPTIONS,
+            "split": SPLIT_OPTIONS,
+        }.get(args.command, ())
         flags = flag_values(args, options)
         with _chdir(cwd):
+            config: Any
             if args.command == "proxy":
-                config: Any
                 config, _ = build_config(flags, environ={}, config_file=args.config)
+            elif args.command == "shard":
+                config, _ = build_shard_config(flags, environ={}, config_file=args.config)
+            elif args.command == "split":
+                config, _ = build_split_config(flags, environ={}, config_file=args.config)
+            elif args.command == "run":
+                config, _ = load_pipeline(args.config, environ={})
             else:
                 config, _ = build_sidecar_config(flags, environ={}, config_file=args.config)
         tls = getattr(config, "tls", None)
@@ -281,7 +301,7 @@ def plan(argv: list[str], cwd: Path, certs: Certificates) -> Plan:
         listen = _local_port(config.listen)
         result.wait.append(listen)
         if hasattr(config, "upstreams"):  # HTTP
-            for url in config.upstreams:
+            for url in (*config.upstreams, *(u for _, urls in config.pools for u in urls)):
                 result.http_upstreams.append(int(url.rsplit(":", 1)[1].rstrip("/")))
             kind = "http" if tls is None else ("https-client" if tls.client_ca else "https")
             result.probes.append((kind, listen))
@@ -425,7 +445,7 @@ class PageRun:
                 serving = (
                     words[0] == "distpat"
                     and len(words) > 1
-                    and words[1] in ("proxy", "sidecar", "redis-shard")
+                    and words[1] in SERVING
                     and not {"-t", "--test-config", "--test-conf", "-h", "--help"} & set(words)
                 )
                 if serving:
@@ -436,7 +456,7 @@ class PageRun:
 
     async def run_to_end(self, command: Command, line: str, words: list[str]) -> None:
         self.ran.append(command.where())
-        if words[0] == "distpat" and len(words) > 1 and words[1] in ("proxy", "sidecar", "redis-shard"):
+        if words[0] == "distpat" and len(words) > 1 and words[1] in SERVING:
             try:
                 plan(words[1:], self.cwd, self.certs)  # the files -t reads: certificates made
             except Exception as exc:  # reported below by the command itself if it matters
@@ -550,7 +570,13 @@ async def test_every_command_line_of_the_page_works(name: str, tmp_path: Path) -
 def test_the_pages_show_commands_and_say_why_some_are_not_run() -> None:
     pages = {name: read_page(name) for name in PAGES}
     commands = [c.text for page in pages.values() for block in page.blocks for c in block]
-    for needed in ("distpat proxy", "distpat sidecar", "distpat redis-shard", "distpat ring"):
+    for needed in (
+        "distpat proxy",
+        "distpat sidecar",
+        "distpat redis-shard",
+        "distpat ring",
+        "distpat split",
+    ):
         assert any(c.startswith(needed) for c in commands), needed
     skipped = {name: page.skipped for name, page in pages.items() if page.skipped}
     assert all(reason for page in skipped.values() for _, reason in page), skipped
@@ -584,4 +610,7 @@ def test_the_reader_of_pages(tmp_path: Path) -> None:
     assert (
         ports.rewrite("--server 127.0.0.1:6379:1:s1")
         == f"--server {HOST}:{ports.ports[('local', 6379)]}:1:s1"
+    )
+    assert ports.rewrite("127.0.0.1:6379:10 new:10:http://127.0.0.1:8443 old:*:x") == (
+        f"{HOST}:{ports.ports[('local', 6379)]}:10 new:10:http://{HOST}:{local} old:*:x"
     )

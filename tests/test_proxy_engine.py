@@ -10,7 +10,8 @@ from dataclasses import replace
 
 import pytest
 
-from distpat.core.hooks import LocalResponse, RequestView
+from distpat.core.stage import Amend, Answer, Effect, Forward, Response, Stage, Tick
+from distpat.core.stage import Request as CoreRequest
 from distpat.net.health import HealthCheck
 from distpat.net.proxy import ProxyConfig, ProxyServer
 from distpat.net.server import EngineSettings
@@ -320,34 +321,34 @@ async def test_shutdown_finishes_requests_in_flight() -> None:
             await asyncio.open_connection("127.0.0.1", port)
 
 
-class Gate:
-    """A hook: answers /blocked itself, routes /b to the second upstream, tags both directions."""
+class Gate(Stage):
+    """A stage: answers /blocked itself, routes /b to the second upstream, tags both directions."""
+
+    kind = "gate"
 
     def __init__(self, second: str) -> None:
         self.second = second
         self.seen: list[tuple[bytes, int]] = []
 
-    def on_request(self, request: RequestView, now: float) -> LocalResponse | None:
-        assert now > 0
+    def on_request(self, request: CoreRequest, tick: Tick) -> Effect | None:
+        assert tick.mono > 0
+        assert tick.wall > 1e9
         if request.target == b"/blocked":
-            return LocalResponse(403, b"blocked by policy\n", headers=((b"X-Gate", b"local"),))
+            return Answer(403, b"blocked by policy\n", headers=((b"X-Gate", b"local"),))
         if request.target.startswith(b"/b"):
-            request.upstream = self.second
-        request.headers.append((b"X-Gate", b"in"))
-        return None
+            return Forward(order=(self.second,), add=((b"X-Gate", b"in"),))
+        return Forward(add=((b"X-Gate", b"in"),))
 
-    def on_response(
-        self, request: RequestView, status: int, headers: list[tuple[bytes, bytes]], now: float
-    ) -> None:
-        self.seen.append((request.target, status))
-        headers.append((b"X-Gate-Out", b"%d" % status))
+    def on_response(self, request: CoreRequest, response: Response, tick: Tick) -> Amend | None:
+        self.seen.append((request.target, response.status))
+        return Amend(add=((b"X-Gate-Out", b"%d" % response.status),))
 
 
-async def test_hooks_answer_locally_route_and_change_headers() -> None:
+async def test_stages_answer_locally_route_and_change_headers() -> None:
     async with Backend() as first, Backend() as second:
         gate = Gate(f"127.0.0.1:{second.port}")
         server = ProxyServer(
-            ProxyConfig(listen=("127.0.0.1", 0), upstreams=(first.url, second.url)), hooks=[gate]
+            ProxyConfig(listen=("127.0.0.1", 0), upstreams=(first.url, second.url), stages=(gate,))
         )
         await server.start()
         try:

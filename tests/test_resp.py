@@ -7,12 +7,14 @@ import itertools
 import re
 from unittest import mock
 
+import hiredis
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from distpat.core import resp_fast
 from distpat.core.redis_commands import COMMANDS, Kind, command_keys, lookup, split_keys
+from distpat.core.redis_merge import merge_replies
 from distpat.core.resp import (
     Command,
     ReplyScanner,
@@ -20,9 +22,9 @@ from distpat.core.resp import (
     command_bytes,
     encode_command,
 )
+from distpat.core.resp_decode import ErrorReply, ReplyDecoder
 from distpat.core.resp_fast import FastRequestParser
 from distpat.errors import RespProtocolError
-from distpat.net.redis_shard import merge_replies
 
 args_st = st.lists(st.binary(max_size=40), min_size=1, max_size=6)
 commands_st = st.lists(args_st, min_size=1, max_size=12)
@@ -198,6 +200,41 @@ def test_replies_are_framed_whole_at_any_split(replies: list[bytes], points: lis
         out.extend(scanner.feed(piece))
     assert out == replies
     assert scanner.buffered == 0
+
+
+@given(
+    replies=st.lists(reply_st, min_size=1, max_size=8), points=st.lists(st.integers(0, 10_000), max_size=6)
+)
+def test_replies_decode_at_any_split_as_hiredis_decodes_them_whole(
+    replies: list[bytes], points: list[int]
+) -> None:
+    whole = hiredis.Reader(replyError=ErrorReply)  # type: ignore[arg-type]
+    whole.feed(b"".join(replies))
+    decoder = ReplyDecoder()
+    try:
+        expected = [whole.gets() for _ in replies]
+    except TypeError:  # a map keyed by an array: refused, as a protocol error
+        with pytest.raises(RespProtocolError):
+            decoder.feed(b"".join(replies))
+        return
+    out: list[object] = []
+    for piece in cuts(b"".join(replies), points):
+        out.extend(decoder.feed(piece))
+    assert out == expected
+    assert decoder.buffered == 0
+
+
+def test_decoded_errors_and_limits() -> None:
+    decoder = ReplyDecoder(max_reply_bytes=64)
+    assert decoder.feed(b"-ERR no\r\n*2\r\n:1\r\n-WRONGTYPE x\r\n$-1\r\n") == [
+        ErrorReply("ERR no"),
+        [1, ErrorReply("WRONGTYPE x")],
+        None,
+    ]
+    with pytest.raises(RespProtocolError, match="larger than 64 bytes"):
+        decoder.feed(b"$100\r\n" + b"x" * 90)
+    with pytest.raises(RespProtocolError):
+        ReplyDecoder().feed(b"?\r\n")
 
 
 @settings(max_examples=300)

@@ -19,12 +19,9 @@ and ``group(keys)``, and returns a new ring from ``add``, ``remove``,
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Mapping
-from functools import partial
 from typing import Any
 
-from distpat.config.twemproxy import TwemproxyPool
 from distpat.core.ring import (
     DEFAULT_VNODES,
     BoundedLoads,
@@ -34,6 +31,7 @@ from distpat.core.ring import (
     Key,
     MaglevRing,
     ModulaRing,
+    NginxChashRing,
     NodesArg,
     RandomRing,
     RendezvousRing,
@@ -41,7 +39,8 @@ from distpat.core.ring import (
     jump_hash,
 )
 from distpat.core.twemhash import TWEMPROXY_HASHES
-from distpat.errors import UnknownHashError
+from distpat.core.twemproxy_pool import TwemproxyPool
+from distpat.errors import RingError, UnknownHashError
 
 __all__ = [
     "ALGORITHMS",
@@ -70,6 +69,7 @@ ALGORITHMS: Mapping[str, Callable[..., Ring]] = {
     "maglev": MaglevRing,
     "rendezvous": RendezvousRing,
     "jump": JumpRing,
+    "nginx": NginxChashRing,
 }
 """Ring classes by the names the CLI and configuration files use."""
 
@@ -89,17 +89,21 @@ def make_ring(algorithm: str, nodes: NodesArg, **options: Any) -> Ring:
     return cls(nodes, **options)
 
 
-def from_twemproxy(pool: TwemproxyPool, *, rng: random.Random | None = None) -> Ring:
+def from_twemproxy(pool: TwemproxyPool, *, draw: Callable[[], int] | None = None) -> Ring:
     """The ring nutcracker dispatches ``pool`` with: keys land on the same servers.
 
     Nodes are the servers' ring names (``TwemproxyServer.ring_name``) in the
     order nutcracker keeps them (by name length, then bytes), which decides
-    modula's slots and ketama's ties. ``distribution: random`` draws from
-    ``rng`` (a fresh ``random.Random()`` when omitted).
+    modula's slots and ketama's ties. ``distribution: random`` needs ``draw``, a
+    function returning 32 random bits per call (``functools.partial(random.getrandbits,
+    32)``): randomness comes from the caller, as everywhere in the core.
     """
     servers = {s.ring_name: s.weight for s in pool.dispatch_order}
     tag = pool.hash_tag or None
     if pool.distribution == "random":
-        draw = partial((rng or random.Random()).getrandbits, 32)
+        if draw is None:
+            raise RingError(
+                f"pool {pool.name!r}: distribution random needs a source of random draws (draw=...)"
+            )
         return RandomRing(servers, draw=draw, hash=pool.hash, hash_tag=tag)
     return make_ring(pool.distribution, servers, hash=pool.hash, hash_tag=tag)

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from distpat import __version__
-from distpat.cli import proxy, redis_shard, ring, sidecar
+from distpat.cli import proxy, redis_shard, ring, run, shard, sidecar, split
 from distpat.errors import DistpatError
 
 __all__ = ["build_parser", "main"]
@@ -24,8 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Serving patterns of Designing Distributed Systems (Burns, 2018), natively in asyncio "
             "Python: consistent-hashing rings (ring), an HTTP/1.1 reverse proxy (proxy), a "
-            "TLS-terminating sidecar (sidecar) and a Redis sharding ambassador that reads "
-            "twemproxy's configuration (redis-shard). Each command has its own --help."
+            "TLS-terminating sidecar (sidecar), a Redis sharding ambassador that reads "
+            "twemproxy's configuration (redis-shard), an HTTP sharding ambassador placing keys as "
+            "nginx's hash ... consistent does (shard), an experiment router (split) and pipelines "
+            "of stages from a file (run). Each command has its own --help."
         ),
     )
     parser.add_argument("--version", action="version", version=f"distpat {__version__}")
@@ -34,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.register(sub)
     sidecar.register(sub)
     redis_shard.register(sub)
+    shard.register(sub)
+    split.register(sub)
+    run.register(sub)
     return parser
 
 

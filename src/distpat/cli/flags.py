@@ -42,6 +42,8 @@ def _shown(option: Option) -> str:
             if default % scale == 0:
                 return f"{default // scale}{suffix}"
     if option.kind in (Kind.DURATION, Kind.DURATION_MS) and isinstance(default, float):
+        if default >= 86400 and default % 86400 == 0:
+            return f"{default / 86400:g}d"
         return f"{default:g}s"
     return str(default)
 

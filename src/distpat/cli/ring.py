@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 from distpat.cli.flags import log_flags, logging_from_flags
 from distpat.config.twemproxy import load_twemproxy
@@ -167,7 +169,10 @@ def _source(args: argparse.Namespace) -> _Source:
                 "distpat: note: distribution 'random' ignores the key; servers below are random draws",
                 file=sys.stderr,
             )
-        return _Source(from_twemproxy(pool), {s.ring_name: s.label for s in pool.servers})
+        return _Source(
+            from_twemproxy(pool, draw=partial(random.getrandbits, 32)),
+            {s.ring_name: s.label for s in pool.servers},
+        )
     if args.pool is not None:
         raise ConfigError("--pool applies to --twemproxy-config")
     nodes = parse_nodes(args.nodes)

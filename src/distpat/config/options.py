@@ -42,6 +42,7 @@ __all__ = [
     "flag_name",
     "parse_hostport",
     "read_toml",
+    "read_toml_value",
     "resolve_options",
     "whole_number",
 ]
@@ -58,6 +59,7 @@ class Kind(enum.Enum):
     SIZE = "size"  # bytes: 65536, 64k, 1m, 1g
     DURATION = "duration"  # seconds: 10, 0.5, 500ms, 1m, 1h
     DURATION_MS = "duration_ms"  # the same, a bare number in milliseconds (twemproxy's timeout)
+    NUMBER = "number"  # a decimal number: 1.25, 2 (a factor)
     BOOL = "bool"  # true/false (text: 1/0, true/false, yes/no, on/off)
     SWITCH = "switch"  # a flag without a value (--keep-ring); true/false in the environment and TOML
 
@@ -68,6 +70,7 @@ _TOML_TYPES: dict[Kind, tuple[type, ...]] = {
     Kind.SIZE: (int, str),
     Kind.DURATION: (int, float, str),
     Kind.DURATION_MS: (int, float, str),
+    Kind.NUMBER: (int, float),
     Kind.BOOL: (bool,),
     Kind.SWITCH: (bool,),
 }
@@ -88,7 +91,8 @@ class Option:
     check: Callable[[Any, str], Any] | None = None
     """Further validation of the read value (ranges, choices, URLs): returns the value to use."""
     minimum: int | float | None = None
-    """Counts, sizes and durations: the smallest value accepted (durations: exclusive 0 when None)."""
+    """Counts, sizes, durations and numbers: the smallest value accepted (durations: exclusive 0 when
+    None)."""
     aliases: tuple[str, ...] = ()
     """More option strings for the flag (``-c``, ``--conf-file``: nutcracker's spellings)."""
 
@@ -153,6 +157,21 @@ def _duration(value: Any, what: str, unit: str, minimum: float | None) -> float:
     return seconds
 
 
+def _number(value: Any, what: str, minimum: float | None) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        try:
+            number = float(str(value).strip())
+        except ValueError:
+            raise ConfigError(f"{what} must be a number (such as 1.25), not {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{what} must be a finite number, not {value!r}")
+    if minimum is not None and number < minimum:
+        raise ConfigError(f"{what} must be at least {minimum:g}, not {value!r}")
+    return number
+
+
 def _bool(value: Any, what: str) -> bool:
     if isinstance(value, bool):
         return value
@@ -174,6 +193,8 @@ def read_value(option: Option, value: Any, where: str) -> Any:
     elif kind in (Kind.DURATION, Kind.DURATION_MS):
         unit = "ms" if kind is Kind.DURATION_MS else "s"
         result = _duration(value, where, unit, None if option.minimum is None else float(option.minimum))
+    elif kind is Kind.NUMBER:
+        result = _number(value, where, None if option.minimum is None else float(option.minimum))
     elif kind in (Kind.BOOL, Kind.SWITCH):
         result = _bool(value, where)
     else:
@@ -200,6 +221,11 @@ def _read(option: Option, raw: Any, where: str, *, typed: bool) -> Any:
     return read_value(option, raw, where)
 
 
+def read_toml_value(option: Option, value: Any, where: str) -> Any:
+    """A TOML value of ``option`` (an array for a repeatable one): its TOML type checked, then read."""
+    return _read(option, value, where, typed=True)
+
+
 def _check_toml_type(option: Option, value: Any, where: str) -> None:
     allowed = _TOML_TYPES[option.kind]
     # bool is an int subclass in Python, not in TOML: true is never a number.
@@ -209,6 +235,8 @@ def _check_toml_type(option: Option, value: Any, where: str) -> None:
             wanted = 'an integer or a string such as "64k"'
         elif option.kind in (Kind.DURATION, Kind.DURATION_MS):
             wanted = 'a number or a string such as "500ms"'
+        elif option.kind is Kind.NUMBER:
+            wanted = "a number"
         if isinstance(value, bool):
             got = f"a boolean ({str(value).lower()})"
         else:
@@ -299,6 +327,7 @@ def resolve_options(
     table: str,
     config_env: str | None = "DISTPAT_CONFIG",
     sources: dict[str, int] | None = None,
+    file_values: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Each option's value: its flag, else its ``DISTPAT_*`` variable, else the TOML file, else the default.
 
@@ -308,11 +337,14 @@ def resolve_options(
     ``sources``, when given, receives where each value came from: 3 a flag,
     2 a variable, 1 the file, 0 the default (for options that stand for one
     another, such as redis-shard's ``-v`` and ``--log-level``).
+    ``file_values``, when given, are the file's option values already read (by a reader of a
+    file that holds more than options, such as a pipeline's); ``config_file`` then only names it.
     """
     rank = {} if sources is None else sources
     environ = os.environ if environ is None else environ
     source = config_file or (environ.get(config_env) if config_env else None) or None
-    file_values = read_toml(source, options, table) if source else {}
+    if file_values is None:
+        file_values = read_toml(source, options, table) if source else {}
     values: dict[str, Any] = {}
     for option in options:
         flag = flags.get(option.name)

@@ -23,6 +23,7 @@ from distpat.config.options import (
     resolve_options,
     whole_number,
 )
+from distpat.core.stage import Stage
 from distpat.errors import ConfigError
 from distpat.net.health import HealthCheck
 from distpat.net.proxy import ProxyConfig
@@ -164,13 +165,20 @@ def proxy_config(
     response_fields: tuple[tuple[bytes, bytes], ...] = (),
     tls: TLSOptions | None = None,
     redirect_http: tuple[str, int] | None = None,
+    pools: tuple[tuple[str, tuple[str, ...]], ...] = (),
+    stages: tuple[Stage, ...] = (),
+    mirror_max_in_flight: int = 64,
 ) -> ProxyConfig:
-    """The :class:`ProxyConfig` for resolved option values (see :func:`resolve_options`)."""
+    """The :class:`ProxyConfig` for resolved option values (see :func:`resolve_options`).
+
+    ``pools`` (named upstream pools) and ``stages`` (the pipeline) are the routers'; with named
+    pools the default pool (``upstream``) may be empty.
+    """
     if values["listen"] is None:
         raise ConfigError(
             "no listen address: give --listen HOST:PORT (or DISTPAT_LISTEN, or listen in --config)"
         )
-    if not values["upstream"]:
+    if not values["upstream"] and not pools:
         raise ConfigError("no upstream: give --upstream http://HOST:PORT at least once")
     settings = EngineSettings(
         max_header_bytes=values["max_header_bytes"],
@@ -212,4 +220,7 @@ def proxy_config(
         ),
         tls=tls,
         redirect_http=redirect_http,
+        pools=pools,
+        stages=stages,
+        mirror_max_in_flight=mirror_max_in_flight,
     )

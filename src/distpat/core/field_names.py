@@ -24,7 +24,10 @@ MEMO_NAME_BYTES: Final = 64
 """Longer field names are looked up lowercased every time, never remembered."""
 
 # What each field name means to a pass; names absent from a table are copied as they are (_COPY).
-_COPY, _HOP, _CONNECTION, _FRAMING, _HOST, _XFF, _VIA, _XF_SET, _FORWARDED, _EXPECT, _LENGTH = range(11)
+_COPY, _HOP, _CONNECTION, _FRAMING, _HOST, _XFF, _VIA, _XF_SET, _FORWARDED, _EXPECT, _LENGTH, _CAPTURE = (
+    range(12)
+)
+# _CAPTURE: copied as _COPY is, and its value kept for the pipeline's stages (Stage.reads)
 _REQUEST_FIELDS: Final[dict[bytes, int]] = {
     **dict.fromkeys(HOP_BY_HOP, _HOP),
     b"connection": _CONNECTION,
@@ -60,8 +63,17 @@ class _NameTable:
 
     __slots__ = ("lower", "seen", "underscores")
 
-    def __init__(self, fields: dict[bytes, int], drop: frozenset[bytes], underscores: bool = True) -> None:
-        self.lower = {**fields, **dict.fromkeys(drop, _HOP)}
+    def __init__(
+        self,
+        fields: dict[bytes, int],
+        drop: frozenset[bytes],
+        underscores: bool = True,
+        capture: frozenset[bytes] = frozenset(),
+    ) -> None:
+        # a captured name keeps its meaning when it has one (Host, X-Forwarded-For...): those the
+        # forwarder reads anyway and hands over itself
+        kept = {name: _CAPTURE for name in capture if name not in fields}
+        self.lower = {**kept, **fields, **dict.fromkeys(drop, _HOP)}
         self.seen = dict(self.lower)
         self.underscores = underscores
 
@@ -78,5 +90,7 @@ class _NameTable:
 
 
 @lru_cache(maxsize=16)
-def _name_table(response: bool, drop: frozenset[bytes], underscores: bool = True) -> _NameTable:
-    return _NameTable(_RESPONSE_FIELDS if response else _REQUEST_FIELDS, drop, underscores)
+def _name_table(
+    response: bool, drop: frozenset[bytes], underscores: bool = True, capture: frozenset[bytes] = frozenset()
+) -> _NameTable:
+    return _NameTable(_RESPONSE_FIELDS if response else _REQUEST_FIELDS, drop, underscores, capture)

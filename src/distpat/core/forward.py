@@ -31,7 +31,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
+from distpat.core.amend import capture_known, keep_field
 from distpat.core.field_names import (
+    _CAPTURE,
     _CONNECTION,
     _COPY,
     _EXPECT,
@@ -55,6 +57,8 @@ from distpat.core.framing import (
     BodyKind,
     Headers,
     canonical_length,
+    expects_continue,
+    other_codings,
     request_framing,
     response_framing,
 )
@@ -155,6 +159,7 @@ class RequestForwarder:
         "_end",
         "_end_chunked",
         "_host_ok",
+        "capture",
     )
 
     def __init__(
@@ -167,8 +172,11 @@ class RequestForwarder:
         drop: frozenset[bytes] = _NO_FIELDS,
         extra: Sequence[tuple[bytes, bytes]] = (),
         underscores: bool = False,
+        capture: frozenset[bytes] = _NO_FIELDS,
     ) -> None:
-        self._names = _name_table(False, drop, underscores)
+        self._names = _name_table(False, drop, underscores, capture)
+        self.capture = capture
+        """Lowercase names whose values :meth:`forward` hands back in ``fields`` (Stage.reads)."""
         self._host_ok = b""  # the last Host value found valid: a connection's requests repeat it
         self._seen = self._names.seen
         self._addr = client_addr.encode("ascii", "backslashreplace") or b"unknown"
@@ -183,10 +191,18 @@ class RequestForwarder:
         self._end_chunked = extra_lines + b"Transfer-Encoding: chunked\r\n\r\n"
 
     def forward(
-        self, method: bytes, target: bytes, headers: Headers, http10: bool
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        http10: bool,
+        fields: dict[bytes, bytes] | None = None,
     ) -> ForwardedRequest | None:
         """The upstream request head, or None when a Connection field names other fields
         or the target is not in origin form (absolute-form, ``*``).
+
+        With ``fields``, the values of the ``capture`` names are put there by lowercase name, in
+        the same pass (see :func:`capture_fields` for how repeated fields are joined).
 
         ``Expect: 100-continue`` is taken out (the engine answers it); any
         other expectation is refused with 417. Content-Length is sent in
@@ -214,6 +230,10 @@ class RequestForwarder:
                 kind = self._names.kind(name)
             if kind == _COPY:
                 parts += (name, b": ", value, b"\r\n")
+            elif kind == _CAPTURE:
+                parts += (name, b": ", value, b"\r\n")
+                if fields is not None:
+                    keep_field(fields, name.lower(), value)
             elif kind == _HOST:
                 if host is not None:
                     raise RemoteProtocolError("request has more than one Host field", status=400)
@@ -245,14 +265,14 @@ class RequestForwarder:
                 else:
                     parts += (name, b": ", value, b"\r\n")
             elif kind == _EXPECT:
-                if value.strip(_OWS).lower() != b"100-continue":
-                    raise RemoteProtocolError("only 'Expect: 100-continue' is supported", status=417)
-                expect = True
+                expect = expects_continue(value)
             # _HOP and _XF_SET fields are dropped
         if host is None and not http10:
             raise RemoteProtocolError(NO_HOST, status=400)
         if connection is not None and not _options_are_plain(connection):
             return None
+        if fields is not None and self.capture:
+            capture_known(fields, self.capture, host, xff, vias)
         if body_fields:
             framing = request_framing(body_fields, version=(1, 0) if http10 else (1, 1))
             body, length = framing.kind, -1 if framing.length is None else framing.length
@@ -438,17 +458,3 @@ def forward_response(
     return ResponseForwarder(via=via, drop=drop, extra=extra).forward(
         method, status, headers, http10, keep_alive
     )
-
-
-def other_codings(body_fields: Headers) -> bytes:
-    """The transfer codings other than a final ``chunked``, comma-joined."""
-    codings = [
-        c.strip(_OWS)
-        for name, value in body_fields
-        if name.lower() == b"transfer-encoding"
-        for c in value.split(b",")
-        if c.strip(_OWS)
-    ]
-    if codings and codings[-1].lower() == b"chunked":
-        codings.pop()
-    return b", ".join(codings)

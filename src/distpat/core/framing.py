@@ -22,6 +22,9 @@ from typing import Final, TypeAlias
 from distpat.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
+    "expects_continue",
+    "other_codings",
+    "reframe_for_client",
     "CHUNKED_BODY",
     "LENGTH_BODY",
     "NO_BODY",
@@ -234,3 +237,45 @@ def canonical_length(values: list[bytes]) -> bytes | None:
         return b"%d" % _content_length(values, 502)
     except RemoteProtocolError:
         return None
+
+
+def other_codings(body_fields: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """The transfer codings other than a final ``chunked``, comma-joined."""
+    codings = [
+        c.strip(_OWS)
+        for name, value in body_fields
+        if name.lower() == b"transfer-encoding"
+        for c in value.split(b",")
+        if c.strip(_OWS)
+    ]
+    if codings and codings[-1].lower() == b"chunked":
+        codings.pop()
+    return b", ".join(codings)
+
+
+def expects_continue(value: bytes) -> bool:
+    """An Expect field's value: ``100-continue`` (the engine answers it, as nginx does, so the
+    upstream never waits); any other expectation is refused (RFC 9110 section 10.1.1: 417)."""
+    if value.strip(_OWS).lower() != b"100-continue":
+        raise RemoteProtocolError("only 'Expect: 100-continue' is supported", status=417)
+    return True
+
+
+def reframe_for_client(
+    fields: Headers, upstream_fields: Sequence[tuple[bytes, bytes]], kind: BodyKind, *, http10: bool
+) -> tuple[Headers, bool, bool]:
+    """A response's client fields for a body the upstream framed as ``kind``: ``(fields, rechunk,
+    close)``. A chunked or close-delimited body goes to an HTTP/1.1 client chunked (its
+    Content-Length dropped, codings other than chunked still declared in Transfer-Encoding), and
+    to an HTTP/1.0 one close-delimited (the codings in Content-Encoding: HTTP/1.0 has no transfer
+    codings); other bodies keep their framing. The one-pass ResponseForwarder does the same."""
+    if kind is not CHUNKED_BODY and kind is not UNTIL_CLOSE_BODY:
+        return fields, False, False
+    out = [(n, v) for n, v in fields if n.lower() != b"content-length"]
+    codings = other_codings(upstream_fields)
+    if http10:
+        if codings:
+            out.append((b"Content-Encoding", codings))
+        return out, False, True
+    out.append((b"Transfer-Encoding", codings + b", chunked" if codings else b"chunked"))
+    return out, True, False

@@ -52,7 +52,14 @@ from distpat.core.framing import (
     response_framing,
 )
 from distpat.core.host import BAD_HOST, NO_HOST, has_host, origin_form, replace_host, valid_host
-from distpat.core.serialize import LAST_CHUNK, chunk, error_response, request_head, response_head
+from distpat.core.serialize import (
+    LAST_CHUNK,
+    chunk,
+    error_response,
+    local_response,
+    request_head,
+    response_head,
+)
 
 __all__ = [
     "CHUNKED_BODY",
@@ -71,6 +78,7 @@ __all__ = [
     "chunk",
     "connection_tokens",
     "error_response",
+    "local_response",
     "forward_request_headers",
     "forward_response_headers",
     "has_host",

@@ -29,6 +29,7 @@ __all__ = [
     "MIN_ARGUMENT",
     "Command",
     "command_bytes",
+    "connection_setup",
     "pack_command",
     "RequestParser",
     "ReplyScanner",
@@ -90,6 +91,24 @@ def encode_command(args: Sequence[bytes]) -> bytes:
         parts.append(a)
         parts.append(b"\r\n")
     return b"".join(parts)
+
+
+def connection_setup(*, password: str | None = None, db: int = 0, proto: int = 2) -> list[bytes]:
+    """What a new connection to a Redis server sends first, as the ambassador's and distpat's own
+    client both do: ``HELLO 3`` (RESP3; with ``AUTH default PASSWORD``), else ``AUTH PASSWORD``; then
+    ``SELECT DB`` unless it is 0. One reply comes for each; an error reply means the connection is
+    not usable (a wrong password, a database out of range)."""
+    setup: list[bytes] = []
+    if proto == 3:
+        hello = [b"HELLO", b"3"]
+        if password:
+            hello += [b"AUTH", b"default", password.encode()]
+        setup.append(encode_command(hello))
+    elif password:
+        setup.append(encode_command([b"AUTH", password.encode()]))
+    if db:
+        setup.append(encode_command([b"SELECT", str(db).encode()]))
+    return setup
 
 
 pack_command: Callable[[tuple[bytes, ...]], bytes] = hiredis.pack_command  # type: ignore[assignment]

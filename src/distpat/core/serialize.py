@@ -14,7 +14,9 @@ from distpat.errors import LocalProtocolError
 __all__ = [
     "LAST_CHUNK",
     "chunk",
+    "error_body",
     "error_response",
+    "local_response",
     "request_head",
     "response_head",
 ]
@@ -136,9 +138,7 @@ def error_response(
     """
     if not 400 <= status <= 599:
         raise LocalProtocolError(f"error_response needs a 4xx or 5xx status, not {status}", status=500)
-    reason = _REASONS.get(status)
-    text = message.encode("utf-8", "backslashreplace")
-    body = b"%d %b: %b\n" % (status, reason, text) if reason else b"%d: %b\n" % (status, text)
+    body = error_body(status, message)
     headers = [
         (b"Content-Type", b"text/plain; charset=utf-8"),
         (b"Content-Length", b"%d" % len(body)),
@@ -149,6 +149,47 @@ def error_response(
         headers.append((b"Connection", b"close"))
     headers += extra
     return response_head(status, headers) + body
+
+
+def error_body(status: int, message: str) -> bytes:
+    """The ``text/plain`` body of an error distpat answers itself: ``"<status> <reason>: <message>\\n"``."""
+    reason = _REASONS.get(status)
+    text = message.encode("utf-8", "backslashreplace")
+    return b"%d %b: %b\n" % (status, reason, text) if reason else b"%d: %b\n" % (status, text)
+
+
+def local_response(
+    status: int,
+    headers: _Fields,
+    body: bytes,
+    *,
+    content_type: bytes = b"text/plain; charset=utf-8",
+    head_request: bool = False,
+    close: bool = False,
+    http10: bool = False,
+) -> tuple[bytes, int]:
+    """A whole response a stage answered (``Answer``): its bytes, and how many of them are body.
+
+    Framed as RFC 9110 says: a 204 or 304 has no body and no Content-Length (sections 15.3.5,
+    15.4.5, 8.6), nor Content-Type; a response to HEAD has the Content-Length the GET would
+    have and no body (section 9.3.2); Content-Type is sent only with content. ``close`` adds
+    ``Connection: close``; an HTTP/1.0 client that keeps the connection gets ``keep-alive``.
+    """
+    out = list(headers)
+    bodiless = status == 204 or status == 304 or status < 200
+    if bodiless:
+        body = b""
+    else:
+        if body:
+            out.append((b"Content-Type", content_type))
+        out.append((b"Content-Length", b"%d" % len(body)))
+        if head_request:
+            body = b""
+    if close:
+        out.append((b"Connection", b"close"))
+    elif http10:
+        out.append((b"Connection", b"keep-alive"))
+    return response_head(status, out) + body, len(body)
 
 
 def chunk(data: bytes) -> bytes:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import random
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from distpat.core.certs import format_subject
 from distpat.core.forward import ResponseForwarder
-from distpat.core.hooks import ProxyHook
+from distpat.core.pipeline import Pipeline
+from distpat.core.stage import Call, CallResult, Fetch, Flight, Join, Outcome, SubResult, Tick
 from distpat.net.batch import WriteBatch
 from distpat.net.upstream import UpstreamGroup
 
@@ -17,7 +20,15 @@ if TYPE_CHECKING:
     from distpat.net.exchange import Exchange
     from distpat.net.server import ClientConnection
 
-__all__ = ["IDEMPOTENT", "READ_BUFFER_BYTES", "EngineSettings", "EngineState", "client_subject"]
+__all__ = [
+    "IDEMPOTENT",
+    "READ_BUFFER_BYTES",
+    "Carriers",
+    "EnginePools",
+    "EngineSettings",
+    "EngineState",
+    "client_subject",
+]
 
 READ_BUFFER_BYTES = 64 * 1024
 """One shared buffer for client reads: each is parsed before the next read, and httptools hands the
@@ -55,6 +66,56 @@ class EngineSettings:
     """An upstream's status line and header fields larger than this are answered 502."""
 
 
+_monotonic = time.monotonic
+_time = time.time
+_getrandbits = random.getrandbits
+
+
+def _bits() -> int:
+    return _getrandbits(64)
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+@dataclass(slots=True)
+class Carriers:
+    """What carries out the effects a stage may ask for beyond forwarding (net/mirror.py,
+    net/subrequest.py, net/resp_client.py, net/flights.py); None where it is not configured,
+    and a stage asking for it then gets a 500 naming what is missing."""
+
+    mirror: Callable[[UpstreamGroup, bytes], bool] | None = None
+    fetch: Callable[[Fetch, Callable[[tuple[SubResult, ...]], None]], Cancellable] | None = None
+    call: Callable[[Call, Callable[[CallResult], None]], None] | None = None
+    join: Callable[[Join, Callable[[Flight], None]], Cancellable] | None = None
+    land: Callable[[bytes, Outcome], None] | None = None
+    """Ends the flight a request led, with its outcome."""
+
+
+class EnginePools:
+    """The engine's pools as stages read them (distpat.core.stage.Pools)."""
+
+    __slots__ = ("pools", "clock")
+
+    def __init__(self, pools: Mapping[str | None, UpstreamGroup], clock: Callable[[], float]) -> None:
+        self.pools = pools
+        self.clock = clock
+
+    def members(self, pool: str | None) -> tuple[str, ...]:
+        group = self.pools.get(pool)
+        return () if group is None else group.names()
+
+    def in_flight(self, pool: str | None) -> Mapping[str, int]:
+        group = self.pools.get(pool)
+        return {} if group is None else group.in_flight()
+
+    def available(self, pool: str | None, upstream: str) -> bool:
+        group = self.pools.get(pool)
+        found = None if group is None else group.by_name(upstream)
+        return found is not None and found.available(self.clock())
+
+
 @dataclass(slots=True)
 class EngineState:
     """What every connection of one server shares."""
@@ -71,8 +132,21 @@ class EngineState:
     on_connection_change: Callable[[int], None] | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     """Upstream connects in progress (one task per new upstream connection, not per request)."""
-    hooks: tuple[ProxyHook, ...] = ()
-    """Components acting on each request and response (see distpat.core.hooks)."""
+    pipeline: Pipeline | None = None
+    """The stages every request passes (distpat.core.stage); None: the plain proxy."""
+    pools: dict[str | None, UpstreamGroup] = field(default_factory=dict)
+    """Named pools; ``upstreams`` is also there under None and ``"default"``."""
+    carriers: Carriers = field(default_factory=Carriers)
+    count_decision: Callable[[str, str], None] | None = None
+    """Counts what a stage decided for a request (stage name, decision)."""
+    count_mirror: Callable[[str, str], None] | None = None
+    """Counts a mirror copy's fate (pool, ``sent``/``dropped``/``failed``/``too_large``)."""
+    mono: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time
+    rand: Callable[[], int] = _bits
+    """Random bits for each tick (Python's generator, seeded from the OS: visitor IDs, samples;
+    not for secrets)."""
+    pool_view: EnginePools = field(init=False)
     request_drop: frozenset[bytes] = field(init=False)
     response_drop: frozenset[bytes] = field(init=False)
     responses: ResponseForwarder = field(init=False)
@@ -85,7 +159,17 @@ class EngineState:
     one makes them again before its next request (ClientConnection.on_message_begin)."""
 
     def __post_init__(self) -> None:
+        self.pools.setdefault(None, self.upstreams)
+        self.pools.setdefault("default", self.upstreams)
+        self.pool_view = EnginePools(self.pools, self.upstreams.clock)
         self.apply(self.settings)
+
+    def tick(self) -> Tick:
+        """What a stage is handed for one call: the clocks and fresh random bits."""
+        mono, wall, rand = self.mono, self.wall, self.rand
+        if mono is _monotonic and wall is _time and rand is _bits:  # the usual clocks: no indirection
+            return Tick(_monotonic(), _time(), _getrandbits(64))
+        return Tick(mono(), wall(), rand())
 
     def apply(self, settings: EngineSettings) -> None:
         """Use ``settings`` from now on (a reload): new connections take all of them; open ones take
@@ -95,6 +179,8 @@ class EngineState:
         self.generation += 1
         header = self.settings.client_cert_header
         self.request_drop = frozenset() if header is None else frozenset({header.lower()})
+        if self.pipeline is not None:
+            self.request_drop |= self.pipeline.drops
         self.response_drop = frozenset(name.lower() for name, _ in self.settings.response_fields)
         self.responses = ResponseForwarder(
             via=self.settings.via, drop=self.response_drop, extra=self.settings.response_fields

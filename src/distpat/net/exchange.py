@@ -7,7 +7,7 @@ import logging
 from time import perf_counter
 from typing import TYPE_CHECKING
 
-from distpat.core.hooks import LocalResponse, RequestView
+from distpat.core.amend import amend_head
 from distpat.core.http import (
     CHUNKED_BODY,
     LAST_CHUNK,
@@ -20,10 +20,20 @@ from distpat.core.http import (
     response_framing,
     response_head,
 )
+from distpat.core.pipeline import Run
+from distpat.core.stage import Amend, Answer, OutcomeKind
 from distpat.errors import RemoteProtocolError
-from distpat.net.engine import IDEMPOTENT
+from distpat.net.engine import IDEMPOTENT, Cancellable
 from distpat.net.general_response import answer_locally, forward_general_response
-from distpat.net.upstream import Upstream, UpstreamConnection
+from distpat.net.stage_driver import (
+    body_captured,
+    done,
+    error_answer,
+    mirror_data,
+    replace_response,
+    respond,
+)
+from distpat.net.upstream import Upstream, UpstreamConnection, UpstreamGroup
 
 if TYPE_CHECKING:
     from distpat.net.server import ClientConnection
@@ -54,7 +64,7 @@ class Exchange:
         "body",
         "body_sent",
         "body_done",
-        "pending",
+        "pending_body",
         "pending_bytes",
         "upstream",
         "conn",
@@ -73,8 +83,23 @@ class Exchange:
         "last_io",
         "to_client",
         "to_upstream",
-        "view",
         "local",
+        "run",
+        "pool",
+        "order",
+        "waiting",
+        "start_deferred",
+        "pending",
+        "leads",
+        "captured",
+        "capture_left",
+        "body_complete",
+        "mirrors",
+        "mirror_buf",
+        "mirror_bytes",
+        "response_fields",
+        "discard",
+        "outcome_kind",
         "until_close",
         "expect_continue",
         "request_headers",
@@ -104,7 +129,7 @@ class Exchange:
         self.body = body  # how the request body is framed
         self.body_sent = 0
         self.body_done = body is NO_BODY
-        self.pending: list[bytes] | None = None  # body bytes that arrived before an upstream connection
+        self.pending_body: list[bytes] | None = None  # body bytes that arrived before an upstream connection
         self.pending_bytes = 0
         self.upstream: Upstream | None = None
         self.conn: UpstreamConnection | None = None
@@ -130,29 +155,42 @@ class Exchange:
         self.to_upstream: list[bytes] = []  # coalesced: one write per client read
         self.until_close = False  # the response body ends when the upstream closes
         self.expect_continue = False  # the client waits for 100 Continue before its body
-        self.view: RequestView | None = None  # set when hooks run
-        self.local: LocalResponse | None = None  # a hook's answer
+        self.local: Answer | None = None  # a stage's answer (or the engine's, for a stage's fault)
+        # The pipeline (net/stage_driver.py): the run, what it chose, what it waits for
+        self.run: Run | None = None
+        self.pool: UpstreamGroup = client.state.upstreams
+        self.order: tuple[Upstream, ...] = ()  # a stage's preference order: failover keeps to it
+        self.waiting = False  # a Fetch, Call or Join is being carried out
+        self.start_deferred = False  # start() came while waiting: it runs when the wait ends
+        self.pending: Cancellable | None = None
+        self.leads: list[bytes] = []  # flights this request leads (Join)
+        self.captured: list[bytes] | None = None  # the response body, for a stage (Forward.capture)
+        self.capture_left = 0
+        self.body_complete = False
+        self.mirrors: tuple[UpstreamGroup, ...] = ()
+        self.mirror_buf: list[bytes] | None = None  # what went to the upstream, for the mirrors
+        self.mirror_bytes = 0
+        self.response_fields: tuple[tuple[bytes, bytes], ...] = ()
+        self.discard = False  # a stage replaced the response: the upstream's body is read and dropped
+        self.outcome_kind = OutcomeKind.ANSWERED
         self.request_headers = headers  # as received, for the access log
         self.needs_host = False  # an HTTP/1.0 request without Host: the upstream's name is sent
 
     # -- finding an upstream ------------------------------------------------------
 
     def start(self) -> None:
-        state = self.client.state
+        if self.waiting:  # a stage's effect is being carried out: this runs again once it is done
+            self.start_deferred = True
+            return
         if self.expect_continue:
             self.expect_continue = False
-            if not self.http10 and not self.body_done:
+            # never before a local answer (RFC 9110 section 10.1.1: the body is not wanted then)
+            if self.local is None and not self.http10 and not self.body_done:
                 self.client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if self.local is not None:
             answer_locally(self, self.local)
             return
-        if self.view is not None and self.view.upstream is not None and not self.tried:
-            upstream = state.upstreams.by_name(self.view.upstream)
-            if upstream is None:
-                self.fail_local(500, f"a hook chose upstream {self.view.upstream!r}, which is not configured")
-                return
-        else:
-            upstream = state.upstreams.choose(self.tried)
+        upstream = self.pool.choose(self.tried, self.order)
         if upstream is None:
             self.fail_local(502, "no upstream available")
             return
@@ -180,8 +218,11 @@ class Exchange:
             self.tried = self.tried | {upstream}
             reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
             log.warning("upstream %s: connect failed: %s", upstream.name, reason)
-            if self.method in IDEMPOTENT and self.body_sent == 0 and self._another_upstream():
-                self.start()  # nothing reached the upstream: try the next one
+            if self.body_sent == 0 and self._another_upstream():
+                # Nothing reached the upstream (no connection was made): any method may go to the
+                # next one, as nginx's proxy_next_upstream does for a connect error. A request that
+                # reached an upstream and is not idempotent is never sent again (_upstream_broken).
+                self.start()
             else:
                 self.fail_local(502, f"upstream {upstream.name} unreachable: {reason}")
             return
@@ -192,7 +233,7 @@ class Exchange:
         self.attach(conn)
 
     def _another_upstream(self) -> bool:
-        ups = self.client.state.upstreams.upstreams
+        ups = self.order or self.pool.upstreams
         return any(u not in self.tried for u in ups)
 
     def attach(self, conn: UpstreamConnection) -> None:
@@ -211,9 +252,9 @@ class Exchange:
             self.to_upstream.append(self.head[line_end:])
         else:
             self.to_upstream.append(self.head)
-        if self.pending:
-            data = b"".join(self.pending)
-            self.pending = None
+        if self.pending_body:
+            data = b"".join(self.pending_body)
+            self.pending_body = None
             self.pending_bytes = 0
             self._send_body(data)
             self.client.resume_reading("buffer")
@@ -229,6 +270,8 @@ class Exchange:
             out.clear()
             if conn.transport is not None and not conn.closed:
                 self.client.state.batch.write(conn.transport, data)
+            if self.mirror_buf is not None:
+                mirror_data(self, data)
 
     def flush(self) -> None:
         """Write what the upstream's last read produced for the client, in one write."""
@@ -249,9 +292,9 @@ class Exchange:
         if self.conn is not None:
             self._send_body(data)
             return
-        if self.pending is None:
-            self.pending = []
-        self.pending.append(data)
+        if self.pending_body is None:
+            self.pending_body = []
+        self.pending_body.append(data)
         self.pending_bytes += len(data)
         if self.pending_bytes > self.client.state.settings.pipeline_buffer_bytes:
             self.client.pause_reading("buffer")
@@ -285,30 +328,58 @@ class Exchange:
             and self.body_done
             and not (client.state.draining and len(client.queue) <= 1 and client.parsing is None)
         )
-        if self.view is None:  # no hooks: the one-pass form
-            try:
-                plan = client.state.responses.forward(self.method, status, headers, self.http10, keep)
-            except RemoteProtocolError as exc:
-                self._upstream_broken(ConnectionError(str(exc)))
-                return
-            if plan is not None:
-                body, head, self.rechunk, self.close_after = plan
-                self.until_close = body is UNTIL_CLOSE_BODY
-                self.upstream_reusable = keep_alive and not self.until_close
-                self.response_started = True
-                self.to_client.append(head)
-                self.last_io = client.loop.time()  # the response timeout runs from here
-                return
+        run = self.run
+        amend = replaced = None
+        respond_lines = b""
+        if run is not None:
+            pipeline = client.state.pipeline
+            if pipeline is not None and pipeline.wants_response:
+                amend, replaced = respond(self, status, headers)
+            else:  # only Forward.respond fields, if any: added straight to the head
+                self.response_fields = tuple(headers)
+                forward = run.plan
+                if forward is not None and forward.respond:
+                    respond_lines = forward.respond_lines
         try:
-            framing = response_framing(self.method, status, headers)
+            plan = client.state.responses.forward(self.method, status, headers, self.http10, keep)
         except RemoteProtocolError as exc:
             self._upstream_broken(ConnectionError(str(exc)))
             return
-        forward_general_response(self, status, headers, framing, keep_alive, keep)
+        if plan is not None:  # the one-pass form
+            body, head, self.rechunk, self.close_after = plan
+            self.until_close = body is UNTIL_CLOSE_BODY
+            self.upstream_reusable = keep_alive and not self.until_close
+            self.response_started = True
+            if amend is not None:
+                head = amend_head(head, add=amend.add, drop=amend.drop)
+            elif respond_lines:
+                head = head[:-2] + respond_lines + b"\r\n"
+            self.to_client.append(head)
+            self.last_io = client.loop.time()  # the response timeout runs from here
+        else:
+            try:
+                framing = response_framing(self.method, status, headers)
+            except RemoteProtocolError as exc:
+                self._upstream_broken(ConnectionError(str(exc)))
+                return
+            if amend is None and respond_lines and run is not None and run.plan is not None:
+                amend = Amend(run.plan.respond)
+            forward_general_response(self, status, headers, framing, keep_alive, keep, amend)
+        if replaced is not None:
+            replace_response(self, replaced)
 
     def on_response_body(self, data: bytes) -> None:
-        self.sent_bytes += len(data)
         self.last_io = self.client.loop.time()
+        captured = self.captured
+        if captured is not None and self.status:
+            self.capture_left -= len(data)
+            if self.capture_left >= 0:
+                captured.append(data)
+            else:
+                self.captured = None  # larger than the stage wanted: not captured at all
+        if self.discard:
+            return
+        self.sent_bytes += len(data)
         self.to_client.append(chunk(data) if self.rechunk else data)
 
     def on_response_complete(self) -> None:
@@ -322,6 +393,9 @@ class Exchange:
         if conn is not None:
             conn.upstream.outstanding -= 1
             conn.release(reuse=self.upstream_reusable and self.body_done)
+        if self.captured is not None:
+            self.body_complete = True
+            body_captured(self)
         self.finish()
 
     def on_upstream_lost(self, exc: Exception | None) -> None:
@@ -340,6 +414,7 @@ class Exchange:
                 self.finish()
             else:
                 self.flush()
+                self.outcome_kind = OutcomeKind.UPSTREAM_FAILED
                 self.client.abort("upstream closed mid-response")
             return
         reached = conn is not None and conn.got_data
@@ -384,6 +459,7 @@ class Exchange:
             return
         if self.response_started:
             self._release(reuse=False)
+            self.outcome_kind = OutcomeKind.TIMED_OUT
             self.client.abort("upstream stopped sending")
             return
         name = self.upstream.name if self.upstream else "?"
@@ -398,10 +474,14 @@ class Exchange:
             return
         self._release(reuse=False)
         self.to_client.clear()
+        self.outcome_kind = OutcomeKind.TIMED_OUT if status == 504 else OutcomeKind.UPSTREAM_FAILED
         self.status = status
         self.close_after = self.close_after or not self.keep_alive or not self.body_done
-        response = error_response(status, message, close=self.close_after)
-        self.sent_bytes = body_size(response)
+        if self.run is not None:  # through the response stages (stale-if-error)
+            response, self.sent_bytes = error_answer(self, status, message)
+        else:
+            response = error_response(status, message, close=self.close_after)
+            self.sent_bytes = body_size(response)
         self.client.write(response)
         self.response_started = True
         self.finish()
@@ -411,6 +491,8 @@ class Exchange:
             return
         self.finished = True
         self._record()
+        if self.run is not None:
+            done(self, self.outcome_kind)
         self.client.exchange_finished(self)
 
     def _record(self) -> None:
@@ -455,4 +537,7 @@ class Exchange:
             return
         self.finished = True
         self._release(reuse=False)
-        self.pending = None
+        self.pending_body = None
+        if self.run is not None:
+            failed = self.outcome_kind is not OutcomeKind.ANSWERED
+            done(self, self.outcome_kind if failed else OutcomeKind.CLIENT_GONE)

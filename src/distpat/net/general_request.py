@@ -1,9 +1,10 @@
-"""A client's request forwarded through core/http's general functions, and through the hooks.
+"""A client's request forwarded through core/http's general functions.
 
 The engine forwards most requests with :class:`~distpat.core.forward.RequestForwarder`'s one
-pass. This is the path for the rest: when hooks are configured (they see and may change the
-fields, or answer locally), and for the rare request the one pass leaves to the general rules.
-Both produce the same head for the same request (tests/test_core_forward.py).
+pass. This is the path for the rest: the rare request the one pass leaves to the general rules
+(an absolute-form target, a Connection field naming other fields), and every request when a
+stage reads all of a request's fields. Both produce the same head for the same request
+(tests/test_core_forward.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from distpat.core.hooks import LocalResponse, RequestView
+from distpat.core.framing import expects_continue
 from distpat.core.http import (
     CHUNKED_BODY,
     NO_HOST,
@@ -35,11 +36,11 @@ log = logging.getLogger("distpat.proxy")
 
 def forward_general(
     conn: ClientConnection, method: bytes, http10: bool, headers: list[tuple[bytes, bytes]]
-) -> tuple[Framing, bytes, bool, RequestView | None, LocalResponse | None]:
-    """``conn``'s request through core/http's general functions, and the hooks, if any.
+) -> tuple[Framing, bytes, bool, bytes]:
+    """``conn``'s request through core/http's general functions.
 
-    Returns its framing, the head to send upstream, whether it expects 100-continue, and the
-    hooks' view of it and local answer (None without hooks).
+    Returns its framing, the head to send upstream, whether it expects 100-continue, and its
+    target in origin form.
 
     An absolute-form target is forwarded in origin form, its authority replacing Host (RFC 9112
     section 3.2.2); an HTTP/1.0 request without Host then gets one.
@@ -64,25 +65,13 @@ def forward_general(
             log.debug("request field %r dropped: its name has '_' (underscores_in_headers off)", name)
             continue
         if name.lower() == b"expect":
-            if value.strip().lower() != b"100-continue":
-                raise RemoteProtocolError("only 'Expect: 100-continue' is supported", status=417)
-            expect_continue = True  # answered here, as nginx does, so the upstream never waits
+            expect_continue = expects_continue(value)  # answered by the engine, as nginx does
             continue
         kept.append((name, value))
     out = forward_request_headers(
         kept, client_addr=conn.peer, scheme=settings.scheme, via=conn.via, forwarded=settings.forwarded
     )
     out.extend(conn.extra_request)
-    view: RequestView | None = None
-    local: LocalResponse | None = None
-    if conn.state.hooks:
-        view = RequestView(method, target, out, conn.peer, settings.scheme)
-        now = conn.loop.time()
-        for hook in conn.state.hooks:
-            local = hook.on_request(view, now)
-            if local is not None:
-                break
-        out = view.headers
     if framing.kind is CHUNKED_BODY:
         out.append((b"Transfer-Encoding", b"chunked"))
-    return framing, request_head(method, target, out), expect_continue, view, local
+    return framing, request_head(method, target, out), expect_continue, target

@@ -1,29 +1,30 @@
-"""An exchange's response beyond the one pass: the general rules, the response hooks, local answers.
+"""An exchange's response beyond the one pass: the general rules, and stages' local answers.
 
 The engine forwards most response heads with :class:`~distpat.core.forward.ResponseForwarder`'s
-one pass (in :meth:`Exchange.on_response_head`). This is the path for the rest: when hooks are
-configured (they see and may change the response's fields), for the rare head the one pass leaves
-to core/http's general functions, and for the answer a request hook gave itself.
+one pass (in :meth:`Exchange.on_response_head`), stages' amendments included. This is the path for
+the rest: the rare head the one pass leaves to core/http's general functions, and the answer a
+stage gave itself (framed by RFC 9110, after the response stages saw it).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from distpat.core.forward import other_codings
-from distpat.core.hooks import LocalResponse
+from distpat.core.framing import reframe_for_client
 from distpat.core.http import (
-    CHUNKED_BODY,
     UNTIL_CLOSE_BODY,
     Framing,
     forward_response_headers,
+    local_response,
     response_head,
 )
+from distpat.core.stage import Amend, Answer, OutcomeKind
+from distpat.net.stage_driver import respond
 
 if TYPE_CHECKING:
     from distpat.net.exchange import Exchange
 
-__all__ = ["answer_locally", "forward_general_response", "run_response_hooks"]
+__all__ = ["answer_locally", "forward_general_response"]
 
 
 def forward_general_response(
@@ -33,6 +34,7 @@ def forward_general_response(
     framing: Framing,
     keep_alive: bool,
     keep: bool,
+    amend: Amend | None = None,
 ) -> None:
     """Queue for the client the head of ``ex``'s response, whose body is framed as ``framing``.
 
@@ -44,22 +46,14 @@ def forward_general_response(
     if drop:
         out = [(n, v) for n, v in out if n.lower() not in drop]
         out.extend(client.state.settings.response_fields)
-    if ex.view is not None:
-        run_response_hooks(ex, status, out)
+    if amend is not None:
+        if amend.drop:
+            out = [(n, v) for n, v in out if n.lower() not in amend.drop]
+        out.extend(amend.add)
     kind = framing.kind
-    if kind is CHUNKED_BODY or kind is UNTIL_CLOSE_BODY:
-        # The body is re-framed: any Content-Length no longer describes it, and
-        # codings other than chunked (gzip, ...) must still be declared.
-        out = [(n, v) for n, v in out if n.lower() != b"content-length"]
-        codings = other_codings(headers)
-        if ex.http10:
-            ex.close_after = True
-            if codings:
-                out.append((b"Content-Encoding", codings))  # HTTP/1.0 has no transfer codings
-        else:
-            ex.rechunk = True
-            out.append((b"Transfer-Encoding", codings + b", chunked" if codings else b"chunked"))
-    if not keep:
+    out, rechunk, close = reframe_for_client(out, headers, kind, http10=ex.http10)
+    ex.rechunk = ex.rechunk or rechunk
+    if not keep or close:  # as the one pass does: a close-delimited answer to HTTP/1.0 says so
         out.append((b"Connection", b"close"))
         ex.close_after = True
     elif ex.http10:
@@ -71,28 +65,29 @@ def forward_general_response(
     ex.last_io = client.loop.time()
 
 
-def answer_locally(ex: Exchange, local: LocalResponse) -> None:
-    """Answer ``ex`` with the response a request hook gave, after the response hooks saw it."""
-    ex.status = local.status
-    headers = [*local.headers, (b"Content-Type", local.content_type)]
-    run_response_hooks(ex, local.status, headers)
-    body = b"" if ex.method == b"HEAD" else local.body
-    headers.append((b"Content-Length", b"%d" % len(local.body)))
+def answer_locally(ex: Exchange, answer: Answer) -> None:
+    """Answer ``ex`` with the response a stage gave, after the response stages saw it."""
+    if ex.run is not None:
+        amend, replaced = respond(ex, answer.status, list(answer.headers))
+        if replaced is not None:
+            answer = replaced
+        elif amend is not None:
+            kept = [(n, v) for n, v in answer.headers if n.lower() not in amend.drop]
+            answer = Answer(
+                answer.status, answer.body, (*kept, *amend.add), answer.content_type, answer.reason
+            )
+    ex.outcome_kind = OutcomeKind.LOCAL
+    ex.status = answer.status
     ex.close_after = ex.close_after or not ex.keep_alive or not ex.body_done
-    if ex.close_after:
-        headers.append((b"Connection", b"close"))
-    elif ex.http10:
-        headers.append((b"Connection", b"keep-alive"))
-    ex.sent_bytes = len(body)
+    data, ex.sent_bytes = local_response(
+        answer.status,
+        answer.headers,
+        answer.body,
+        content_type=answer.content_type,
+        head_request=ex.method == b"HEAD",
+        close=ex.close_after,
+        http10=ex.http10,
+    )
     ex.response_started = True
-    ex.client.write(response_head(local.status, headers) + body)
+    ex.client.write(data)
     ex.finish()
-
-
-def run_response_hooks(ex: Exchange, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-    """Show the response hooks ``ex``'s response head; they may change ``headers`` in place."""
-    view = ex.view
-    if view is not None:
-        now = ex.client.loop.time()
-        for hook in ex.client.state.hooks:
-            hook.on_response(view, status, headers, now)

@@ -169,6 +169,23 @@ class _TrafficCollector:
         )
         info.add_metric((distpat.__version__, platform.python_version(), _loop_name()), 1)
         yield info
+        decisions = CounterMetricFamily(
+            "distpat_stage_decisions",
+            "Requests by what a pipeline stage decided for them (a split's variant, a shard).",
+            labels=("stage", "decision"),
+        )
+        for (stage, decision), count in sorted(m._decisions.items()):
+            decisions.add_metric((stage, decision), count)
+        yield decisions
+        mirrors = CounterMetricFamily(
+            "distpat_mirror_requests",
+            "Mirror copies by pool and fate: sent (answered), failed, dropped (too many in flight), "
+            "too_large (not copied).",
+            labels=("pool", "result"),
+        )
+        for (pool, result), count in sorted(m._mirrors.items()):
+            mirrors.add_metric((pool, result), count)
+        yield mirrors
         reloads = CounterMetricFamily(
             "distpat_config_reloads",
             "Configuration reloads (SIGHUP), applied (ok) or refused.",
@@ -213,6 +230,8 @@ class ProxyMetrics:
         "_latency",
         "_open",
         "_registry",
+        "_decisions",
+        "_mirrors",
         "_reloads",
         "_request_bytes",
         "_requests",
@@ -238,6 +257,8 @@ class ProxyMetrics:
         self._in_flight_source: Callable[[], Iterable[tuple[str, int]]] | None = None
         self._tls: TLSSource | None = None
         self._reloads = {"ok": 0, "refused": 0}
+        self._decisions: dict[tuple[str, str], int] = {}
+        self._mirrors: dict[tuple[str, str], int] = {}
         registry.register(_TrafficCollector(self))
         self._upstream_healthy = Gauge(
             "distpat_upstream_healthy",
@@ -287,6 +308,14 @@ class ProxyMetrics:
             tally[1] += upstream_seconds
 
     # -- client connections ---------------------------------------------------------------------
+
+    def stage_decided(self, stage: str, decision: str) -> None:
+        key = (stage, decision)
+        self._decisions[key] = self._decisions.get(key, 0) + 1
+
+    def mirror_event(self, pool: str, result: str) -> None:
+        key = (pool, result)
+        self._mirrors[key] = self._mirrors.get(key, 0) + 1
 
     def connection_opened(self) -> None:
         """A client connection was accepted."""

@@ -9,12 +9,14 @@ import signal
 import socket
 import time
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from distpat.core.hooks import ProxyHook
+from distpat.core.pipeline import Pipeline
+from distpat.core.stage import Stage
 from distpat.errors import ConfigError
 from distpat.net.admin import AdminServer, create_admin_app
+from distpat.net.carriers import EffectCarriers
 from distpat.net.health import HealthCheck, HealthChecker
 from distpat.net.metrics import ProxyMetrics
 from distpat.net.redirect import RedirectProtocol
@@ -48,6 +50,17 @@ class ProxyConfig:
     """Serve HTTPS with these certificates (the TLS sidecar); None for plain HTTP."""
     redirect_http: tuple[str, int] | None = None
     """A plain listener that redirects every request to the HTTPS one."""
+    pools: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """Named upstream pools (``[pools.NAME]``): name and upstream URLs, each balanced as
+    ``balance`` says, with ``policy`` and ``health_check``. ``upstreams`` is the pool named
+    ``default`` (it may be empty when the stages name every pool they use)."""
+    stages: tuple[Stage, ...] = ()
+    """The pipeline (see distpat.core.stage): the stages every request passes, in order."""
+    mirror_max_in_flight: int = 64
+    """Mirror copies in flight at once (Forward.mirror); past it copies are dropped and counted."""
+    redis: str | None = None
+    """``redis://[:password@]host:port[/db]``: where stages' Calls go (net/resp_client.py); None:
+    a Call's continuation gets ``unavailable``."""
 
 
 Reloaded = tuple["ProxyConfig", Callable[[], None] | None]
@@ -94,6 +107,16 @@ async def run_until_signalled(server: Serving, *, logger: logging.Logger = log) 
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
+def _by_name(pools: dict[str, UpstreamGroup]) -> dict[str | None, UpstreamGroup]:
+    out: dict[str | None, UpstreamGroup] = {}
+    out.update(pools)
+    return out
+
+
+def _pipeline(config: ProxyConfig) -> Pipeline | None:
+    return Pipeline(config.stages) if config.stages else None
+
+
 class ProxyServer:
     """One proxy listener with its upstream pools; several may run in one process."""
 
@@ -102,15 +125,15 @@ class ProxyServer:
         config: ProxyConfig,
         *,
         metrics: ProxyMetrics | None = None,
-        hooks: Sequence[ProxyHook] = (),
         config_source: Callable[[], Reloaded] | None = None,
     ) -> None:
         self.config = config
         self.config_source = config_source
         """Where :meth:`reload` reads the configuration again (SIGHUP); raises ConfigError."""
         self.metrics = metrics if metrics is not None else ProxyMetrics()
-        upstreams = [self._new_upstream(url, config) for url in config.upstreams]
-        self.group = UpstreamGroup(upstreams, balance=config.balance)
+        self.pipeline = _pipeline(config)
+        self.pools = self._build_pools(config, {})
+        self.group = self.pools["default"]
         self.metrics.watch_upstreams(self._in_flight)
         self.state = EngineState(
             settings=config.settings,
@@ -118,7 +141,16 @@ class ProxyServer:
             count_request=self.metrics.request_finished,
             on_request_done=self._request_done if config.access_log is not None else None,
             on_connection_change=self._connection_change,
-            hooks=tuple(hooks),
+            pipeline=self.pipeline,
+            pools=_by_name(self.pools),
+            count_decision=self.metrics.stage_decided,
+            count_mirror=self.metrics.mirror_event,
+        )
+        self.carriers = EffectCarriers(
+            self.state,
+            mirror_max_in_flight=config.mirror_max_in_flight,
+            count_mirror=self.metrics.mirror_event,
+            redis=config.redis,
         )
         self._server: asyncio.base_events.Server | None = None
         self._admin: AdminServer | None = None
@@ -167,7 +199,7 @@ class ProxyServer:
             self._admin = AdminServer(app)
             await self._admin.start(*self.config.admin)
         if self.config.health_check is not None:
-            self._health = HealthChecker(self.group.upstreams, self.config.health_check)
+            self._health = HealthChecker(self._all_upstreams(), self.config.health_check)
             self._health.start()
         log.info(
             "listening on %s:%d, upstreams %s",
@@ -187,8 +219,10 @@ class ProxyServer:
         return self._admin.port if self._admin is not None else None
 
     def ready(self) -> bool:
-        """Ready while at least one upstream is not ejected (the readiness probe)."""
-        return bool(self.group.healthy())
+        """Ready while every pool has an upstream that is not ejected (the readiness probe): with
+        one pool, while any upstream is in rotation; with a split's pools, while every variant can
+        be served."""
+        return all(group.healthy() for group in self.pools.values())
 
     @property
     def draining(self) -> bool:
@@ -221,7 +255,9 @@ class ProxyServer:
             await self._health.stop()
         if self.tls is not None:
             await self.tls.stop()
-        await self.group.close()
+        await self.carriers.close()
+        for group in self.pools.values():
+            await group.close()
         if self._admin is not None:
             await self._admin.close()
         self._stopped.set()
@@ -252,7 +288,7 @@ class ProxyServer:
         if self.tls is not None:
             self.tls.reload("SIGHUP")
 
-    _RESTART_ONLY = ("listen", "admin", "backlog", "reuse_port", "tls", "redirect_http")
+    _RESTART_ONLY = ("listen", "admin", "backlog", "reuse_port", "tls", "redirect_http", "redis")
 
     def reconfigure(self, new: ProxyConfig) -> None:
         """Serve with ``new`` from now on, keeping every open connection.
@@ -267,36 +303,30 @@ class ProxyServer:
         if changed:
             raise ConfigError(f"{', '.join(changed)} changed: a restart is needed to apply that")
         # Everything is built first, and only then applied: a refusal leaves nothing changed.
-        old = {u.name: u for u in self.group.upstreams}
-        upstreams: list[Upstream] = []
-        kept: list[Upstream] = []
-        added: list[Upstream] = []
-        for url in new.upstreams:
-            host, port = parse_upstream_url(url)
-            same = old.pop(f"{host}:{port}", None)  # Upstream.name
-            if same is not None:
-                kept.append(same)
-                upstreams.append(same)
-            else:
-                fresh = Upstream(
-                    url, new.policy, max_response_header_bytes=new.settings.max_response_header_bytes
-                )
-                added.append(fresh)
-                upstreams.append(fresh)
-        group = UpstreamGroup(upstreams, balance=new.balance)  # ConfigError before anything changes
+        pipeline = _pipeline(new)  # ConfigError before anything changes
+        before = self._all_upstreams()
+        pools = self._build_pools(new, self.pools)
+        kept = [u for group in pools.values() for u in group.upstreams if u in before]
         for u in kept:
             u.policy = new.policy
             u.max_response_header_bytes = new.settings.max_response_header_bytes
-        for u in added:
-            self._watch_upstream(u)
-        for gone in old.values():
+        now = {u for group in pools.values() for u in group.upstreams}
+        for gone in before:
+            if gone in now:
+                continue
             gone.policy = replace(gone.policy, max_idle=0)  # released connections close
             for conn in list(gone.idle):
                 conn.close()
             gone.on_health_change = None
             self.metrics.remove_upstream(gone.name)
-        self.group = group
-        self.state.upstreams = group
+        self.pools = pools
+        self.group = pools["default"]
+        self.pipeline = pipeline
+        self.state.upstreams = self.group
+        self.state.pools.clear()
+        self.state.pools.update(pools)
+        self.state.pools[None] = self.group
+        self.state.pipeline = pipeline
         self.state.apply(new.settings)
         self.state.on_request_done = self._request_done if new.access_log is not None else None
         self.config = new
@@ -310,8 +340,37 @@ class ProxyServer:
         if old is not None:
             await old.stop()
         if self.config.health_check is not None and not self.state.draining:
-            self._health = HealthChecker(self.group.upstreams, self.config.health_check)
+            self._health = HealthChecker(self._all_upstreams(), self.config.health_check)
             self._health.start()
+
+    def _build_pools(self, config: ProxyConfig, old: dict[str, UpstreamGroup]) -> dict[str, UpstreamGroup]:
+        """The named pools of ``config`` (``default`` from ``upstreams``), every one checked; an
+        upstream of a pool that ``old`` had keeps its connections and health."""
+        listed = [("default", config.upstreams), *config.pools]
+        names = [name for name, _ in listed]
+        for name in set(names):
+            if names.count(name) > 1:
+                raise ConfigError(f"pool {name!r} is configured twice")
+        pools: dict[str, UpstreamGroup] = {}
+        for name, urls in listed:
+            if not urls:
+                continue
+            previous = {u.name: u for u in old[name].upstreams} if name in old else {}
+            members = []
+            for url in urls:
+                host, port = parse_upstream_url(url)
+                same = previous.get(f"{host}:{port}")
+                members.append(same if same is not None else self._new_upstream(url, config))
+            pools[name] = UpstreamGroup(members, balance=config.balance, name=name)
+        if "default" not in pools:
+            if not pools:
+                raise ConfigError("no upstreams: give --upstream, or pools the stages forward to")
+            pools["default"] = next(iter(pools.values()))  # a lone named pool is the default too
+        used = {name for stage in config.stages for name in stage.pools}
+        missing = sorted(used - set(pools))
+        if missing:
+            raise ConfigError(f"the stages use pools that are not configured: {', '.join(missing)}")
+        return pools
 
     def _new_upstream(self, url: str, config: ProxyConfig) -> Upstream:
         u = Upstream(url, config.policy, max_response_header_bytes=config.settings.max_response_header_bytes)
@@ -336,8 +395,23 @@ class ProxyServer:
                 upstream.fails,
             )
 
+    def _all_upstreams(self) -> list[Upstream]:
+        """Every upstream of every pool, once each, in the pools' order."""
+        seen: dict[Upstream, None] = {}
+        for group in self.pools.values():
+            for u in group.upstreams:
+                seen.setdefault(u, None)
+        return list(seen)
+
     def _in_flight(self) -> list[tuple[str, int]]:
-        return [(u.name, u.outstanding) for u in self.group.upstreams]
+        seen: set[Upstream] = set()
+        out = []
+        for group in self.pools.values():
+            for u in group.upstreams:
+                if u not in seen:
+                    seen.add(u)
+                    out.append((u.name, u.outstanding))
+        return out
 
     def _connection_change(self, delta: int) -> None:
         if delta > 0:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import socket
 import time
 from collections.abc import Callable
@@ -24,13 +25,13 @@ from dataclasses import replace
 from typing import Any
 
 from distpat.core.redis_commands import COMMANDS, SCRIPT_REFUSAL, Kind, Spec, command_keys, split_keys
+from distpat.core.redis_local import answer_local
 from distpat.core.resp import Command, encode_command, error, pack_command
 from distpat.core.twemproxy_pool import TwemproxyPool
 from distpat.errors import RingError
 from distpat.net.ratelog import LOG_INTERVAL, RateLog
 from distpat.net.redis_client import RedisClient
 from distpat.net.redis_fanout import SINGLE_KEY, Merge
-from distpat.net.redis_local import answer_local
 from distpat.net.redis_metrics import Latency
 from distpat.net.redis_server import ServerConnection, ServerState
 from distpat.net.redis_settings import ShardSettings
@@ -43,6 +44,11 @@ log = logging.getLogger("distpat.redis")
 
 _NOT_QUEUED = frozenset((b"exec", b"discard", b"multi", b"watch", b"quit"))
 """Commands that act at once inside MULTI, as in Redis (the others are queued)."""
+
+
+def _draw() -> int:
+    """32 random bits for twemproxy's ``distribution: random`` (the shell's randomness)."""
+    return random.getrandbits(32)
 
 
 def _end_run(
@@ -155,10 +161,10 @@ class ShardPool:
         self.next_rebuild = next_rebuild
         self.cache = {}
         if not live:
-            self.ring = from_twemproxy(self.pool)
+            self.ring = from_twemproxy(self.pool, draw=_draw)
             self.locate = self._nothing_live
             return
-        self.ring = from_twemproxy(replace(self.pool, servers=tuple(live)))
+        self.ring = from_twemproxy(replace(self.pool, servers=tuple(live)), draw=_draw)
         self.locate = self.ring.get_node
 
     def _nothing_live(self, key: bytes) -> str:
@@ -342,7 +348,19 @@ class ShardPool:
         elif kind is Kind.FANOUT:
             self._fanout(client, args, raw, spec, now)
         elif kind is Kind.LOCAL:
-            answer_local(self, client, name, args)
+            pool = self.pool
+            local = answer_local(
+                name,
+                args,
+                client,
+                password=pool.redis_auth or "",
+                db=pool.redis_db,
+                waiting=name == b"hello" and any(slot[0] is None for slot in client.waiting),
+                watching=client.tx_conn is not None,
+            )
+            client.answer(local.reply)
+            if local.close:
+                client.close_after = True
         elif kind is Kind.TRANSACTION:
             transaction_command(self, client, name, args, now)
         else:

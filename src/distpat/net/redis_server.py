@@ -15,7 +15,7 @@ from collections import deque
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from distpat.core.resp import ReplyScanner, encode_command, error
+from distpat.core.resp import ReplyScanner, connection_setup, error
 from distpat.core.twemproxy_pool import TwemproxyPool, TwemproxyServer
 from distpat.errors import RespProtocolError
 from distpat.net.redis_client import RedisClient
@@ -42,17 +42,7 @@ no client of the pool is read until it drains, so memory stays bounded without a
 
 def setup_commands(pool: TwemproxyPool, proto: int) -> list[bytes]:
     """What a new server connection sends first: HELLO 3 (RESP3), AUTH, SELECT, as the pool asks."""
-    setup: list[bytes] = []
-    if proto == 3:
-        hello = [b"HELLO", b"3"]
-        if pool.redis_auth:
-            hello += [b"AUTH", b"default", pool.redis_auth.encode()]
-        setup.append(encode_command(hello))
-    elif pool.redis_auth:
-        setup.append(encode_command([b"AUTH", pool.redis_auth.encode()]))
-    if pool.redis_db:
-        setup.append(encode_command([b"SELECT", str(pool.redis_db).encode()]))
-    return setup
+    return connection_setup(password=pool.redis_auth or None, db=pool.redis_db, proto=proto)
 
 
 class ServerState:

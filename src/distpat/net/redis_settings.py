@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from distpat.core.redis_local import VERSION
 from distpat.core.redis_tx import MAX_TRANSACTION_BYTES
 
 __all__ = ["VERSION", "ShardSettings"]
-
-VERSION = "7.2.0"  # what HELLO says the server is: the protocol distpat speaks
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 The parts, each in its own module: :mod:`~distpat.net.redis_client` (a client connection),
 :mod:`~distpat.net.redis_server` (servers and their connections), :mod:`~distpat.net.redis_pool`
 (routing), :mod:`~distpat.net.redis_fanout` (split commands), :mod:`~distpat.net.redis_tx` (MULTI/EXEC and
-WATCH, on connections of their own), :mod:`~distpat.net.redis_local` (commands answered here),
+WATCH, on connections of their own), :mod:`~distpat.core.redis_local` (commands answered here),
 :mod:`~distpat.net.redis_metrics` (stats and metrics), :mod:`~distpat.net.redis_settings`. This module
 holds the service over every pool of a configuration, and the names a user imports.
 """
@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+from distpat.core.redis_merge import merge_replies
 from distpat.core.twemproxy_pool import TwemproxyPool
 from distpat.net.admin import AdminServer, create_admin_app
-from distpat.net.redis_fanout import merge_replies
 from distpat.net.redis_metrics import ShardMetrics, StatsProtocol, stats_document
 from distpat.net.redis_pool import ShardPool
 from distpat.net.redis_settings import ShardSettings

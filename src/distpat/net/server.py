@@ -22,9 +22,9 @@ from collections import deque
 
 import httptools
 
+from distpat.core.amend import capture_fields
 from distpat.core.chunked import ChunkLines
 from distpat.core.forward import ForwardedRequest, RequestForwarder
-from distpat.core.hooks import LocalResponse, RequestView
 from distpat.core.http import (
     CHUNKED_BODY,
     LENGTH_BODY,
@@ -35,8 +35,10 @@ from distpat.errors import LocalProtocolError, RemoteProtocolError
 from distpat.net.client_timeouts import ensure_tick, stop_ticking
 from distpat.net.engine import READ_BUFFER_BYTES, EngineSettings, EngineState, client_subject
 from distpat.net.exchange import Exchange
+from distpat.net.flow import ClientFlow
 from distpat.net.general_request import forward_general
 from distpat.net.refusal import Reject, answer_error, protocol_error
+from distpat.net.stage_driver import begin
 from distpat.net.tunnel import UpgradeExchange
 
 __all__ = ["ClientConnection", "EngineSettings", "EngineState", "Exchange"]
@@ -48,7 +50,7 @@ LINGER = 2.0
 """Seconds a connection closed while its client is still sending keeps reading (and discarding)."""
 
 
-class ClientConnection(asyncio.BufferedProtocol):
+class ClientConnection(ClientFlow, asyncio.BufferedProtocol):
     """One client connection: parses requests and answers them in order."""
 
     __slots__ = (
@@ -63,10 +65,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         "header_bytes",
         "parsing",
         "queue",
-        "pauses",
         "timer",
         "closing",
-        "write_paused",
         "reject",
         "in_head",
         "eof",
@@ -169,6 +169,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             drop=state.request_drop,
             extra=self.extra_request,  # the client certificate's subject
             underscores=settings.underscores_in_headers,
+            capture=frozenset() if state.pipeline is None else state.pipeline.reads,
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -245,16 +246,6 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self.parsing is not None and self.parsing.conn is not None:
             self.parsing.flush_upstream()
 
-    def pause_writing(self) -> None:
-        self.write_paused = True
-        if self.queue and self.queue[0].conn is not None:
-            self.queue[0].conn.pause_reading()
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        if self.queue and self.queue[0].conn is not None:
-            self.queue[0].conn.resume_reading()
-
     # -- httptools callbacks ----------------------------------------------------------
 
     def on_message_begin(self) -> None:
@@ -285,6 +276,8 @@ class ClientConnection(asyncio.BufferedProtocol):
             raise self.reject
 
     def on_headers_complete(self) -> None:
+        if self.closing:  # answered in this same read (a local answer), and closing: nothing more is taken
+            return
         parser, settings = self.parser, self.state.settings
         self.in_head = False
         self.in_head_or_new = False
@@ -300,21 +293,25 @@ class ClientConnection(asyncio.BufferedProtocol):
         http10 = version == "1.0"
         headers = self.headers
         fast: ForwardedRequest | None = None
-        view: RequestView | None = None
-        local: LocalResponse | None = None
+        pipeline = self.state.pipeline
+        fields: dict[bytes, bytes] | None = None if pipeline is None else {}
+        target = self.url
         try:
-            if not self.state.hooks:  # the one-pass form; None leaves a rare case to the general one
-                fast = self.requests.forward(method, self.url, headers, http10)  # Host checked too
+            if pipeline is None or not pipeline.all_fields:
+                # the one-pass form, capturing what the stages read; None: a rare case, for the general one
+                fast = self.requests.forward(method, self.url, headers, http10, fields)  # Host checked too
             if fast is not None:
                 body, length, head, expect_continue = fast
             else:
-                framing, head, expect_continue, view, local = forward_general(self, method, http10, headers)
+                framing, head, expect_continue, target = forward_general(self, method, http10, headers)
                 body, length = framing.kind, -1 if framing.length is None else framing.length
+                if pipeline is not None:
+                    fields = capture_fields(headers, pipeline.reads)
         except RemoteProtocolError as exc:
             self.reject = Reject(exc.status, str(exc))
             raise self.reject from None
-        except LocalProtocolError as exc:  # a hook set a header value with CR or LF in it
-            self.reject = Reject(500, f"a hook produced an invalid request head: {exc}")
+        except LocalProtocolError as exc:
+            self.reject = Reject(500, f"distpat produced an invalid request head: {exc}")
             raise self.reject from None
         if body is LENGTH_BODY and length > settings.max_body_bytes:
             self.reject = Reject(413, f"request body larger than {settings.max_body_bytes} bytes")
@@ -325,12 +322,11 @@ class ClientConnection(asyncio.BufferedProtocol):
         ex = (UpgradeExchange if upgrade else Exchange)(
             self, method, self.url, http10, keep_alive, head, body, headers
         )
-        if view is not None or local is not None:
-            ex.view, ex.local = view, local
         if http10 and not has_host(headers) and (fast is not None or self.url[:1] == b"/"):
-            # the upstream's name is sent, unless a hook set one (an absolute target gave its own)
-            ex.needs_host = view is None or not has_host(view.headers)
-        ex.expect_continue = expect_continue  # answered when the exchange becomes active
+            ex.needs_host = True  # the upstream's name is sent (an absolute target gave its own)
+        ex.expect_continue = expect_continue  # answered when the exchange becomes active, if forwarded
+        if pipeline is not None:
+            begin(ex, target, fields)
         self.parsing = ex
         self.queue.append(ex)
         if len(self.queue) == 1:
@@ -381,25 +377,6 @@ class ClientConnection(asyncio.BufferedProtocol):
                 ex.end_body()
             if not ex.keep_alive:
                 self.pause_reading("closing")  # nothing after this request will be read
-
-    # -- flow control and writing ---------------------------------------------------------
-
-    def pause_reading(self, reason: str) -> None:
-        if not self.pauses and self.transport is not None and not self.closing:
-            self.transport.pause_reading()
-        self.pauses.add(reason)
-
-    def resume_reading(self, reason: str) -> None:
-        if reason in self.pauses:
-            self.pauses.discard(reason)
-            if not self.pauses and self.transport is not None and not self.closing:
-                self.transport.resume_reading()
-
-    def write(self, data: bytes) -> None:
-        """Send ``data`` to the client at the end of this event-loop turn (distpat.net.batch)."""
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            self.state.batch.write(transport, data)
 
     # -- the request queue ------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from distpat.core.health import EjectionPolicy, PassiveHealth
 from distpat.errors import ConfigError
 
 __all__ = [
@@ -320,8 +321,7 @@ class Upstream:
         "idle",
         "open",
         "outstanding",
-        "fails",
-        "ejected_until",
+        "health",
         "on_health_change",
         "max_response_header_bytes",
     )
@@ -344,8 +344,7 @@ class Upstream:
         self.idle: list[UpstreamConnection] = []
         self.open: set[UpstreamConnection] = set()
         self.outstanding = 0
-        self.fails = 0
-        self.ejected_until = 0.0
+        self.health = PassiveHealth()  # core/health.py: the policy the Redis ambassador shares
         self.on_health_change: Callable[[Upstream, bool], None] | None = None
 
     def __repr__(self) -> str:
@@ -354,38 +353,34 @@ class Upstream:
     # -- health (the clock comes in as ``now``) --------------------------------------
 
     def available(self, now: float) -> bool:
-        return self.ejected_until <= now
+        return self.health.ejected_until <= now
+
+    @property
+    def fails(self) -> int:
+        return self.health.fails
+
+    @property
+    def ejected_until(self) -> float:
+        return self.health.ejected_until
 
     def record_connect_failure(self, now: float) -> None:
-        self.fails += 1
-        if self.fails >= self.policy.max_fails and self.ejected_until <= now:
-            self.ejected_until = now + self.policy.fail_timeout
-            if self.on_health_change is not None:
-                self.on_health_change(self, False)
+        policy = EjectionPolicy(self.policy.max_fails, self.policy.fail_timeout)
+        if self.health.failure(policy, now) and self.on_health_change is not None:
+            self.on_health_change(self, False)
 
     def mark_down(self) -> None:
         """An active health check failed: out of rotation until :meth:`mark_up`."""
-        if self.ejected_until != float("inf"):
-            self.ejected_until = float("inf")
-            if self.on_health_change is not None:
-                self.on_health_change(self, False)
+        if self.health.pin_down() and self.on_health_change is not None:
+            self.on_health_change(self, False)
 
     def mark_up(self) -> None:
         """An active health check passed: back in rotation."""
-        if self.ejected_until == float("inf"):
-            self.ejected_until = 0.0
-            self.fails = 0
-            if self.on_health_change is not None:
-                self.on_health_change(self, True)
+        if self.health.pin_up() and self.on_health_change is not None:
+            self.on_health_change(self, True)
 
     def record_success(self) -> None:
-        if self.ejected_until == float("inf"):  # a connect succeeding does not overrule a failed health check
-            self.fails = 0
-            return
-        was_ejected = self.ejected_until > 0.0
-        self.fails = 0
-        self.ejected_until = 0.0
-        if was_ejected and self.on_health_change is not None:
+        """A connection succeeded (it does not overrule a failed active check)."""
+        if self.health.success() and self.on_health_change is not None:
             self.on_health_change(self, True)
 
     # -- the pool -----------------------------------------------------------------
@@ -427,7 +422,7 @@ class Upstream:
 class UpstreamGroup:
     """Several upstreams, balanced round robin or by fewest outstanding requests."""
 
-    __slots__ = ("upstreams", "balance", "_cycle", "clock")
+    __slots__ = ("upstreams", "balance", "_cycle", "clock", "name", "_orders", "_by_name")
 
     def __init__(
         self,
@@ -435,6 +430,7 @@ class UpstreamGroup:
         *,
         balance: str = "round_robin",
         clock: Callable[[], float] = time.monotonic,
+        name: str = "default",
     ) -> None:
         if not upstreams:
             raise ConfigError("at least one upstream is needed")
@@ -444,20 +440,57 @@ class UpstreamGroup:
         self.balance = balance
         self._cycle = itertools.cycle(range(len(upstreams)))
         self.clock = clock
+        self.name = name
+        """The pool's name (``[pools.NAME]``); ``default`` for the proxy's ``--upstream`` list."""
+        self._orders: dict[tuple[str, ...], tuple[Upstream, ...]] = {}
+        self._by_name = {u.name: u for u in reversed(upstreams)}  # the first of a name, as before
 
     def by_name(self, name: str) -> Upstream | None:
         """The upstream called ``name`` (``host:port``), or None."""
-        for u in self.upstreams:
-            if u.name == name:
-                return u
-        return None
+        return self._by_name.get(name)
+
+    def resolve(self, order: tuple[str, ...]) -> tuple[Upstream, ...] | None:
+        """A stage's preference order as upstreams, or None when it names one not in the group.
+        Orders are remembered (a ring's are few: one per point of a node's replicas)."""
+        found = self._orders.get(order)
+        if found is None:
+            by_name = {u.name: u for u in self.upstreams}
+            try:
+                found = tuple(by_name[name] for name in order)
+            except KeyError:
+                return None
+            if len(self._orders) >= 4096:
+                self._orders.clear()
+            self._orders[order] = found
+        return found
+
+    def in_flight(self) -> dict[str, int]:
+        """Requests in flight to each upstream, by name."""
+        return {u.name: u.outstanding for u in self.upstreams}
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(u.name for u in self.upstreams)
 
     def healthy(self) -> list[Upstream]:
         now = self.clock()
         return [u for u in self.upstreams if u.available(now)]
 
-    def choose(self, exclude: frozenset[Upstream] = frozenset()) -> Upstream | None:
-        """The next upstream to try, or None when every one is ejected or excluded."""
+    def choose(
+        self, exclude: frozenset[Upstream] = frozenset(), order: tuple[Upstream, ...] = ()
+    ) -> Upstream | None:
+        """The next upstream to try, or None when every one is ejected or excluded.
+
+        With ``order`` (a stage's preference order: a shard and its replicas), the first of it
+        that is neither excluded nor ejected; failover never leaves ``order``. When all of it
+        not yet tried is ejected, the one whose ejection ends first (as without an order).
+        """
+        if order:
+            now = self.clock()
+            for u in order:
+                if u not in exclude and u.available(now):
+                    return u
+            rest = [u for u in order if u not in exclude]
+            return min(rest, key=lambda u: u.ejected_until) if rest else None
         if len(self.upstreams) == 1 and not exclude:
             return self.upstreams[0]  # the only one: ejected or not, it is the one to try
         now = self.clock()

@@ -10,6 +10,7 @@ from distpat.core.ring.hashring import DEFAULT_VNODES, HashRing
 from distpat.core.ring.jump import JumpRing, jump_hash
 from distpat.core.ring.ketama import KetamaRing, ModulaRing, RandomRing
 from distpat.core.ring.maglev import MaglevRing
+from distpat.core.ring.nginx_chash import NginxChashRing
 from distpat.core.ring.rendezvous import RendezvousRing
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "Key",
     "MaglevRing",
     "ModulaRing",
+    "NginxChashRing",
     "NodesArg",
     "RandomRing",
     "RendezvousRing",

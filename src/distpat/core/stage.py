@@ -1,0 +1,463 @@
+"""The pipeline's vocabulary: what a stage sees, what it may answer, and how a request ended.
+
+A *stage* is a pure, synchronous object (as h11 is): it does no I/O, reads no clock and draws
+no random numbers. The engine that drives it (:mod:`distpat.net`, or :mod:`distpat.aiohttp`)
+hands every call a :class:`Tick` (monotonic time, wall time, random bits) and a
+:class:`Request`, and the stage answers with an **effect value** that the engine carries out:
+
+==============  ===========================================================================
+:class:`Answer`   answer the request locally (a 429, a cache hit, ``GET /variant``)
+:class:`Forward`  forward it: to a named pool, in a preference order failover keeps to, with
+                  fields added or dropped, the target rewritten, fields added to the response,
+                  copies mirrored to other pools, the response body captured for the stage
+:class:`Fetch`    make sub-requests concurrently (deadline, hedging), then continue
+:class:`Call`     one Redis round trip (a command, or a script), then continue
+:class:`Join`     join a keyed flight (request coalescing), then continue
+``None``          nothing to say: the next stage decides
+==============  ===========================================================================
+
+Effects that need a result carry a continuation, ``then``: a pure function the engine calls
+with what came back, which answers with another effect (or None) in the stage's place. A test
+of a stage feeds it a request and a tick, checks the effect, and calls ``then`` with a made-up
+result: no sockets, no loop, no sleeping.
+
+The request passes the stages in order; every stage's :meth:`Stage.on_request` is called
+until one answers with :class:`Answer` (the others' ``Forward`` values are merged in order,
+see :meth:`Forward.merge`). The response passes back out through the stages that saw the
+request, **last first** (the outermost stage has the final say, as in aiohttp's middlewares
+and Envoy's encoder filters): :meth:`Stage.on_response` may add fields or replace the reply.
+:meth:`Stage.on_done` is called exactly once for every request a stage saw, whatever happened
+(answered, answered locally, upstream failed, timed out, client gone): permits, in-flight
+counts and stale-if-error hang on it. See ``docs/pipeline.md``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar, NamedTuple, Protocol, TypeAlias
+
+from distpat.errors import LocalProtocolError
+
+__all__ = [
+    "ALL_FIELDS",
+    "Amend",
+    "Answer",
+    "Call",
+    "CallResult",
+    "Effect",
+    "Fetch",
+    "Flight",
+    "FlightRole",
+    "Forward",
+    "Join",
+    "Outcome",
+    "OutcomeKind",
+    "Pools",
+    "Request",
+    "Response",
+    "Stage",
+    "SubRequest",
+    "SubResult",
+    "Tick",
+]
+
+Fields: TypeAlias = tuple[tuple[bytes, bytes], ...]
+
+ALL_FIELDS: frozenset[bytes] = frozenset({b"*"})
+"""``Stage.reads = ALL_FIELDS``: the stage reads every request field (:attr:`Request.headers`);
+the engine then takes the general path for each request, a few microseconds dearer."""
+
+_FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+
+
+class Tick(NamedTuple):
+    """What a stage may know of the world beyond the request: handed in, never read by the stage.
+
+    (A named tuple, not a dataclass: the engine makes one per request, and a tuple costs a
+    quarter of a frozen dataclass's construction.)"""
+
+    mono: float
+    """Seconds on a monotonic clock (for rates, ages, deadlines)."""
+    wall: float
+    """Seconds since the Unix epoch (for ``Date``, ``Age``, ``Expires``)."""
+    rand: int
+    """64 random bits, fresh for each request (a visitor's new ID, a sampling draw)."""
+
+
+class Pools(Protocol):
+    """The live state of the engine's upstream pools, as a stage may read it."""
+
+    def members(self, pool: str | None) -> tuple[str, ...]:
+        """The upstream names of ``pool`` (None: the default pool), in configured order."""
+        ...
+
+    def in_flight(self, pool: str | None) -> Mapping[str, int]:
+        """Requests in flight to each upstream of ``pool`` right now."""
+        ...
+
+    def available(self, pool: str | None, upstream: str) -> bool:
+        """Whether ``upstream`` of ``pool`` is in rotation (not ejected, not failing its checks)."""
+        ...
+
+
+class Request:
+    """A request as stages see it. ``notes`` is the stages' own: state from ``on_request`` for
+    ``on_response`` and ``on_done``, keyed by the stage's name."""
+
+    __slots__ = ("method", "target", "http10", "client", "scheme", "fields", "headers", "pools", "notes")
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        *,
+        client: str,
+        scheme: str = "http",
+        http10: bool = False,
+        fields: Mapping[bytes, bytes] | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        pools: Pools | None = None,
+    ) -> None:
+        self.method = method
+        self.target = target
+        """As the request line has it (nginx's ``$request_uri``)."""
+        self.http10 = http10
+        self.client = client
+        """The peer's address (the stage decides whether to trust X-Forwarded-For)."""
+        self.scheme = scheme
+        self.fields: Mapping[bytes, bytes] = fields if fields is not None else {}
+        """The fields the pipeline declared (``Stage.reads``), by lowercase name; repeated fields
+        joined with ``", "`` (Cookie with ``"; "``, RFC 9110 section 5.3 / RFC 6265 section 5.4)."""
+        self.headers = headers
+        """Every field as received, only when a stage declared :data:`ALL_FIELDS`."""
+        self.pools = pools
+        self.notes: dict[str, object] = {}
+
+    def field(self, name: bytes) -> bytes | None:
+        """A declared field's value by lowercase name, or None when the request has none."""
+        value = self.fields.get(name)
+        if value is None and self.headers is not None:
+            for n, v in self.headers:
+                if n.lower() == name:
+                    return v
+        return value
+
+    @property
+    def path(self) -> bytes:
+        """The target without its query."""
+        return self.target.partition(b"?")[0]
+
+    @property
+    def query(self) -> bytes:
+        return self.target.partition(b"?")[2]
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method.decode('latin-1')} {self.target[:60]!r} from {self.client}>"
+
+
+def _lines(fields: Fields) -> bytes:
+    return b"".join(name + b": " + value + b"\r\n" for name, value in fields)
+
+
+def _check_fields(fields: Fields, what: str) -> None:
+    for name, value in fields:
+        if (
+            not name
+            or any(c in name for c in b" \t\r\n:")
+            or b"\r" in value
+            or b"\n" in value
+            or b"\0" in value
+        ):
+            raise LocalProtocolError(f"{what}: invalid field {name!r}: {value[:40]!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """Answer the request locally. The engine frames it by RFC 9110: no body and no
+    Content-Length on 1xx/204/304, no body to HEAD (its Content-Length is the GET's), no
+    ``100 Continue`` sent before it; Content-Type is sent only with a body."""
+
+    status: int
+    body: bytes = b""
+    headers: Fields = ()
+    content_type: bytes = b"text/plain; charset=utf-8"
+    reason: str = ""
+    """Why (for the access log and the refusal log); empty for an ordinary answer (a cache hit)."""
+
+    def __post_init__(self) -> None:
+        if not 200 <= self.status <= 599:
+            raise LocalProtocolError(f"a local answer needs a final status (200-599), not {self.status}")
+        for name, _ in self.headers:
+            if name.lower() in _FRAMING_FIELDS:
+                raise LocalProtocolError(f"a local answer sets {name.decode('latin-1')} itself")
+        _check_fields(self.headers, "local answer")
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Forward the request. Every part is optional; the stages' values are merged in order."""
+
+    pool: str | None = None
+    """The named pool; None leaves it to a later stage, or the default pool."""
+    order: tuple[str, ...] = ()
+    """Upstreams of the pool in preference order: tried in this order, skipping ejected ones,
+    and failover never leaves it (a shard's replicas). Empty: the pool's balancer chooses."""
+    add: Fields = ()
+    """Request fields added."""
+    drop: frozenset[bytes] = frozenset()
+    """Request fields removed (lowercase names)."""
+    target: bytes | None = None
+    """A new request target (origin form)."""
+    respond: Fields = ()
+    """Fields added to the response, whoever answers: the upstream, a stage, or the engine itself
+    (its 502 and 504); a variant's name, a sticky cookie."""
+    capture: int = 0
+    """Capture up to this many bytes of the response body for :meth:`Stage.on_body`."""
+    mirror: tuple[str, ...] = ()
+    """Pools that get a copy of the request, body included; their responses are discarded."""
+    add_lines: bytes = field(init=False, repr=False, compare=False)
+    """``add`` as field lines, serialised once (a stage builds its Forward values once and reuses them)."""
+    respond_lines: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _check_fields(self.add, "forwarded request")
+        _check_fields(self.respond, "response")
+        object.__setattr__(self, "add_lines", _lines(self.add))
+        object.__setattr__(self, "respond_lines", _lines(self.respond))
+        if self.target is not None and (
+            not self.target.startswith(b"/") or any(c in self.target for c in b" \r\n\0")
+        ):
+            raise LocalProtocolError(f"a forwarded target must be origin-form, not {self.target[:60]!r}")
+        if self.capture < 0:
+            raise LocalProtocolError(f"capture must be 0 or more bytes, not {self.capture}")
+
+    def merge(self, later: Forward) -> Forward:
+        """This value followed by a later stage's: fields, drops and mirrors add up; the pool,
+        order and target are the later stage's where it sets them; the capture is the larger."""
+        return Forward(
+            pool=later.pool if later.pool is not None else self.pool,
+            order=later.order if later.pool is not None or later.order else self.order,
+            add=self.add + later.add,
+            drop=self.drop | later.drop,
+            target=later.target if later.target is not None else self.target,
+            respond=self.respond + later.respond,
+            capture=max(self.capture, later.capture),
+            mirror=self.mirror + later.mirror,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SubRequest:
+    """One request of a :class:`Fetch`, to a named pool."""
+
+    pool: str | None
+    target: bytes
+    method: bytes = b"GET"
+    headers: Fields = ()
+    body: bytes = b""
+    order: tuple[str, ...] = ()
+    """Preference order inside the pool: the first is asked first, a hedge goes to the next."""
+    max_body: int = 16 << 20
+    """A response body larger than this fails the sub-request (its result says so)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SubResult:
+    """What came back for one sub-request: a response, or why there is none."""
+
+    request: SubRequest
+    status: int = 0
+    """0: no response (see ``error``)."""
+    headers: Fields = ()
+    body: bytes = b""
+    error: str | None = None
+    """``"timeout"`` (the deadline passed), ``"connect"``, ``"protocol"``, ``"too_large"``..."""
+    upstream: str | None = None
+    """The upstream that answered (or was asked last)."""
+    elapsed: float = 0.0
+    hedged: bool = False
+    """The answer came from a hedge (a second copy sent after ``hedge_after``)."""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.status != 0
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """Send ``requests`` concurrently and continue with what came back by ``deadline``
+    (seconds from now): ``then`` gets one :class:`SubResult` per request, in order, the late
+    ones with ``error="timeout"``. With ``hedge_after``, a request unanswered after that many
+    seconds is sent again to the next upstream of its order (the first answer wins, the loser
+    is cancelled); at most ``hedge_max`` hedges per Fetch."""
+
+    requests: tuple[SubRequest, ...]
+    then: Callable[[tuple[SubResult, ...]], Effect | None]
+    deadline: float = 10.0
+    hedge_after: float | None = None
+    hedge_max: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CallResult:
+    """A Redis reply (bytes, int, None, a list of them), or the error that came instead."""
+
+    value: object = None
+    error: str | None = None
+    """The server's error reply (``-ERR ...``), or why there was no reply (``"unavailable: ..."``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One Redis round trip: ``command`` (``EVALSHA`` / ``EVAL`` for a script), then ``then``
+    with the reply. A Call's ``then`` None makes it fire-and-forget (from ``on_done``)."""
+
+    command: tuple[bytes, ...]
+    then: Callable[[CallResult], Effect | None] | None = None
+    timeout: float = 1.0
+
+
+class FlightRole(enum.Enum):
+    LEADER = "leader"
+    """The first to join: it goes on (its continuation's effect is carried out), and whatever its
+    request ends with is handed to every waiter."""
+    SHARED = "shared"
+    """A waiter woken with the leader's outcome."""
+    TIMED_OUT = "timed_out"
+    """A waiter that waited ``timeout`` seconds; the flight goes on without it."""
+    FULL = "full"
+    """The flight already had ``max_waiters``: not waiting at all."""
+
+
+@dataclass(frozen=True, slots=True)
+class Flight:
+    role: FlightRole
+    outcome: Outcome | None = None
+    """The leader's outcome, for ``SHARED`` (its captured body included)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    """Join the flight ``key`` (request coalescing, Go's singleflight): the first request in
+    leads, the others wait for its outcome, at most ``timeout`` seconds and ``max_waiters`` of
+    them; no waiter is left behind when the leader fails or its client goes away (they get its
+    failed outcome)."""
+
+    key: bytes
+    then: Callable[[Flight], Effect | None]
+    timeout: float = 5.0
+    max_waiters: int = 1024
+
+
+Effect: TypeAlias = Answer | Forward | Fetch | Call | Join
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A response head as stages see it on its way back."""
+
+    status: int
+    headers: Fields
+    upstream: str | None = None
+    """The upstream that answered; None for a local answer."""
+
+    def field(self, name: bytes) -> bytes | None:
+        for n, v in self.headers:
+            if n.lower() == name:
+                return v
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Amend:
+    """Change a response on its way back: fields added, fields removed (lowercase names)."""
+
+    add: Fields = ()
+    drop: frozenset[bytes] = frozenset()
+
+    def __post_init__(self) -> None:
+        _check_fields(self.add, "response")
+        for name in self.drop:
+            if name in _FRAMING_FIELDS:
+                raise LocalProtocolError(f"a response's {name.decode('latin-1')} is the engine's to set")
+
+
+class OutcomeKind(enum.Enum):
+    ANSWERED = "answered"
+    """An upstream answered and the answer reached the client whole."""
+    LOCAL = "local"
+    """A stage answered."""
+    UPSTREAM_FAILED = "upstream_failed"
+    """No upstream could be reached, or one broke (the client got 502, or a cut response)."""
+    TIMED_OUT = "timed_out"
+    """The upstream did not answer in time (504)."""
+    CLIENT_GONE = "client_gone"
+    """The client went away before its answer was complete."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a request ended, for :meth:`Stage.on_done` (and a flight's waiters)."""
+
+    kind: OutcomeKind
+    status: int = 0
+    """The status the client got (0 when none was sent)."""
+    upstream: str | None = None
+    headers: Fields = ()
+    """The final response's fields as the upstream (or the local answer) gave them."""
+    body: bytes | None = None
+    """The captured response body, when a stage asked for one and it was complete within the limit."""
+    received: int = 0
+    sent: int = 0
+    duration: float = 0.0
+
+
+class Stage:
+    """The base of every stage: override the calls the stage needs.
+
+    A subclass declares the request fields it reads in :attr:`reads` (lowercase names), so the
+    engine's one-pass forwarder captures them in the pass it already makes; the engine calls
+    :meth:`on_response`, :meth:`on_body` and :meth:`on_done` only on stages that override them.
+    """
+
+    kind: ClassVar[str] = "stage"
+    """The registry name (``[[stage]] kind = ...``)."""
+    reads: frozenset[bytes] = frozenset()
+    name: str = ""
+    """Unique in a pipeline (``[[stage]] name = ...``); the kind and position when not set."""
+    pools: tuple[str, ...] = ()
+    """The named pools this stage may forward, mirror or send sub-requests to: the engine checks
+    at start that each is configured, so a typo fails the configuration, not a request."""
+    drops: frozenset[bytes] = frozenset()
+    """Request fields always removed before forwarding (lowercase names), whatever a client sends
+    under them: a field the stage itself sets (a variant header). Dropped in the one pass;
+    ``Forward.drop``, decided per request, takes the general path."""
+
+    def on_request(self, request: Request, tick: Tick) -> Effect | None:
+        """Decide about ``request``: an effect, or None to leave it to the next stage."""
+        return None
+
+    def on_response(self, request: Request, response: Response, tick: Tick) -> Amend | Answer | None:
+        """See the response head: change its fields (:class:`Amend`), replace it (:class:`Answer`,
+        e.g. a stored 200 for an upstream 304), or None."""
+        return None
+
+    def on_body(self, request: Request, response: Response, body: bytes, tick: Tick) -> Call | None:
+        """The captured response body (``Forward.capture``), complete; a Call is fire-and-forget."""
+        return None
+
+    def on_done(self, request: Request, outcome: Outcome, tick: Tick) -> Call | None:
+        """Called exactly once per request this stage saw; a Call is fire-and-forget."""
+        return None
+
+    def decision(self, request: Request) -> str | None:
+        """What this stage decided for ``request``, for the metrics (``distpat_stage_decisions_total``
+        by stage and decision: a variant, a shard); by default what it noted under its name."""
+        note = request.notes.get(self.name)
+        return note if isinstance(note, str) else None
+
+    @classmethod
+    def overrides(cls, method: str) -> bool:
+        return getattr(cls, method) is not getattr(Stage, method)
