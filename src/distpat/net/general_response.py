@@ -15,11 +15,10 @@ from distpat.core.http import (
     UNTIL_CLOSE_BODY,
     Framing,
     forward_response_headers,
-    local_response,
     response_head,
 )
 from distpat.core.stage import Amend, Answer, OutcomeKind
-from distpat.net.stage_driver import respond
+from distpat.net.stage_driver import framed, through_stages
 
 if TYPE_CHECKING:
     from distpat.net.exchange import Exchange
@@ -68,26 +67,11 @@ def forward_general_response(
 def answer_locally(ex: Exchange, answer: Answer) -> None:
     """Answer ``ex`` with the response a stage gave, after the response stages saw it."""
     if ex.run is not None:
-        amend, replaced = respond(ex, answer.status, list(answer.headers))
-        if replaced is not None:
-            answer = replaced
-        elif amend is not None:
-            kept = [(n, v) for n, v in answer.headers if n.lower() not in amend.drop]
-            answer = Answer(
-                answer.status, answer.body, (*kept, *amend.add), answer.content_type, answer.reason
-            )
+        answer = through_stages(ex, answer)
     ex.outcome_kind = OutcomeKind.LOCAL
     ex.status = answer.status
     ex.close_after = ex.close_after or not ex.keep_alive or not ex.body_done
-    data, ex.sent_bytes = local_response(
-        answer.status,
-        answer.headers,
-        answer.body,
-        content_type=answer.content_type,
-        head_request=ex.method == b"HEAD",
-        close=ex.close_after,
-        http10=ex.http10,
-    )
+    data, ex.sent_bytes = framed(ex, answer)
     ex.response_started = True
     ex.client.write(data)
     ex.finish()

@@ -52,9 +52,11 @@ __all__ = [
     "body_captured",
     "done",
     "error_answer",
+    "framed",
     "mirror_data",
     "replace_response",
     "respond",
+    "through_stages",
 ]
 
 log = logging.getLogger("distpat.pipeline")
@@ -206,6 +208,31 @@ def respond(
 _ERROR_FIELDS = ((b"Cache-Control", b"no-store"), (b"X-Content-Type-Options", b"nosniff"))
 
 
+def through_stages(ex: Exchange, answer: Answer) -> Answer:
+    """A local answer (a stage's, or the engine's own error) after the response stages saw it:
+    with their fields added and dropped, or what one of them put in its place."""
+    amend, replaced = respond(ex, answer.status, list(answer.headers), local=True)
+    if replaced is not None:
+        return replaced
+    if amend is None:
+        return answer
+    kept = [(n, v) for n, v in answer.headers if n.lower() not in amend.drop]
+    return Answer(answer.status, answer.body, (*kept, *amend.add), answer.content_type, answer.reason)
+
+
+def framed(ex: Exchange, answer: Answer) -> tuple[bytes, int]:
+    """``answer`` as the bytes ``ex``'s client gets (RFC 9110 framing), and its body size."""
+    return local_response(
+        answer.status,
+        answer.headers,
+        answer.body,
+        content_type=answer.content_type,
+        head_request=ex.method == b"HEAD",
+        close=ex.close_after,
+        http10=ex.http10,
+    )
+
+
 def error_answer(ex: Exchange, status: int, message: str) -> tuple[bytes, int]:
     """The engine's own error answer (502, 504) for a request the stages saw: its bytes and body
     size. It passes back out through the response stages like any answer, so a stage may add
@@ -218,23 +245,9 @@ def error_answer(ex: Exchange, status: int, message: str) -> tuple[bytes, int]:
         extra = run.plan.respond if run.plan is not None else ()  # a variant's cookie
         data = error_response(status, message, close=ex.close_after, extra=extra)
         return data, len(data) - data.index(b"\r\n\r\n") - 4
-    answer = Answer(status, error_body(status, message), _ERROR_FIELDS, reason=message)
-    amend, replaced = respond(ex, status, list(answer.headers), local=True)
-    if replaced is not None:
-        answer = replaced
-    elif amend is not None:
-        kept = [(n, v) for n, v in answer.headers if n.lower() not in amend.drop]
-        answer = Answer(answer.status, answer.body, (*kept, *amend.add), answer.content_type, answer.reason)
+    answer = through_stages(ex, Answer(status, error_body(status, message), _ERROR_FIELDS, reason=message))
     ex.status = answer.status
-    return local_response(
-        answer.status,
-        answer.headers,
-        answer.body,
-        content_type=answer.content_type,
-        head_request=ex.method == b"HEAD",
-        close=ex.close_after,
-        http10=ex.http10,
-    )
+    return framed(ex, answer)
 
 
 def replace_response(ex: Exchange, answer: Answer) -> None:
@@ -243,15 +256,7 @@ def replace_response(ex: Exchange, answer: Answer) -> None:
     ex.discard = True
     ex.rechunk = False
     ex.status = answer.status
-    data, ex.sent_bytes = local_response(
-        answer.status,
-        answer.headers,
-        answer.body,
-        content_type=answer.content_type,
-        head_request=ex.method == b"HEAD",
-        close=ex.close_after,
-        http10=ex.http10,
-    )
+    data, ex.sent_bytes = framed(ex, answer)
     ex.to_client.append(data)
 
 
