@@ -110,8 +110,13 @@ class KeySource:
 
     def extract(self, request: Request) -> bytes | None:
         """The key of ``request``, or None when it has none (no such field, cookie or argument)."""
-        if len(self.parts) == 1:
-            return _value(self.parts[0], request)
+        parts = self.parts
+        if len(parts) == 1:
+            part = parts[0]
+            if part.kind == "header":  # the usual router key: one dict lookup
+                value = request.fields.get(part.name)
+                return value if value is not None or request.headers is None else request.field(part.name)
+            return _value(part, request)
         values = []
         for part in self.parts:
             value = _value(part, request)
@@ -126,10 +131,10 @@ class KeySource:
 
 def _value(part: _Part, request: Request) -> bytes | None:
     kind = part.kind
-    if kind == "header":
-        return request.field(part.name)
     if kind == "uri":
         return request.target
+    if kind == "header":
+        return request.field(part.name)
     if kind == "ip":
         return request.client.encode("ascii", "replace")
     if kind == "cookie":

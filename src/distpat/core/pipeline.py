@@ -71,6 +71,7 @@ class Pipeline:
         "wants_done",
         "decides",
         "drops",
+        "uses_tick",
         "_respond_at",
     )
 
@@ -97,6 +98,8 @@ class Pipeline:
         self.wants_done = any(type(s).overrides("on_done") for s in self.stages)
         self.decides = any(type(s).overrides("decision") for s in self.stages)
         self.drops = frozenset(name.lower() for stage in self.stages for name in stage.drops)
+        self.uses_tick = any(stage.uses_tick for stage in self.stages)
+        """False: no stage reads its tick (the driver may pass NO_TICK)."""
         """Request fields the engine always removes (``Stage.drops``)."""
         """Some stage reports decisions another way than in ``Request.notes`` (the default)."""
         # for each count of stages entered, the ones with on_response, last first

@@ -79,6 +79,7 @@ class ShardStage(Stage):
     """
 
     kind: ClassVar[str] = "shard"
+    uses_tick = False  # routing by key and live loads: no clock, no random draw
 
     def __init__(
         self,

@@ -194,6 +194,8 @@ class SplitStage(Stage):
         self.pools = tuple(dict.fromkeys(pool_names))
         header = self.variant_header
         self.drops = frozenset() if header is None else frozenset({header.lower()})
+        # the tick's random bits make a new visitor's ID, and draw the mirror for keyless requests
+        self.uses_tick = self.cookie is not None or self.mirror_share > 0
 
     def _make_route(self, variant: str, mirrored: bool) -> _Route:
         header = self.variant_header

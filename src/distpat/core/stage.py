@@ -47,6 +47,7 @@ __all__ = [
     "Call",
     "CallResult",
     "Effect",
+    "NO_TICK",
     "Fetch",
     "Flight",
     "FlightRole",
@@ -86,6 +87,10 @@ class Tick(NamedTuple):
     """64 random bits, fresh for each request (a visitor's new ID, a sampling draw)."""
 
 
+NO_TICK = Tick(0.0, 0.0, 0)
+"""What a pipeline whose stages all say ``uses_tick = False`` is handed."""
+
+
 class Pools(Protocol):
     """The live state of the engine's upstream pools, as a stage may read it."""
 
@@ -112,7 +117,6 @@ class Request:
         self,
         method: bytes,
         target: bytes,
-        *,
         client: str,
         scheme: str = "http",
         http10: bool = False,
@@ -430,6 +434,9 @@ class Stage:
     pools: tuple[str, ...] = ()
     """The named pools this stage may forward, mirror or send sub-requests to: the engine checks
     at start that each is configured, so a typo fails the configuration, not a request."""
+    uses_tick: bool = True
+    """False: the stage never reads its tick (a router keyed by a field), and the engine may hand
+    it :data:`NO_TICK` instead of reading the clocks for it, one request at a time."""
     drops: frozenset[bytes] = frozenset()
     """Request fields always removed before forwarding (lowercase names), whatever a client sends
     under them: a field the stage itself sets (a variant header). Dropped in the one pass;

@@ -75,6 +75,10 @@ def _bits() -> int:
     return _getrandbits(64)
 
 
+def _usual_tick() -> Tick:
+    return Tick(_monotonic(), _time(), _getrandbits(64))
+
+
 class Cancellable(Protocol):
     def cancel(self) -> None: ...
 
@@ -147,6 +151,8 @@ class EngineState:
     """Random bits for each tick (Python's generator, seeded from the OS: visitor IDs, samples;
     not for secrets)."""
     pool_view: EnginePools = field(init=False)
+    make_tick: Callable[[], Tick] = field(init=False)
+    """:meth:`tick`, or with the usual clocks a function that calls them with no indirection."""
     request_drop: frozenset[bytes] = field(init=False)
     response_drop: frozenset[bytes] = field(init=False)
     responses: ResponseForwarder = field(init=False)
@@ -162,14 +168,13 @@ class EngineState:
         self.pools.setdefault(None, self.upstreams)
         self.pools.setdefault("default", self.upstreams)
         self.pool_view = EnginePools(self.pools, self.upstreams.clock)
+        plain = self.mono is _monotonic and self.wall is _time and self.rand is _bits
+        self.make_tick = _usual_tick if plain else self.tick
         self.apply(self.settings)
 
     def tick(self) -> Tick:
         """What a stage is handed for one call: the clocks and fresh random bits."""
-        mono, wall, rand = self.mono, self.wall, self.rand
-        if mono is _monotonic and wall is _time and rand is _bits:  # the usual clocks: no indirection
-            return Tick(_monotonic(), _time(), _getrandbits(64))
-        return Tick(mono(), wall(), rand())
+        return Tick(self.mono(), self.wall(), self.rand())
 
     def apply(self, settings: EngineSettings) -> None:
         """Use ``settings`` from now on (a reload): new connections take all of them; open ones take

@@ -336,7 +336,8 @@ class Exchange:
             if pipeline is not None and pipeline.wants_response:
                 amend, replaced = respond(self, status, headers)
             else:  # only Forward.respond fields, if any: added straight to the head
-                self.response_fields = tuple(headers)
+                if self.captured is not None or (pipeline is not None and pipeline.wants_done):
+                    self.response_fields = tuple(headers)  # for on_body and the Outcome
                 forward = run.plan
                 if forward is not None and forward.respond:
                     respond_lines = forward.respond_lines

@@ -27,6 +27,7 @@ from distpat.core.http import error_response, local_response
 from distpat.core.pipeline import Run, StageError
 from distpat.core.serialize import error_body
 from distpat.core.stage import (
+    NO_TICK,
     Amend,
     Answer,
     Call,
@@ -72,19 +73,19 @@ def begin(ex: Exchange, target: bytes, fields: dict[bytes, bytes] | None) -> Non
     state = client.state
     pipeline = state.pipeline
     assert pipeline is not None
-    request = Request(
+    request = Request(  # positional: a keyword call costs more, once per request
         ex.method,
         target,
-        client=client.peer,
-        scheme=state.settings.scheme,
-        http10=ex.http10,
-        fields=fields,
-        headers=ex.request_headers if pipeline.all_fields else None,
-        pools=state.pool_view,
+        client.peer,
+        state.settings.scheme,
+        ex.http10,
+        fields,
+        ex.request_headers if pipeline.all_fields else None,
+        state.pool_view,
     )
-    run = ex.run = pipeline.run(request)
+    run = ex.run = Run(pipeline, request)
     try:
-        effect = run.start(state.tick())
+        effect = run.start(state.make_tick() if pipeline.uses_tick else NO_TICK)
     except StageError as exc:
         effect = _failed(exc)
     _carry(ex, effect)
@@ -146,7 +147,7 @@ def _resumed(ex: Exchange, result: tuple[SubResult, ...] | CallResult | Flight) 
         return
     state = ex.client.state
     try:
-        effect = ex.run.resume(result, state.tick())
+        effect = ex.run.resume(result, state.make_tick())
     except StageError as exc:
         effect = _failed(exc)
     _carry(ex, effect)
@@ -200,7 +201,7 @@ def respond(
     ex.response_fields = fields
     upstream = ex.upstream.name if ex.upstream is not None and ex.local is None and not local else None
     try:
-        return run.respond(Response(status, fields, upstream), ex.client.state.tick())
+        return run.respond(Response(status, fields, upstream), ex.client.state.make_tick())
     except StageError as exc:
         return None, _failed(exc)
 
@@ -271,7 +272,7 @@ def body_captured(ex: Exchange) -> None:
         calls = run.body(
             Response(ex.status, ex.response_fields, ex.upstream.name if ex.upstream else None),
             body,
-            ex.client.state.tick(),
+            ex.client.state.make_tick(),
         )
     except Exception as exc:
         log.error("stage on_body raised %s: %s", type(exc).__name__, exc, exc_info=exc)
@@ -303,7 +304,7 @@ def done(ex: Exchange, kind: OutcomeKind) -> None:
         sent=ex.sent_bytes,
         duration=perf_counter() - ex.started,
     )
-    calls = run.done(outcome, state.tick())
+    calls = run.done(outcome, state.make_tick())
     for error in run.errors:
         log.error("%s", error, exc_info=error.__cause__)
     _fire(ex, calls)
@@ -316,12 +317,18 @@ def done(ex: Exchange, kind: OutcomeKind) -> None:
 
 
 def _count(count: Callable[[str, str], None] | None, run: Run) -> None:
-    if count is not None and (run.request.notes or run.pipeline.decides):
-        request = run.request
-        for stage in run.pipeline.stages[: run.entered]:
-            decision = stage.decision(request)
-            if decision is not None:
-                count(stage.name, decision)
+    if count is None:
+        return
+    request = run.request
+    if not run.pipeline.decides:  # Stage.decision as the base class has it: what each noted
+        for name, note in request.notes.items():
+            if note.__class__ is str:
+                count(name, note)
+        return
+    for stage in run.pipeline.stages[: run.entered]:
+        decision = stage.decision(request)
+        if decision is not None:
+            count(stage.name, decision)
 
 
 def _fire(ex: Exchange, calls: list[Call]) -> None:

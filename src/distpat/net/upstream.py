@@ -485,6 +485,9 @@ class UpstreamGroup:
         not yet tried is ejected, the one whose ejection ends first (as without an order).
         """
         if order:
+            first = order[0]
+            if first.health.ejected_until == 0.0 and first not in exclude:
+                return first  # the usual case: the key's own shard, in rotation (no clock read)
             now = self.clock()
             for u in order:
                 if u not in exclude and u.available(now):
