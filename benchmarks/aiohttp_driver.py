@@ -73,7 +73,6 @@ from _servers import (
     interruptible,
     ratio,
     require_tool,
-    run_wrk_url,
     shown_command,
     start_process,
     tool_version,
@@ -89,11 +88,12 @@ from routers import (
     SMALL_BODY,
     USER_HEADER,
     Target,
+    measure_throughput,
     request_table,
     start_backends,
     wrk_script,
 )
-from tls_sidecar import CPU_NOTE, Measured, Rounds, alternate, cpu_per_request, rate_table, ratio_line
+from tls_sidecar import Measured, Rounds, cpu_per_request, ratio_line
 
 PLAIN, SPLIT, PROXY_PLAIN, SHARD = "plain", "split", "proxy-plain", "shard"
 SERVED = (PLAIN, SPLIT, SHARD)  # the apps this script serves itself (proxy-plain is http_proxy.py's)
@@ -326,25 +326,7 @@ def difference(results: Rounds[WrkResult], num: str, den: str) -> float | None:
 
 
 def throughput(setup: Setup, script: Path, wrk: str, args: argparse.Namespace) -> Rounds[WrkResult]:
-    print(
-        f"\n## Throughput: the {args.keys:,} requests in turn, wrk -t1 -c{args.connections} "
-        f"-d{args.duration}s --latency -s SCRIPT, median of {args.rounds} alternating rounds"
-    )
-
-    def run(c: Contender) -> WrkResult:
-        return run_wrk_url(
-            c.url("/"),
-            wrk=wrk,
-            threads=1,
-            connections=args.connections,
-            duration=args.duration,
-            script=script,
-        )
-
-    results = alternate(setup.contenders, "wrk", run, args)
-    rate_table(setup.contenders, results, {})
-    print(CPU_NOTE)
-    return results
+    return measure_throughput(setup.contenders, script, wrk, args)
 
 
 def req_per_sec(m: Measured[WrkResult]) -> float:

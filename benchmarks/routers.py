@@ -354,7 +354,11 @@ def routing(setup: Setup, targets: Sequence[Target], when: str) -> dict[str, Agr
 # --- throughput -----------------------------------------------------------------------------------
 
 
-def throughput(setup: Setup, script: Path, wrk: str, args: argparse.Namespace) -> Rounds[WrkResult]:
+def measure_throughput(
+    contenders: Sequence[Contender], script: Path, wrk: str, args: argparse.Namespace
+) -> Rounds[WrkResult]:
+    """Every contender driven by wrk with the request table's script, in alternating rounds; the
+    table of rates and CPU per request printed (also used by aiohttp_driver.py)."""
     print(
         f"\n## Throughput: the {args.keys:,} requests in turn, wrk -t1 -c{args.connections} "
         f"-d{args.duration}s --latency -s SCRIPT, median of {args.rounds} alternating rounds"
@@ -370,9 +374,14 @@ def throughput(setup: Setup, script: Path, wrk: str, args: argparse.Namespace) -
             script=script,
         )
 
-    results = alternate(setup.contenders, "wrk", run, args)
-    rate_table(setup.contenders, results, {})
+    results = alternate(contenders, "wrk", run, args)
+    rate_table(contenders, results, {})
     print(CPU_NOTE)
+    return results
+
+
+def throughput(setup: Setup, script: Path, wrk: str, args: argparse.Namespace) -> Rounds[WrkResult]:
+    results = measure_throughput(setup.contenders, script, wrk, args)
     for num, den, _ in GOALS:
         missing = why_missing(setup.contenders, num, den)
         value = ratio(results, num, den, cpu_per_request)

@@ -6,7 +6,8 @@ import asyncio
 import socket
 from collections.abc import Callable
 
-from distpat.net.upstream import Upstream, UpstreamGroup
+from distpat.net.pool import UpstreamGroup
+from distpat.net.upstream import Upstream
 from tests.httpkit import HOST
 
 

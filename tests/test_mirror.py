@@ -10,7 +10,7 @@ import pytest
 
 from distpat.net.batch import WriteBatch
 from distpat.net.mirror import MirrorSender
-from distpat.net.upstream import UpstreamGroup
+from distpat.net.pool import UpstreamGroup
 from tests import effectkit
 from tests.effectkit import dead_url, until
 from tests.httpkit import Backend, Reply, Request

@@ -392,3 +392,22 @@ def test_every_stage_seen_is_done_exactly_once_in_reverse(choices: list[str], do
     assert [e.split(":")[1] for e in log if e.startswith("request")] == expected
     assert [e.split(":")[1] for e in log if e.startswith("response")] == expected[::-1]
     assert [e.split(":")[1] for e in log if e.startswith("done")] == expected[::-1]
+
+
+@pytest.mark.parametrize(
+    ("kind", "status"),
+    [
+        (OutcomeKind.ANSWERED, 200),
+        (OutcomeKind.UPSTREAM_FAILED, 502),
+        (OutcomeKind.TIMED_OUT, 504),
+        (OutcomeKind.CLIENT_GONE, 0),
+        (OutcomeKind.LOCAL, 429),
+    ],
+)
+def test_on_done_is_called_once_whatever_the_outcome(kind: OutcomeKind, status: int) -> None:
+    log: list[str] = []
+    run = Pipeline([Recorder("a", log), Recorder("b", log)]).run(request())
+    run.start(TICK)
+    for _ in range(3):  # a driver that reports the end more than once (the engine reports it once)
+        run.done(Outcome(kind, status), TICK)
+    assert [e for e in log if e.startswith("done")] == [f"done:b:{kind.value}", f"done:a:{kind.value}"]

@@ -14,7 +14,7 @@ from distpat.core.forward import ResponseForwarder
 from distpat.core.pipeline import Pipeline
 from distpat.core.stage import Call, CallResult, Fetch, Flight, Join, Outcome, SubResult, Tick
 from distpat.net.batch import WriteBatch
-from distpat.net.upstream import UpstreamGroup
+from distpat.net.pool import UpstreamGroup
 
 if TYPE_CHECKING:
     from distpat.net.exchange import Exchange

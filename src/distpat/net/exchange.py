@@ -25,6 +25,7 @@ from distpat.core.stage import Amend, Answer, OutcomeKind
 from distpat.errors import RemoteProtocolError
 from distpat.net.engine import IDEMPOTENT, Cancellable
 from distpat.net.general_response import answer_locally, forward_general_response
+from distpat.net.pool import UpstreamGroup
 from distpat.net.stage_driver import (
     body_captured,
     done,
@@ -33,7 +34,7 @@ from distpat.net.stage_driver import (
     replace_response,
     respond,
 )
-from distpat.net.upstream import Upstream, UpstreamConnection, UpstreamGroup
+from distpat.net.upstream import Upstream, UpstreamConnection
 
 if TYPE_CHECKING:
     from distpat.net.server import ClientConnection
@@ -491,12 +492,12 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
-        self._record()
+        self.record()
         if self.run is not None:
             done(self, self.outcome_kind)
         self.client.exchange_finished(self)
 
-    def _record(self) -> None:
+    def record(self) -> None:
         """Count this answer in the metrics and hand it to the access log."""
         end = perf_counter()
         self.request_time = end - self.started
@@ -512,25 +513,6 @@ class Exchange:
         callback = state.on_request_done
         if callback is not None:
             callback(self)
-
-    def refused(self, status: int, response: bytes) -> None:
-        """The proxy answered this request with ``response`` (an error) before it was forwarded."""
-        self.status = status
-        self.sent_bytes = body_size(response)
-        self._record()
-
-    @classmethod
-    def refusal(
-        cls, client: ClientConnection, status: int, response: bytes, request_line: bytes, waited: float = 0.0
-    ) -> None:
-        """Count and log an answer to a request that never became an exchange (it could not be
-        parsed, or the connection was refused): ``request_line`` is what is known of it, or ``-``;
-        ``waited`` the seconds since its head began (the access log's request_time)."""
-        ex = cls(client, b"-", b"", False, False, b"", NO_BODY, [])
-        ex.started -= waited
-        ex.request_line = request_line
-        ex.finished = True
-        ex.refused(status, response)
 
     def abandon(self) -> None:
         """The client went away: drop the upstream connection and everything pending."""

@@ -27,8 +27,8 @@ import asyncio
 from collections.abc import Callable
 
 from distpat.net.batch import WriteBatch
+from distpat.net.pool import UpstreamGroup
 from distpat.net.roundtrip import RoundTrip
-from distpat.net.upstream import UpstreamGroup
 
 __all__ = ["MirrorSender"]
 

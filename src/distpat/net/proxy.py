@@ -19,10 +19,11 @@ from distpat.net.admin import AdminServer, create_admin_app
 from distpat.net.carriers import EffectCarriers
 from distpat.net.health import HealthCheck, HealthChecker
 from distpat.net.metrics import ProxyMetrics
+from distpat.net.pool import UpstreamGroup
 from distpat.net.redirect import RedirectProtocol
 from distpat.net.server import ClientConnection, EngineSettings, EngineState, Exchange
 from distpat.net.tls import CertificateStore, TLSOptions
-from distpat.net.upstream import Upstream, UpstreamGroup, UpstreamPolicy, parse_upstream_url
+from distpat.net.upstream import Upstream, UpstreamPolicy, parse_upstream_url
 
 __all__ = ["ProxyConfig", "ProxyServer", "Reloaded", "Serving", "run_until_signalled"]
 

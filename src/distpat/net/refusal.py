@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from distpat.core.http import error_response
-from distpat.net.exchange import Exchange
+from distpat.core.http import NO_BODY, error_response
+from distpat.net.exchange import Exchange, body_size
 
 if TYPE_CHECKING:
     from distpat.net.server import ClientConnection
 
-__all__ = ["Reject", "answer_error", "protocol_error", "refused_line"]
+__all__ = ["Reject", "answer_error", "protocol_error", "record_refusal", "record_refused", "refused_line"]
 
 
 class Reject(Exception):
@@ -58,9 +58,9 @@ def answer_error(conn: ClientConnection, status: int, message: str, refused: Exc
     response = error_response(status, message, close=True)
     conn.write(response)
     if isinstance(refused, Exchange):
-        refused.refused(status, response)
+        record_refused(refused, status, response)
     else:
-        Exchange.refusal(conn, status, response, refused, conn.loop.time() - conn.head_started)
+        record_refusal(conn, status, response, refused, conn.loop.time() - conn.head_started)
 
 
 def refused_line(conn: ClientConnection) -> bytes:
@@ -79,3 +79,23 @@ def refused_line(conn: ClientConnection) -> bytes:
     if version == "0.0":  # the request line is not complete yet
         return b"%s %s" % (method, conn.url)
     return b"%s %s HTTP/%s" % (method, conn.url, version.encode("ascii"))
+
+
+def record_refused(ex: Exchange, status: int, response: bytes) -> None:
+    """The proxy answered ``ex``'s request with ``response`` (an error) before it was forwarded."""
+    ex.status = status
+    ex.sent_bytes = body_size(response)
+    ex.record()
+
+
+def record_refusal(
+    client: ClientConnection, status: int, response: bytes, request_line: bytes, waited: float = 0.0
+) -> None:
+    """Count and log an answer to a request that never became an exchange (it could not be
+    parsed, or the connection was refused): ``request_line`` is what is known of it, or ``-``;
+    ``waited`` the seconds since its head began (the access log's request_time)."""
+    ex = Exchange(client, b"-", b"", False, False, b"", NO_BODY, [])
+    ex.started -= waited
+    ex.request_line = request_line
+    ex.finished = True
+    record_refused(ex, status, response)

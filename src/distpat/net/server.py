@@ -37,7 +37,7 @@ from distpat.net.engine import READ_BUFFER_BYTES, EngineSettings, EngineState, c
 from distpat.net.exchange import Exchange
 from distpat.net.flow import ClientFlow
 from distpat.net.general_request import forward_general
-from distpat.net.refusal import Reject, answer_error, protocol_error
+from distpat.net.refusal import Reject, answer_error, protocol_error, record_refusal
 from distpat.net.stage_driver import begin
 from distpat.net.tunnel import UpgradeExchange
 
@@ -141,7 +141,7 @@ class ClientConnection(ClientFlow, asyncio.BufferedProtocol):
             self.closing = True
             response = error_response(503, "too many connections", close=True)
             self.write(response)
-            Exchange.refusal(self, 503, response, b"-")
+            record_refusal(self, 503, response, b"-")
             self.close()
             return
         state.connections.add(self)

@@ -49,8 +49,9 @@ from distpat.core.http import HOP_BY_HOP, request_head
 from distpat.core.stage import Fetch, SubRequest, SubResult
 from distpat.errors import LocalProtocolError
 from distpat.net.batch import WriteBatch
+from distpat.net.pool import UpstreamGroup
 from distpat.net.roundtrip import RoundTrip
-from distpat.net.upstream import Upstream, UpstreamGroup
+from distpat.net.upstream import Upstream
 
 __all__ = ["FetchHandle", "SubRequests", "subrequest_bytes"]
 

@@ -164,7 +164,7 @@ class UpgradeExchange(Exchange):
         self.sent_bytes = to_client
         self.body_sent = from_client
         self.upstream_t0 = perf_counter() - self.upstream_t0
-        self._record()
+        self.record()
         self.client.connection_lost(None)
 
 
