@@ -149,10 +149,6 @@ def test_the_options_are_the_proxys_and_the_mirror_bound() -> None:
             GOOD + f'[pools.x]\nupstreams = ["{A}"]\nbalance = "random"\n',
             "[pools.x], key 'balance' must be one of",
         ),
-        (
-            GOOD + f'[pools.x]\nupstreams = ["{A}"]\nbalance = "least_outstanding"\n',
-            "[pools.x], key 'balance': 'least_outstanding', but every pool is balanced the same way",
-        ),
         # the stage tables
         (GOOD + "[[stage]]\nname = 'x'\n", '[[stage]] 2: needs kind = "..." (one of shard, split)'),
         (
@@ -289,3 +285,12 @@ def test_a_kind_registers_itself_and_the_pipeline_checks_the_pools_it_uses(
     assert "split" in STAGE_KINDS
     table = StageTable("f.toml", 1, "probe", "", {"pool": "new"}, {"new": (A,)})
     assert build_stage(table).pools == ("new",)
+
+
+def test_a_pool_has_its_own_balance(tmp_path: Path) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text(GOOD + f'[pools.x]\nupstreams = ["{A}"]\nbalance = "least_outstanding"\n')
+    config, _ = load_pipeline(str(path), environ={})
+    assert dict(config.pool_balance) == {"x": "least_outstanding"}
+    assert config.balance == "round_robin"
+

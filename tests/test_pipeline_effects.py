@@ -248,3 +248,16 @@ async def test_a_call_goes_to_the_configured_redis_and_its_reply_decides(tmp_pat
         assert len(origin.requests) == 2
         reply, _ = await raw_exchange(redis.port, b"SELECT 3\r\nGET count:127.0.0.1\r\nQUIT\r\n")
         assert reply == b"+OK\r\n$1\r\n3\r\n+OK\r\n"
+
+
+async def test_a_pool_balances_as_its_own_balance_says() -> None:
+    config = ProxyConfig(
+        listen=("127.0.0.1", 0),
+        upstreams=("http://127.0.0.1:9",),
+        pools=(("x", ("http://127.0.0.1:10", "http://127.0.0.1:11")),),
+        pool_balance=(("x", "least_outstanding"),),
+    )
+    server = ProxyServer(config)
+    assert server.pools["x"].balance == "least_outstanding"
+    assert server.pools["default"].balance == "round_robin"
+    await server.shutdown(1)

@@ -22,8 +22,8 @@ The top level holds the options of `distpat proxy` (:data:`distpat.config.proxy.
 each also a ``DISTPAT_*`` variable, which wins over the file) and ``mirror_max_in_flight``.
 ``upstream`` is the pool named ``default`` (or write ``[pools.default]``; not both), which
 takes the requests no stage sends elsewhere. Each ``[pools.NAME]`` has ``upstreams`` (URLs)
-and may have ``balance``; every pool is balanced as the top-level ``balance`` says, so a
-pool's own ``balance`` must agree with it (per-pool balancing needs the engine's support).
+and may have its own ``balance`` (``round_robin`` or ``least_outstanding``); without one, a pool
+is balanced as the top-level ``balance`` says.
 Each ``[[stage]]`` has ``kind`` (looked up in :data:`distpat.config.stages.STAGE_KINDS`), an
 optional ``name`` (unique; ``KIND-N`` otherwise), and its kind's keys.
 
@@ -95,7 +95,8 @@ def _options(source: str, raw: Mapping[str, Any]) -> dict[str, Any]:
     return options
 
 
-def _pools(source: str, raw: object, balance: str) -> dict[str, tuple[str, ...]]:
+def _pools(source: str, raw: object, balances: dict[str, str]) -> dict[str, tuple[str, ...]]:
+    """The pools of the file, by name; their own ``balance`` values go into ``balances``."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: pools must be tables, [pools.NAME] with upstreams = [...]")
     pools: dict[str, tuple[str, ...]] = {}
@@ -132,12 +133,7 @@ def _pools(source: str, raw: object, balance: str) -> dict[str, tuple[str, ...]]
             if not isinstance(own, str):
                 raise ConfigError(f"{where}, key 'balance': must be a string, not {own!r}")
             choice("round_robin", "least_outstanding")(own, f"{where}, key 'balance'")
-            if own != balance:
-                raise ConfigError(
-                    f"{where}, key 'balance': {own!r}, but every pool is balanced the same way, as the "
-                    f"top-level balance says ({balance!r}): set balance = {own!r} at the top level, or "
-                    "leave it out here"
-                )
+            balances[name] = own
         pools[name] = tuple(urls)
     return pools
 
@@ -194,7 +190,8 @@ def load_pipeline(
         config_env=None,
         file_values=_options(source, raw),
     )
-    pools = _pools(source, raw.get("pools", {}), values["balance"])
+    balances: dict[str, str] = {}
+    pools = _pools(source, raw.get("pools", {}), balances)
     default = pools.pop("default", None)
     if default is not None and values["upstream"]:
         raise ConfigError(
@@ -215,5 +212,6 @@ def load_pipeline(
         pools=tuple(pools.items()),
         stages=stages,
         mirror_max_in_flight=values["mirror_max_in_flight"],
+        pool_balance=tuple(balances.items()),
     )
     return config, values

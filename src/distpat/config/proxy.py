@@ -168,6 +168,7 @@ def proxy_config(
     pools: tuple[tuple[str, tuple[str, ...]], ...] = (),
     stages: tuple[Stage, ...] = (),
     mirror_max_in_flight: int = 64,
+    pool_balance: tuple[tuple[str, str], ...] = (),
 ) -> ProxyConfig:
     """The :class:`ProxyConfig` for resolved option values (see :func:`resolve_options`).
 
@@ -223,4 +224,5 @@ def proxy_config(
         pools=pools,
         stages=stages,
         mirror_max_in_flight=mirror_max_in_flight,
+        pool_balance=pool_balance,
     )

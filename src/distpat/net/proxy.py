@@ -59,6 +59,8 @@ class ProxyConfig:
     """The pipeline (see distpat.core.stage): the stages every request passes, in order."""
     mirror_max_in_flight: int = 64
     """Mirror copies in flight at once (Forward.mirror); past it copies are dropped and counted."""
+    pool_balance: tuple[tuple[str, str], ...] = ()
+    """A pool's own balancer (``[pools.NAME] balance``), by pool name; the others use ``balance``."""
     redis: str | None = None
     """``redis://[:password@]host:port[/db]``: where stages' Calls go (net/resp_client.py); None:
     a Call's continuation gets ``unavailable``."""
@@ -353,6 +355,7 @@ class ProxyServer:
             if names.count(name) > 1:
                 raise ConfigError(f"pool {name!r} is configured twice")
         pools: dict[str, UpstreamGroup] = {}
+        own = dict(config.pool_balance)
         for name, urls in listed:
             if not urls:
                 continue
@@ -362,7 +365,8 @@ class ProxyServer:
                 host, port = parse_upstream_url(url)
                 same = previous.get(f"{host}:{port}")
                 members.append(same if same is not None else self._new_upstream(url, config))
-            pools[name] = UpstreamGroup(members, balance=config.balance, name=name)
+            balance = own.get(name, config.balance)
+            pools[name] = UpstreamGroup(members, balance=balance, name=name)
         if "default" not in pools:
             if not pools:
                 raise ConfigError("no upstreams: give --upstream, or pools the stages forward to")
