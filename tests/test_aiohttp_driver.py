@@ -39,6 +39,7 @@ from distpat.core.stage import (
     Flight,
     FlightRole,
     Forward,
+    Hold,
     Join,
     Outcome,
     OutcomeKind,
@@ -174,15 +175,15 @@ class Recorder(Stage):
 
     def __init__(self) -> None:
         self.done: list[Outcome] = []
-        self.calls: dict[int, int] = {}
+        self.requests: list[Request] = []  # held, so no two requests share an id() here
 
     def on_done(self, request: Request, outcome: Outcome, tick: Tick) -> Call | None:
         self.done.append(outcome)
-        self.calls[id(request)] = self.calls.get(id(request), 0) + 1
+        self.requests.append(request)
         return None
 
     def once_each(self) -> bool:
-        return all(n == 1 for n in self.calls.values())
+        return len({id(r) for r in self.requests}) == len(self.requests)
 
 
 class Route(Stage):
@@ -873,3 +874,22 @@ async def test_a_session_of_its_own_is_not_shared_with_the_application() -> None
             response = await other.get(f"http://{HOST}:{client.port}/api/echo")
             fields = {k.lower(): v for k, v in (await response.json())["headers"]}
         assert "cookie" not in fields
+
+
+class Holder(Stage):
+    """Holds each request, then adds a field (a limiter's delayed excess)."""
+
+    kind = "holder"
+
+    def on_request(self, request: Request, tick: Tick) -> Hold:
+        return Hold(0.05, then=lambda _: Forward(respond=((b"X-Held", b"yes"),)))
+
+
+async def test_a_hold_delays_the_request_then_it_goes_on() -> None:
+    recorder = Recorder()
+    async with front([recorder, Holder()]) as (client, _):
+        response = await client.get("/page")
+        assert response.status == 200
+        assert response.headers["X-Held"] == "yes"
+        await until(lambda: len(recorder.done) == 1, "one outcome")
+    assert [o.kind for o in recorder.done] == [OutcomeKind.ANSWERED]

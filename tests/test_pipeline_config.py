@@ -293,4 +293,3 @@ def test_a_pool_has_its_own_balance(tmp_path: Path) -> None:
     config, _ = load_pipeline(str(path), environ={})
     assert dict(config.pool_balance) == {"x": "least_outstanding"}
     assert config.balance == "round_robin"
-

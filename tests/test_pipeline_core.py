@@ -24,6 +24,7 @@ from distpat.core.stage import (
     Flight,
     FlightRole,
     Forward,
+    Hold,
     Join,
     Outcome,
     OutcomeKind,
@@ -411,3 +412,34 @@ def test_on_done_is_called_once_whatever_the_outcome(kind: OutcomeKind, status: 
     for _ in range(3):  # a driver that reports the end more than once (the engine reports it once)
         run.done(Outcome(kind, status), TICK)
     assert [e for e in log if e.startswith("done")] == [f"done:b:{kind.value}", f"done:a:{kind.value}"]
+
+
+class Delay(Stage):
+    """Holds every request a while (a limiter's delayed excess), then lets the next stage decide."""
+
+    kind = "delay"
+
+    def __init__(self, then: bool) -> None:
+        self.then = then
+
+    def on_request(self, request: Request, tick: Tick) -> Effect | None:
+        if self.then:
+            return Hold(0.25, then=lambda _: Forward(add=((b"X-Held", b"1"),)))
+        return Hold(0.25)
+
+
+@pytest.mark.parametrize("then", [False, True])
+def test_a_hold_waits_then_goes_on(then: bool) -> None:
+    log: list[str] = []
+    run = Pipeline([Delay(then), Recorder("router", log, Forward(pool="p"))]).run(request())
+    held = run.start(TICK)
+    assert isinstance(held, Hold)
+    assert held.delay == 0.25
+    assert log == []  # the next stage waits for the hold
+    final = run.resume(None, TICK)
+    assert isinstance(final, Forward)
+    assert final.pool == "p"
+    assert final.add == (((b"X-Held", b"1"),) if then else ())
+    assert log == ["request:router"]
+    with pytest.raises(LocalProtocolError, match="0 to 3600 seconds"):
+        Hold(-1.0)

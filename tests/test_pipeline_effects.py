@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import struct
 from pathlib import Path
 
 from distpat.core.stage import (
@@ -17,6 +19,7 @@ from distpat.core.stage import (
     Flight,
     FlightRole,
     Forward,
+    Hold,
     Join,
     Outcome,
     Request,
@@ -261,3 +264,44 @@ async def test_a_pool_balances_as_its_own_balance_says() -> None:
     assert server.pools["x"].balance == "least_outstanding"
     assert server.pools["default"].balance == "round_robin"
     await server.shutdown(1)
+
+
+class Holding(Stage):
+    kind = "holding"
+
+    def __init__(self) -> None:
+        self.done: list[str] = []
+
+    def on_request(self, request: Request, tick: Tick) -> Effect | None:
+        return Hold(0.5)
+
+    def on_done(self, request: Request, outcome: Outcome, tick: Tick) -> None:
+        self.done.append(outcome.kind.value)
+
+
+async def test_a_held_request_reaches_the_upstream_only_after_its_hold() -> None:
+    stage = Holding()
+    async with Backend() as origin:
+        server = ProxyServer(ProxyConfig(listen=("127.0.0.1", 0), upstreams=(origin.url,), stages=(stage,)))
+        await server.start()
+        try:
+            pending = asyncio.ensure_future(exchange(server.port, b"GET /held HTTP/1.1\r\nHost: h\r\n\r\n"))
+            await asyncio.sleep(0.1)
+            assert origin.requests == []  # still held (a slower machine only holds it longer)
+            [answer] = await pending
+            assert answer.status == 200
+            assert [r.target for r in origin.requests] == [b"/held"]
+            # a client that goes away while held: no upstream request, on_done once
+            _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET /gone HTTP/1.1\r\nHost: h\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            sock = writer.get_extra_info("socket")  # a reset, not a FIN (a FIN is a half-close: answered)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+            await until(lambda: len(stage.done) == 2)
+            await asyncio.sleep(0.6)  # past the hold: the timer was cancelled, nothing is sent
+        finally:
+            await server.shutdown(1)
+        assert stage.done == ["answered", "client_gone"]
+        assert [r.target for r in origin.requests] == [b"/held"]

@@ -60,6 +60,7 @@ from distpat.core.stage import (
     Fields,
     Flight,
     Forward,
+    Hold,
     Join,
     Outcome,
     OutcomeKind,
@@ -141,7 +142,7 @@ class Exchange:
         run = self.run
         try:
             effect = run.start(now())
-            while isinstance(effect, (Fetch, Call, Join)):
+            while isinstance(effect, (Fetch, Call, Join, Hold)):
                 result = await self._carry_out(effect)
                 effect = run.resume(result, now())
         except (StageError, ConfigError) as exc:
@@ -165,7 +166,12 @@ class Exchange:
             return await self._application(handler, effect)
         return await self._proxy(effect)
 
-    async def _carry_out(self, effect: Fetch | Call | Join) -> tuple[SubResult, ...] | CallResult | Flight:
+    async def _carry_out(
+        self, effect: Fetch | Call | Join | Hold
+    ) -> tuple[SubResult, ...] | CallResult | Flight | None:
+        if isinstance(effect, Hold):  # inside the request's own task: nothing else waits on it
+            await asyncio.sleep(effect.delay)
+            return None
         if isinstance(effect, Fetch):
             return await fetch(
                 self._session(),

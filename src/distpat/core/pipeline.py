@@ -14,7 +14,7 @@ called exactly once, however often a driver calls it.
 
     run = pipeline.run(request)
     effect = run.start(tick)
-    while isinstance(effect, (Fetch, Call, Join)):
+    while isinstance(effect, (Fetch, Call, Join, Hold)):
         effect = run.resume(carry_out(effect), tick)
     # effect is an Answer or a Forward
 """
@@ -33,6 +33,7 @@ from distpat.core.stage import (
     Fetch,
     Flight,
     Forward,
+    Hold,
     Join,
     Outcome,
     Request,
@@ -48,7 +49,7 @@ __all__ = ["PLAIN_FORWARD", "Pipeline", "Run", "StageError"]
 PLAIN_FORWARD = Forward()
 """The effect of a pipeline whose stages had nothing to say: the default pool's balancer chooses."""
 
-_PENDING = (Fetch, Call, Join)
+_PENDING = (Fetch, Call, Join, Hold)
 
 
 class StageError(LocalProtocolError):
@@ -139,7 +140,7 @@ class Run:
         self.entered = 0
         """Stages whose ``on_request`` has been called (they get ``on_response`` and ``on_done``)."""
         self.plan: Forward | None = None
-        self.pending: Fetch | Call | Join | None = None
+        self.pending: Fetch | Call | Join | Hold | None = None
         self.pending_stage: Stage | None = None
         self.final: Answer | Forward | None = None
         self.finished = False
@@ -152,14 +153,16 @@ class Run:
         """Call the stages in order; the first pending or final effect comes back."""
         return self._go_on(tick)
 
-    def resume(self, result: tuple[SubResult, ...] | CallResult | Flight, tick: Tick) -> Effect:
-        """The pending effect's ``result`` is in: its continuation decides, then the next stages."""
+    def resume(self, result: tuple[SubResult, ...] | CallResult | Flight | None, tick: Tick) -> Effect:
+        """The pending effect's ``result`` is in (None for a Hold): its continuation decides,
+        then the next stages."""
         pending, stage = self.pending, self.pending_stage
         if pending is None or stage is None:
             raise LocalProtocolError("nothing is pending in this run")
         self.pending = self.pending_stage = None
         then = pending.then
-        assert then is not None  # a Call in on_request always has one (checked in _take)
+        if then is None:  # a Hold without a continuation: the next stage decides
+            return self._go_on(tick)
         try:
             effect = then(result)  # type: ignore[arg-type]
         except Exception as exc:
@@ -194,7 +197,7 @@ class Run:
             self.final = effect
             return effect
         if isinstance(effect, _PENDING):
-            if effect.then is None:
+            if effect.then is None and not isinstance(effect, Hold):
                 raise StageError(stage, "a Call from on_request needs a continuation (then)")
             self.pending, self.pending_stage = effect, stage
             return effect

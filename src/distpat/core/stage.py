@@ -13,6 +13,7 @@ hands every call a :class:`Tick` (monotonic time, wall time, random bits) and a
 :class:`Fetch`    make sub-requests concurrently (deadline, hedging), then continue
 :class:`Call`     one Redis round trip (a command, or a script), then continue
 :class:`Join`     join a keyed flight (request coalescing), then continue
+:class:`Hold`     hold the request back a while (a rate limiter's delay), then continue
 ``None``          nothing to say: the next stage decides
 ==============  ===========================================================================
 
@@ -52,6 +53,7 @@ __all__ = [
     "Flight",
     "FlightRole",
     "Forward",
+    "Hold",
     "Join",
     "Outcome",
     "OutcomeKind",
@@ -355,7 +357,22 @@ class Join:
     max_waiters: int = 1024
 
 
-Effect: TypeAlias = Answer | Forward | Fetch | Call | Join
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Hold the request back ``delay`` seconds, then go on: with ``then()``'s effect, or with the
+    next stage when there is no ``then`` (a rate limiter's delayed excess, as nginx's
+    ``limit_req ... delay``). The engine holds it with a timer, never with a task or a sleep of
+    its own; a client that goes away meanwhile ends it (``on_done`` with CLIENT_GONE)."""
+
+    delay: float
+    then: Callable[[None], Effect | None] | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.delay < 3600:
+            raise LocalProtocolError(f"a hold is 0 to 3600 seconds, not {self.delay!r}")
+
+
+Effect: TypeAlias = Answer | Forward | Fetch | Call | Join | Hold
 
 
 @dataclass(frozen=True, slots=True)

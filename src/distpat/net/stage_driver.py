@@ -6,7 +6,8 @@ asked, for one :class:`~distpat.net.exchange.Exchange`, with no policy of its ow
 * a :class:`Forward` becomes the exchange's pool, preference order and head (its fields
   added or dropped, its target rewritten), a body capture and mirror copies;
 * an :class:`Answer` becomes the exchange's local answer (framed by core/serialize.py);
-* a :class:`Fetch`, :class:`Call` or :class:`Join` is handed to its carrier
+* a :class:`Hold` waits on a loop timer; a :class:`Fetch`, :class:`Call` or :class:`Join` is
+  handed to its carrier
   (:class:`~distpat.net.engine.Carriers`), and the exchange waits, without a task, until the
   carrier calls back; then the run goes on from that stage;
 * when the exchange ends, however it ends, :func:`done` tells the stages once.
@@ -37,6 +38,7 @@ from distpat.core.stage import (
     Flight,
     FlightRole,
     Forward,
+    Hold,
     Outcome,
     OutcomeKind,
     Request,
@@ -111,6 +113,9 @@ def _carry(ex: Exchange, effect: Effect) -> None:
         return
     carriers = ex.client.state.carriers
     ex.waiting = True
+    if isinstance(effect, Hold):  # a timer, not a task: cancelled by done() if the client goes
+        ex.pending = ex.client.loop.call_later(effect.delay, _resumed, ex, None)
+        return
     if isinstance(effect, Call):
         if carriers.call is None:
             _resumed(ex, CallResult(error="unavailable: no Redis server is configured (--redis)"))
@@ -139,7 +144,7 @@ def _carry(ex: Exchange, effect: Effect) -> None:
             ex.pending = ticket
 
 
-def _resumed(ex: Exchange, result: tuple[SubResult, ...] | CallResult | Flight) -> None:
+def _resumed(ex: Exchange, result: tuple[SubResult, ...] | CallResult | Flight | None) -> None:
     """A carrier called back: the stage's continuation decides, then the stages after it."""
     ex.pending = None
     ex.waiting = False
