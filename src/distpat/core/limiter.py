@@ -35,10 +35,12 @@ any arrivals in ``[t0, t1]``, the admitted (and delayed) costs sum to at most
 ``rate`` per second, and stays within ``[0, burst + 1]``). A cost above ``burst + 1`` can never
 be admitted; its rejection carries ``retry_after = None``.
 
-**RateLimit fields** (draft-ietf-httpapi-ratelimit-headers-08, section 3 and 4). One
-consistent definition, for every limit: the **quota** ``q = burst + 1`` requests (the bucket's
-capacity, what a client that has been quiet may send at once), the **window**
-``w = ceil(q / rate)`` seconds (the time an empty quota takes to refill). For a decision,
+**RateLimit fields** (draft-ietf-httpapi-ratelimit-headers, -08 to -10: the ``RateLimit-Policy``
+and ``RateLimit`` fields, sf-lists of sf-string items with integer parameters). One consistent
+definition, for every limit: the **quota** ``q = burst + 1`` requests (the bucket's capacity,
+what a client that has been quiet may send at once), the **window** ``w = ceil(q / rate)``
+seconds (the time an empty quota takes to refill), so ``q / w`` is also the rate, rounded
+down. For a decision,
 ``r`` (remaining) is ``floor(q - level)`` at ``now`` after the request, clipped at 0: how many
 more requests would pass right now (for an admitted request that is ``floor(burst - excess')``);
 ``t`` (reset) is ``ceil(level / rate)``: the seconds until the whole quota is back. Names are
