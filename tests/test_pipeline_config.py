@@ -150,7 +150,10 @@ def test_the_options_are_the_proxys_and_the_mirror_bound() -> None:
             "[pools.x], key 'balance' must be one of",
         ),
         # the stage tables
-        (GOOD + "[[stage]]\nname = 'x'\n", '[[stage]] 2: needs kind = "..." (one of shard, split)'),
+        (
+            GOOD + "[[stage]]\nname = 'x'\n",
+            '[[stage]] 2: needs kind = "..." (one of ratelimit, shard, split)',
+        ),
         (
             GOOD + "[[stage]]\nkind = 'splt'\n",
             "[[stage]] 2 (kind = 'splt'), key 'kind': no stage kind 'splt' (did you mean 'split'?)",

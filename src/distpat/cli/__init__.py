@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from distpat import __version__
-from distpat.cli import proxy, redis_shard, ring, run, shard, sidecar, split
+from distpat.cli import proxy, ratelimit, redis_shard, ring, run, shard, sidecar, split
 from distpat.errors import DistpatError
 
 __all__ = ["build_parser", "main"]
@@ -26,8 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Python: consistent-hashing rings (ring), an HTTP/1.1 reverse proxy (proxy), a "
             "TLS-terminating sidecar (sidecar), a Redis sharding ambassador that reads "
             "twemproxy's configuration (redis-shard), an HTTP sharding ambassador placing keys as "
-            "nginx's hash ... consistent does (shard), an experiment router (split) and pipelines "
-            "of stages from a file (run). Each command has its own --help."
+            "nginx's hash ... consistent does (shard), an experiment router (split), a rate "
+            "limiter (ratelimit) and pipelines of stages from a file (run). Each command has its "
+            "own --help."
         ),
     )
     parser.add_argument("--version", action="version", version=f"distpat {__version__}")
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     redis_shard.register(sub)
     shard.register(sub)
     split.register(sub)
+    ratelimit.register(sub)
     run.register(sub)
     return parser
 

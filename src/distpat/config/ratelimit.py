@@ -1,0 +1,282 @@
+"""`distpat ratelimit` settings, and the ``[[stage]] kind = "ratelimit"`` table of a pipeline file.
+
+`distpat ratelimit` takes every option of `distpat proxy` (:data:`distpat.config.proxy.OPTIONS`)
+and one limit's (:data:`LIMIT_OPTIONS`), read the same way: flag, then ``DISTPAT_*`` variable,
+then the TOML file's top level or ``[ratelimit]`` table, then the default. The limit is nginx's
+``limit_req``: ``--rate`` as nginx writes it (``10r/s``, ``600r/m``), ``--burst N``, ``--delay N``
+or ``--nodelay`` (``delay=burst``), refusals with ``--status`` (429 by default, nginx says 503),
+``--dry-run`` (nginx's ``limit_req_dry_run``), ``--concurrency N`` (``limit_conn``), the client's
+address behind ``--trusted-proxy`` networks (``set_real_ip_from``, ``real_ip_recursive on``).
+The command's one stage is a :class:`~distpat.core.ratelimit_stage.RateLimitStage` named
+``ratelimit``.
+
+In a pipeline file (:mod:`distpat.config.pipeline`) one stage may hold several limits, each a
+table with the same keys as the command's options (``name`` for ``limit_name``)::
+
+    [[stage]]
+    kind = "ratelimit"
+    trusted_proxy = ["10.0.0.0/8"]
+    max_keys = 100000
+    limits = [
+      { name = "per-ip", rate = "10r/s", burst = 20, key = "ip" },
+      { name = "per-key", rate = "100r/m", key = "header:X-Api-Key", concurrency = 4 },
+    ]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from distpat.config.options import Kind, Option, read_toml_value, resolve_options
+from distpat.config.proxy import OPTIONS, proxy_config
+from distpat.config.stages import StageTable, register
+from distpat.core.keys import KeySource
+from distpat.core.limiter import DEFAULT_STATUS, Limit, check_limit_name, parse_rate
+from distpat.core.ratelimit_stage import DEFAULT_MAX_KEYS, LimitRule, RateLimitStage
+from distpat.core.real_ip import TrustedProxies
+from distpat.errors import ConfigError
+from distpat.net.proxy import ProxyConfig
+
+__all__ = [
+    "LIMIT_OPTIONS",
+    "RATELIMIT_OPTIONS",
+    "RATELIMIT_STAGE_KEYS",
+    "build_ratelimit_config",
+    "build_ratelimit_stage",
+    "default_limit_name",
+]
+
+
+def _rate(text: str, what: str) -> str:
+    try:
+        parse_rate(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+    return text
+
+
+def _key(text: str, what: str) -> str:
+    try:
+        KeySource.parse(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+    return text
+
+
+def _status(status: int, what: str) -> int:
+    if not 400 <= status <= 599:
+        raise ConfigError(f"{what} must be an HTTP error status (4xx or 5xx), not {status}")
+    return status
+
+
+def _name(text: str, what: str) -> str:
+    try:
+        return check_limit_name(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+
+
+def _proxy(text: str, what: str) -> str:
+    try:
+        TrustedProxies.parse([text])
+    except ConfigError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+    return text
+
+
+LIMIT_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "rate",
+        Kind.TEXT,
+        None,
+        "requests per key, as nginx's rate=: 10r/s, 600r/m (required)",
+        "RATE",
+        check=_rate,
+    ),
+    Option(
+        "burst", Kind.COUNT, 0, "requests a key may send beyond the rate before it is refused", "N", minimum=0
+    ),
+    Option(
+        "key",
+        Kind.TEXT,
+        "ip",
+        "what a bucket belongs to: ip, header:NAME, cookie:NAME, query:NAME, uri, path, or A+B",
+        "SOURCE",
+        check=_key,
+    ),
+    Option(
+        "delay",
+        Kind.COUNT,
+        0,
+        "requests of a burst that pass at once; the rest up to --burst are held (nginx's delay=)",
+        "N",
+        minimum=0,
+    ),
+    Option(
+        "nodelay", Kind.SWITCH, False, "the whole burst passes at once (nginx's nodelay; --delay = --burst)"
+    ),
+    Option(
+        "status", Kind.COUNT, DEFAULT_STATUS, "the status of a refusal (4xx or 5xx)", "CODE", check=_status
+    ),
+    Option("dry_run", Kind.SWITCH, False, "refuse nothing: only count what would be refused"),
+    Option(
+        "concurrency",
+        Kind.COUNT,
+        0,
+        "requests in flight per key (more are refused with 503; 0: no bound)",
+        "N",
+        minimum=0,
+    ),
+    Option(
+        "limit_name",
+        Kind.TEXT,
+        None,
+        "the limit's name in the RateLimit fields (default per-KIND of --key, such as per-ip)",
+        "NAME",
+        check=_name,
+    ),
+)
+"""One limit's options: the command's flags, and the keys of a ``limits`` entry of a stage table."""
+
+_STAGE_WIDE: tuple[Option, ...] = (
+    Option(
+        "max_keys",
+        Kind.COUNT,
+        DEFAULT_MAX_KEYS,
+        "keys each limit tracks; past it a new key is refused until one drains",
+        "N",
+    ),
+    Option(
+        "trusted_proxy",
+        Kind.TEXT,
+        (),
+        "a proxy whose X-Forwarded-For names the client: an address or CIDR network (repeatable)",
+        "CIDR",
+        repeat=True,
+        check=_proxy,
+    ),
+)
+
+RATELIMIT_OPTIONS: tuple[Option, ...] = (*OPTIONS, *LIMIT_OPTIONS, *_STAGE_WIDE)
+"""`distpat ratelimit`: every option of `distpat proxy`, one limit's, the key table's and the proxies'."""
+
+
+def default_limit_name(key: str) -> str:
+    """``per-`` and the kinds of the key source: ``per-ip``, ``per-header``, ``per-ip+cookie``."""
+    return "per-" + "+".join(part.kind for part in KeySource.parse(key).parts)
+
+
+def _limit(values: Mapping[str, Any], given: Mapping[str, bool], names: Mapping[str, str]) -> LimitRule:
+    """A :class:`LimitRule` from one limit's read values; ``given`` says which were set, ``names``
+    how to call each option in a message (``--burst``, or a table's key)."""
+    if values["rate"] is None:
+        raise ConfigError(f"no rate: give {names['rate']} such as 10r/s or 600r/m")
+    burst, delay = values["burst"], values["delay"]
+    if values["nodelay"] and given["delay"]:
+        raise ConfigError(
+            f"{names['nodelay']} and {names['delay']} {delay}: give one ({names['nodelay']} is "
+            f"{names['delay']} equal to {names['burst']})"
+        )
+    if delay > burst:
+        raise ConfigError(
+            f"{names['delay']} {delay} exceeds {names['burst']} {burst}: at most the whole burst "
+            f"passes at once ({names['nodelay']})"
+        )
+    name = values["limit_name"] or default_limit_name(values["key"])
+    limit = Limit(
+        name,
+        parse_rate(values["rate"]),
+        burst,
+        burst if values["nodelay"] else delay,
+        values["status"],
+    )
+    return LimitRule(limit, KeySource.parse(values["key"]), values["dry_run"], values["concurrency"])
+
+
+def build_ratelimit_config(
+    flags: Mapping[str, Any],
+    *,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+) -> tuple[ProxyConfig, dict[str, Any]]:
+    """`distpat ratelimit`'s configuration: the proxy's, with one :class:`RateLimitStage` of one
+    limit; and the resolved option values."""
+    sources: dict[str, int] = {}
+    values = resolve_options(
+        RATELIMIT_OPTIONS, flags, environ=environ, config_file=config_file, table="ratelimit", sources=sources
+    )
+    names = {o.name: "--" + o.name.replace("_", "-") for o in LIMIT_OPTIONS}
+    rule = _limit(values, {name: sources[name] > 0 for name in names}, names)
+    stage = RateLimitStage(
+        [rule],
+        trusted=TrustedProxies.parse(values["trusted_proxy"]) if values["trusted_proxy"] else None,
+        max_keys=values["max_keys"],
+        name="ratelimit",
+    )
+    config = proxy_config(values)
+    return replace(config, stages=(stage,)), values
+
+
+# -- a pipeline file's [[stage]] table --------------------------------------------------------
+
+_ENTRY_KEYS = {("name" if o.name == "limit_name" else o.name): o for o in LIMIT_OPTIONS}
+RATELIMIT_STAGE_KEYS = ("limits", *(o.name for o in _STAGE_WIDE))
+"""The keys of a ``[[stage]] kind = "ratelimit"`` table beside ``kind`` and ``name``."""
+
+
+def _entry(table: StageTable, index: int, entry: object) -> LimitRule:
+    where = f"limits[{index}]"
+    if not isinstance(entry, dict):
+        raise table.error(where, 'must be a table such as { rate = "10r/s", burst = 20, key = "ip" }')
+    for key in entry:
+        if key not in _ENTRY_KEYS:
+            raise table.error(f"{where}.{key}", f"unknown key; a limit takes {', '.join(_ENTRY_KEYS)}")
+    values: dict[str, Any] = {}
+    for key, option in _ENTRY_KEYS.items():
+        values[option.name] = (
+            read_toml_value(option, entry[key], f"{table.where}, key '{where}.{key}'")
+            if key in entry
+            else option.default
+        )
+    names = {option.name: f"{where}.{key}" for key, option in _ENTRY_KEYS.items()}
+    try:
+        return _limit(values, {option.name: key in entry for key, option in _ENTRY_KEYS.items()}, names)
+    except ConfigError as exc:
+        raise table.error(where, str(exc)) from None
+
+
+def build_ratelimit_stage(table: StageTable) -> RateLimitStage:
+    """A ``[[stage]] kind = "ratelimit"`` table: ``limits`` an array of limit tables, and the
+    stage's ``trusted_proxy`` and ``max_keys``."""
+    limits = table.get("limits")
+    if not isinstance(limits, list) or not limits:
+        raise table.error(
+            "limits",
+            'needs an array of limits, such as [{ name = "per-ip", rate = "10r/s", burst = 20, key = "ip" }]',
+        )
+    rules = [_entry(table, i, entry) for i, entry in enumerate(limits)]
+    seen: dict[str, int] = {}
+    for i, rule in enumerate(rules):
+        first = seen.setdefault(rule.limit.name, i)
+        if first != i:
+            raise table.error(
+                f"limits[{i}].name",
+                f"limits[{first}] is named {rule.limit.name!r} already: give each limit its own name",
+            )
+    option = {o.name: o for o in _STAGE_WIDE}
+    proxies: Sequence[str] = table.option(option["trusted_proxy"])
+    return RateLimitStage(
+        rules,
+        trusted=TrustedProxies.parse(proxies) if proxies else None,
+        max_keys=table.option(option["max_keys"]),
+    )
+
+
+register(
+    "ratelimit",
+    build_ratelimit_stage,
+    keys=RATELIMIT_STAGE_KEYS,
+    summary="the rate limiter: nginx's limit_req buckets per key, RateLimit fields, limit_conn",
+)
