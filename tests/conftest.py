@@ -1,6 +1,7 @@
-"""Shared test settings: hypothesis profiles sized for a 2-core CI machine, and logging kept per test."""
+"""Shared test settings: hypothesis profiles for a 2-core CI machine, logging kept per test, a held port."""
 
 import logging
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -29,3 +30,12 @@ def _logging_as_it_was() -> Iterator[None]:
         logger.handlers[:] = handlers
         logger.setLevel(level)
         logger.propagate = propagate
+
+
+@pytest.fixture
+def held_port() -> Iterator[int]:
+    """A 127.0.0.1 port the test listens on: a command that tried to bind it would fail."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]

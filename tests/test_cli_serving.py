@@ -8,33 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
+from tests.clikit import ENV, distpat
 from tests.nutcracker import free_ports
 from tests.rediskit import HOST, raw_exchange, redis_servers
 from tests.tlskit import Issuer, running_distpat
-
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("DISTPAT_")}
-
-
-def distpat(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "distpat", *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-        env=ENV | (env or {}),
-        check=False,
-    )
 
 
 def assert_ok(done: subprocess.CompletedProcess[str]) -> None:
@@ -47,15 +29,6 @@ def assert_error(done: subprocess.CompletedProcess[str], *fragments: str) -> Non
     assert done.stderr.count("\n") == 1, done.stderr
     for fragment in fragments:
         assert fragment in done.stderr, (fragment, done.stderr)
-
-
-@pytest.fixture
-def held_port() -> Iterator[int]:
-    """A 127.0.0.1 port this test listens on: a command that tried to bind it would fail."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        s.listen()
-        yield s.getsockname()[1]
 
 
 def test_proxy_t_checks_the_file_and_binds_nothing(tmp_path: Path, held_port: int) -> None:

@@ -7,11 +7,6 @@ processes on 127.0.0.1.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +19,12 @@ from distpat.config.ratelimit import RATELIMIT_OPTIONS, build_ratelimit_config
 from distpat.core.ratelimit_stage import DEFAULT_MAX_KEYS, RateLimitStage
 from distpat.core.stage import Answer, Forward, Request, Tick
 from distpat.errors import ConfigError
+from tests.clikit import distpat
 from tests.httpkit import Backend, Response, exchange
 from tests.nutcracker import free_ports
 from tests.tlskit import running_distpat
 
 HOST = "127.0.0.1"
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("DISTPAT_")}
 UP = f"http://{HOST}:8081"
 BASE = ("--listen", f"{HOST}:8080", "--upstream", UP)
 
@@ -214,27 +209,6 @@ def test_toml_errors_name_the_file_and_key(tmp_path: Path, line: str, message: s
 
 
 # -- -t ------------------------------------------------------------------------------------------
-
-
-def distpat(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "distpat", *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-        env=ENV | (env or {}),
-        check=False,
-    )
-
-
-@pytest.fixture
-def held_port() -> Iterator[int]:
-    """A port this test listens on: a command that tried to bind it would fail."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        s.listen()
-        yield s.getsockname()[1]
 
 
 def test_t_checks_everything_and_binds_nothing(tmp_path: Path, held_port: int) -> None:

@@ -7,11 +7,6 @@ Configuration is read in-process through :func:`build_shard_config`; ``-t`` runs
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +22,10 @@ from distpat.core.shard_route import ShardStage
 from distpat.core.stage import Forward, Request, Tick
 from distpat.errors import ConfigError
 from distpat.net.upstream import Upstream
+from tests.clikit import distpat
 
 HOST = "127.0.0.1"
 TICK = Tick(mono=0.0, wall=0.0, rand=0)
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("DISTPAT_")}
 SHARDS = [f"http://{HOST}:{port}" for port in (8081, 8082, 8083)]
 
 
@@ -240,27 +235,6 @@ def test_toml_errors_name_the_file_and_key(tmp_path: Path, line: str, message: s
 
 
 # -- -t ----------------------------------------------------------------------------------------------
-
-
-def distpat(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "distpat", *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-        env=ENV | (env or {}),
-        check=False,
-    )
-
-
-@pytest.fixture
-def held_port() -> Iterator[int]:
-    """A port this test listens on: a command that tried to bind it would fail."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        s.listen()
-        yield s.getsockname()[1]
 
 
 def test_t_checks_everything_and_binds_nothing(tmp_path: Path, held_port: int) -> None:

@@ -6,10 +6,6 @@ The option tables are read in-process (build_split_config, load_pipeline); -t ru
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +18,8 @@ from distpat.config.split import SPLIT_OPTIONS, build_split_config
 from distpat.core.split_stage import DEFAULT_COOKIE_MAX_AGE, SplitStage
 from distpat.core.stage import Request, Tick
 from distpat.errors import ConfigError
-from tests.test_cli_serving import ENV, assert_error, assert_ok
+from tests.clikit import distpat
+from tests.test_cli_serving import assert_error, assert_ok
 
 HOST = "127.0.0.1"
 A, B, C, M = (f"http://{HOST}:{port}" for port in (8081, 8082, 8083, 8090))
@@ -40,26 +37,6 @@ def the_stage(config: Any) -> SplitStage:
     (stage,) = config.stages
     assert isinstance(stage, SplitStage)
     return stage
-
-
-def distpat(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "distpat", *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-        env=ENV | (env or {}),
-        check=False,
-    )
-
-
-@pytest.fixture
-def held_port() -> Iterator[int]:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        s.listen()
-        yield s.getsockname()[1]
 
 
 # --- what the flags make -----------------------------------------------------------------------------
