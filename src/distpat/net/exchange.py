@@ -24,6 +24,7 @@ from distpat.core.pipeline import Run
 from distpat.core.stage import Amend, Answer, OutcomeKind
 from distpat.errors import RemoteProtocolError
 from distpat.net.engine import IDEMPOTENT, Cancellable
+from distpat.net.exchange_log import body_size, record
 from distpat.net.general_response import answer_locally, forward_general_response
 from distpat.net.pool import UpstreamGroup
 from distpat.net.stage_driver import (
@@ -39,17 +40,11 @@ from distpat.net.upstream import Upstream, UpstreamConnection
 if TYPE_CHECKING:
     from distpat.net.server import ClientConnection
 
-__all__ = ["Exchange", "body_size"]
+__all__ = ["Exchange"]
 
 log = logging.getLogger("distpat.proxy")
 
 _NOT_TRIED: frozenset[Upstream] = frozenset()
-
-
-def body_size(response: bytes) -> int:
-    """The body length of a whole response the proxy wrote itself (head and body in one)."""
-    end = response.find(b"\r\n\r\n")
-    return 0 if end < 0 else len(response) - end - 4
 
 
 class Exchange:
@@ -219,7 +214,7 @@ class Exchange:
             self.tried = self.tried | {upstream}
             reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
             log.warning("upstream %s: connect failed: %s", upstream.name, reason)
-            if self.body_sent == 0 and self._another_upstream():
+            if self.body_sent == 0 and self.pool.untried(self.tried, self.order):
                 # Nothing reached the upstream (no connection was made): any method may go to the
                 # next one, as nginx's proxy_next_upstream does for a connect error. A request that
                 # reached an upstream and is not idempotent is never sent again (_upstream_broken).
@@ -232,10 +227,6 @@ class Exchange:
             conn.release(reuse=True)
             return
         self.attach(conn)
-
-    def _another_upstream(self) -> bool:
-        ups = self.order or self.pool.upstreams
-        return any(u not in self.tried for u in ups)
 
     def attach(self, conn: UpstreamConnection) -> None:
         self.conn = conn
@@ -492,27 +483,10 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
-        self.record()
+        record(self)
         if self.run is not None:
             done(self, self.outcome_kind)
         self.client.exchange_finished(self)
-
-    def record(self) -> None:
-        """Count this answer in the metrics and hand it to the access log."""
-        end = perf_counter()
-        self.request_time = end - self.started
-        state = self.client.state
-        count = state.count_request
-        if count is not None:
-            upstream = self.upstream
-            received = self.body_sent + self.pending_bytes
-            if upstream is not None and self.upstream_started:
-                count(self.status, upstream.name, end - self.upstream_t0, received, self.sent_bytes)
-            else:
-                count(self.status, None, None, received, self.sent_bytes)
-        callback = state.on_request_done
-        if callback is not None:
-            callback(self)
 
     def abandon(self) -> None:
         """The client went away: drop the upstream connection and everything pending."""

@@ -69,6 +69,10 @@ class UpstreamGroup:
         now = self.clock()
         return [u for u in self.upstreams if u.available(now)]
 
+    def untried(self, tried: frozenset[Upstream], order: tuple[Upstream, ...] = ()) -> bool:
+        """Whether an upstream of ``order`` (or of the pool, without one) is left to try."""
+        return any(u not in tried for u in order or self.upstreams)
+
     def choose(
         self, exclude: frozenset[Upstream] = frozenset(), order: tuple[Upstream, ...] = ()
     ) -> Upstream | None:

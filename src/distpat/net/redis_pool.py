@@ -24,14 +24,14 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from distpat.core.redis_commands import COMMANDS, SCRIPT_REFUSAL, Kind, Spec, command_keys, split_keys
+from distpat.core.redis_commands import COMMANDS, SCRIPT_REFUSAL, Kind, command_keys
 from distpat.core.redis_local import answer_local
-from distpat.core.resp import Command, encode_command, error, pack_command
+from distpat.core.resp import Command, error, pack_command
 from distpat.core.twemproxy_pool import TwemproxyPool
 from distpat.errors import RingError
 from distpat.net.ratelog import LOG_INTERVAL, RateLog
 from distpat.net.redis_client import RedisClient
-from distpat.net.redis_fanout import SINGLE_KEY, Merge
+from distpat.net.redis_fanout import SINGLE_KEY, fanout
 from distpat.net.redis_metrics import Latency
 from distpat.net.redis_server import ServerConnection, ServerState
 from distpat.net.redis_settings import ShardSettings
@@ -346,7 +346,7 @@ class ShardPool:
                 return
             target.connection(client.proto).send(raw, client, client.wait(), now)
         elif kind is Kind.FANOUT:
-            self._fanout(client, args, raw, spec, now)
+            fanout(self, client, args, raw, spec, now)
         elif kind is Kind.LOCAL:
             pool = self.pool
             local = answer_local(
@@ -387,31 +387,6 @@ class ShardPool:
                     f"({self.pool.hash_tag.decode() or 'none configured'}) to keep them together"
                 )
         return first
-
-    def _fanout(self, client: RedisClient, args: list[bytes], raw: bytes, spec: Spec, now: float) -> None:
-        keys = command_keys(args, spec)
-        if isinstance(keys, bytes):
-            self.refuse(client, "bad_arguments", keys)
-            return
-        owners: list[str] = []
-        states: dict[str, ServerState] = {}
-        for key in keys:
-            state = self.server_for(key, now)
-            if isinstance(state, bytes):
-                self.refuse(client, "server_down", state)
-                return
-            owners.append(state.name)
-            states[state.name] = state
-        if len(states) == 1:
-            next(iter(states.values())).connection(client.proto).send(raw, client, client.wait(), now)
-            return
-        name = args[0].lower()
-        merge = Merge(client, name, len(keys), client.wait())
-        fragments = split_keys(args, spec, owners)
-        merge.remaining = len(fragments)
-        self.stats["fragments"] += len(fragments)
-        for owner, (positions, frag_args) in fragments.items():
-            states[owner].connection(client.proto).send(encode_command(frag_args), merge, positions, now)
 
     # -- batching --------------------------------------------------------------------------------
 

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 import httptools
 
 from distpat.core.http import NO_BODY, error_response
-from distpat.net.exchange import Exchange, body_size
+from distpat.net.exchange import Exchange
+from distpat.net.exchange_log import body_size, record
 
 if TYPE_CHECKING:
     from distpat.net.server import ClientConnection
@@ -85,7 +86,7 @@ def record_refused(ex: Exchange, status: int, response: bytes) -> None:
     """The proxy answered ``ex``'s request with ``response`` (an error) before it was forwarded."""
     ex.status = status
     ex.sent_bytes = body_size(response)
-    ex.record()
+    record(ex)
 
 
 def record_refusal(

@@ -25,6 +25,7 @@ import httptools
 
 from distpat.core.http import response_head
 from distpat.net.exchange import Exchange
+from distpat.net.exchange_log import record
 
 if TYPE_CHECKING:
     from distpat.net.upstream import UpstreamConnection
@@ -164,7 +165,7 @@ class UpgradeExchange(Exchange):
         self.sent_bytes = to_client
         self.body_sent = from_client
         self.upstream_t0 = perf_counter() - self.upstream_t0
-        self.record()
+        record(self)
         self.client.connection_lost(None)
 
 
