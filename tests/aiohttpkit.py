@@ -14,7 +14,7 @@ import contextlib
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -25,19 +25,21 @@ from tests.nutcracker import free_ports
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parents[1]
 
-__all__ = ["HOST", "ROOT", "Named", "dead_url", "named_upstreams", "the_cookie"]
+__all__ = ["HOST", "ROOT", "AppServer", "Named", "app_servers", "dead_url", "named_upstreams", "the_cookie"]
 
 _COOKIE = re.compile(r"^visitor=([0-9a-f]{16}); Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax$")
 
 
-class Named:
-    """One upstream; :attr:`requests` is what it received, in order."""
+class AppServer:
+    """An aiohttp application on 127.0.0.1 serving :meth:`handle` for every path; what it
+    received goes in :attr:`requests`, and :attr:`release` is an event a handler may wait for."""
+
+    client_max_size = 1024**2
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.server: TestServer | None = None
         self.release = asyncio.Event()
-        """``.../hold`` waits for it before answering."""
 
     @property
     def name(self) -> str:
@@ -48,6 +50,36 @@ class Named:
     @property
     def url(self) -> str:
         return f"http://{self.name}"
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        app = web.Application(client_max_size=self.client_max_size)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self.server = TestServer(app, host=HOST)
+        await self.server.start_server()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release.set()
+        assert self.server is not None
+        await self.server.close()
+
+
+S = TypeVar("S", bound=AppServer)
+
+
+@contextlib.asynccontextmanager
+async def app_servers(kind: type[S], count: int) -> AsyncIterator[list[S]]:
+    """``count`` servers of ``kind``, started and stopped together."""
+    async with contextlib.AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(kind()) for _ in range(count)]
+
+
+class Named(AppServer):
+    """One upstream; :attr:`requests` is what it received, in order (``.../hold`` waits for
+    :attr:`release`)."""
 
     def hits(self, target: str) -> int:
         return sum(1 for r in self.requests if r["target"] == target)
@@ -77,23 +109,9 @@ class Named:
         await request.read()
         return web.json_response(record)
 
-    async def __aenter__(self) -> Named:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        self.server = TestServer(app, host=HOST)
-        await self.server.start_server()
-        return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        self.release.set()
-        assert self.server is not None
-        await self.server.close()
-
-
-@contextlib.asynccontextmanager
-async def named_upstreams(count: int) -> AsyncIterator[list[Named]]:
-    async with contextlib.AsyncExitStack() as stack:
-        yield [await stack.enter_async_context(Named()) for _ in range(count)]
+def named_upstreams(count: int) -> contextlib.AbstractAsyncContextManager[list[Named]]:
+    return app_servers(Named, count)
 
 
 def dead_url() -> str:

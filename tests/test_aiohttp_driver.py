@@ -51,6 +51,7 @@ from distpat.core.stage import (
     Tick,
 )
 from distpat.errors import ConfigError
+from tests.aiohttpkit import AppServer, app_servers, dead_url
 from tests.nutcracker import free_ports
 from tests.rediskit import RedisServer
 
@@ -73,25 +74,16 @@ async def until(condition: Callable[[], bool], what: str) -> None:
 # Upstreams: real aiohttp servers that record what they get
 
 
-class Upstream:
+class Upstream(AppServer):
     """An aiohttp server on 127.0.0.1. ``/slow`` waits for :attr:`release`; ``/stream`` sends
     a body in pieces; ``/cut`` promises 100 bytes and closes after 10; ``/status/N`` answers N;
     anything else echoes the request as JSON."""
 
+    client_max_size = 16 << 20
+
     def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.release = asyncio.Event()
+        super().__init__()
         self.arrived = asyncio.Event()
-        self.server: TestServer | None = None
-
-    @property
-    def name(self) -> str:
-        assert self.server is not None
-        return f"{HOST}:{self.server.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.name}"
 
     def hits(self, path: str) -> int:
         return sum(1 for r in self.requests if r["target"].startswith(path))
@@ -139,29 +131,9 @@ class Upstream:
             record, headers={"X-Internal": "secret", "Connection": "X-Hop", "X-Hop": "1", "Set-Cookie": "u=1"}
         )
 
-    async def __aenter__(self) -> Upstream:
-        app = web.Application(client_max_size=16 << 20)
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        self.server = TestServer(app, host=HOST)
-        await self.server.start_server()
-        return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        self.release.set()
-        assert self.server is not None
-        await self.server.close()
-
-
-@contextlib.asynccontextmanager
-async def upstreams(count: int) -> AsyncIterator[list[Upstream]]:
-    async with contextlib.AsyncExitStack() as stack:
-        yield [await stack.enter_async_context(Upstream()) for _ in range(count)]
-
-
-def dead_url() -> str:
-    """An http:// URL of a 127.0.0.1 port nothing listens on."""
-    (port,) = free_ports(1)
-    return f"http://{HOST}:{port}"
+def upstreams(count: int) -> contextlib.AbstractAsyncContextManager[list[Upstream]]:
+    return app_servers(Upstream, count)
 
 
 # --------------------------------------------------------------------------
