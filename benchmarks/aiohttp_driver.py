@@ -83,13 +83,14 @@ from http_proxy import Contender, unavailable_line, why_missing, write_aiohttp_p
 from routers import (
     BACKEND_HEADER,
     BACKENDS,
-    MAX_KEYS,
     SEED,
     SMALL_BODY,
     USER_HEADER,
     Target,
+    add_run_options,
     measure_throughput,
     request_table,
+    run_options,
     start_backends,
     wrk_script,
 )
@@ -362,24 +363,8 @@ def main() -> None:
         serve(sys.argv[2:])
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="1 s wrk runs and 2 rounds, for a smoke run")
-    p.add_argument("--duration", type=int, default=None, help="seconds per wrk run (default 4; --quick 1)")
-    p.add_argument("--rounds", type=int, default=None, help="alternating rounds, at least 2 (default 5)")
-    p.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
-    p.add_argument(
-        "--keys", type=int, default=1000, help=f"requests in the table, at most {MAX_KEYS:,} (default 1000)"
-    )
-    p.add_argument(
-        "--check-keys", type=int, default=300, help="requests of the table in the answer check (default 300)"
-    )
-    args = p.parse_args()
-    args.duration = args.duration or (1 if args.quick else 4)
-    args.rounds = max(2, args.rounds or (2 if args.quick else 5))
-    if args.duration < 1 or args.connections < 1 or not 1 <= args.keys <= MAX_KEYS or args.check_keys < 1:
-        p.error(
-            f"--duration, --connections and --check-keys must be at least 1, --keys from 1 to {MAX_KEYS:,}"
-        )
-    args.check_keys = min(args.check_keys, args.keys)
+    add_run_options(p, "answer check")
+    args = run_options(p)
 
     nginx = require_tool("nginx", "nginx-light")
     wrk = require_tool("wrk", "wrk")

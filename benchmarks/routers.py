@@ -422,8 +422,9 @@ def goals(
 # --- main -----------------------------------------------------------------------------------------
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_run_options(p: argparse.ArgumentParser, check: str) -> None:
+    """The options of a run over the request table (also aiohttp_driver.py's); ``check`` names the
+    answer check the first requests of the table go through."""
     p.add_argument("--quick", action="store_true", help="1 s wrk runs and 2 rounds, for a smoke run")
     p.add_argument("--duration", type=int, default=None, help="seconds per wrk run (default 4; --quick 1)")
     p.add_argument("--rounds", type=int, default=None, help="alternating rounds, at least 2 (default 5)")
@@ -432,9 +433,12 @@ def main() -> None:
         "--keys", type=int, default=1000, help=f"requests in the table, at most {MAX_KEYS:,} (default 1000)"
     )
     p.add_argument(
-        "--check-keys", type=int, default=300, help="requests of the table in the routing check (default 300)"
+        "--check-keys", type=int, default=300, help=f"requests of the table in the {check} (default 300)"
     )
-    p.add_argument("--distpat", default=None, help="command that runs distpat (default: .venv/bin/distpat)")
+
+
+def run_options(p: argparse.ArgumentParser) -> argparse.Namespace:
+    """The parsed options of :func:`add_run_options`, defaults filled in and bounds checked."""
     args = p.parse_args()
     args.duration = args.duration or (1 if args.quick else 4)
     args.rounds = max(2, args.rounds or (2 if args.quick else 5))
@@ -443,6 +447,14 @@ def main() -> None:
             f"--duration, --connections and --check-keys must be at least 1, --keys from 1 to {MAX_KEYS:,}"
         )
     args.check_keys = min(args.check_keys, args.keys)
+    return args
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_options(p, "routing check")
+    p.add_argument("--distpat", default=None, help="command that runs distpat (default: .venv/bin/distpat)")
+    args = run_options(p)
 
     nginx = require_tool("nginx", "nginx-light")
     wrk = require_tool("wrk", "wrk")
