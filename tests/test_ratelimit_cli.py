@@ -183,9 +183,23 @@ def test_refusals_say_what_is_wrong(argv: list[str], message: str) -> None:
     assert message in str(caught.value)
 
 
-def test_no_redis_options_yet() -> None:
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["ratelimit", *BASE, "--rate", "1r/s", "--redis", "redis://127.0.0.1"])
+def test_redis_options_make_a_shared_stage() -> None:
+    config, _ = parsed(
+        *BASE, "--rate", "1r/s", "--redis", "redis://127.0.0.1:6390/2", "--on-redis-error", "closed"
+    )
+    (stage,) = config.stages
+    assert isinstance(stage, RateLimitStage)
+    assert (stage.redis_url, stage.on_redis_error, config.redis) == (
+        "redis://127.0.0.1:6390/2",
+        "closed",
+        stage.redis_url,
+    )
+    default, _ = parsed(*BASE, "--rate", "1r/s")
+    assert (default.redis, default.stages[0].redis_url) == (None, None)
+    with pytest.raises(ConfigError, match="--on-redis-error must be one of open, closed, local"):
+        parsed(*BASE, "--rate", "1r/s", "--redis", "redis://127.0.0.1", "--on-redis-error", "maybe")
+    with pytest.raises(ConfigError, match="give redis://"):
+        parsed(*BASE, "--rate", "1r/s", "--redis", "http://127.0.0.1")
 
 
 @pytest.mark.parametrize(

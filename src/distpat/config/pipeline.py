@@ -213,5 +213,18 @@ def load_pipeline(
         stages=stages,
         mirror_max_in_flight=values["mirror_max_in_flight"],
         pool_balance=tuple(balances.items()),
+        redis=_redis_server(source, stages),
     )
     return config, values
+
+
+def _redis_server(source: str, stages: tuple[Stage, ...]) -> str | None:
+    """The one Redis server the stages' Calls go to (the engine keeps one client), or None."""
+    named = [(stage.name, stage.redis_url) for stage in stages if stage.redis_url is not None]
+    for name, url in named[1:]:
+        if url != named[0][1]:
+            raise ConfigError(
+                f"{source}: [[stage]] {name!r} uses Redis {url}, [[stage]] {named[0][0]!r} {named[0][1]}: "
+                "every stage of a pipeline shares one Redis server"
+            )
+    return named[0][1] if named else None

@@ -169,6 +169,7 @@ def proxy_config(
     stages: tuple[Stage, ...] = (),
     mirror_max_in_flight: int = 64,
     pool_balance: tuple[tuple[str, str], ...] = (),
+    redis: str | None = None,
 ) -> ProxyConfig:
     """The :class:`ProxyConfig` for resolved option values (see :func:`resolve_options`).
 
@@ -225,4 +226,5 @@ def proxy_config(
         stages=stages,
         mirror_max_in_flight=mirror_max_in_flight,
         pool_balance=pool_balance,
+        redis=redis,
     )

@@ -17,6 +17,8 @@ table with the same keys as the command's options (``name`` for ``limit_name``):
     kind = "ratelimit"
     trusted_proxy = ["10.0.0.0/8"]
     max_keys = 100000
+    redis = "redis://127.0.0.1:6379/0"   # shared by every worker and replica (optional)
+    on_redis_error = "local"             # open, closed or local, while Redis fails
     limits = [
       { name = "per-ip", rate = "10r/s", burst = 20, key = "ip" },
       { name = "per-key", rate = "100r/m", key = "header:X-Api-Key", concurrency = 4 },
@@ -25,16 +27,17 @@ table with the same keys as the command's options (``name`` for ``limit_name``):
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from distpat.config.options import Kind, Option, read_toml_value, resolve_options
+from distpat.config.options import Kind, Option, choice, read_toml_value, resolve_options
 from distpat.config.proxy import OPTIONS, proxy_config
 from distpat.config.stages import StageTable, register
 from distpat.core.keys import KeySource
 from distpat.core.limiter import DEFAULT_STATUS, Limit, check_limit_name, parse_rate
-from distpat.core.ratelimit_stage import DEFAULT_MAX_KEYS, LimitRule, RateLimitStage
+from distpat.core.ratelimit_stage import DEFAULT_MAX_KEYS, ON_REDIS_ERROR, LimitRule, RateLimitStage
 from distpat.core.real_ip import TrustedProxies
 from distpat.errors import ConfigError
 from distpat.net.proxy import ProxyConfig
@@ -76,6 +79,19 @@ def _name(text: str, what: str) -> str:
         return check_limit_name(text)
     except ConfigError as exc:
         raise ConfigError(f"{what}: {exc}") from None
+
+
+def _redis(text: str, what: str) -> str:
+    from distpat.net.carriers import parse_redis_url
+
+    try:
+        parse_redis_url(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+    return text
+
+
+log = logging.getLogger("distpat.ratelimit")
 
 
 def _proxy(text: str, what: str) -> str:
@@ -157,6 +173,22 @@ _STAGE_WIDE: tuple[Option, ...] = (
         repeat=True,
         check=_proxy,
     ),
+    Option(
+        "redis",
+        Kind.TEXT,
+        None,
+        "share the limits through this Redis server: redis://[:password@]host[:port][/db]",
+        "URL",
+        check=_redis,
+    ),
+    Option(
+        "on_redis_error",
+        Kind.TEXT,
+        "local",
+        "while Redis fails: open (admit), closed (refuse with 503) or local (this process's own limits)",
+        "MODE",
+        check=choice(*ON_REDIS_ERROR),
+    ),
 )
 
 RATELIMIT_OPTIONS: tuple[Option, ...] = (*OPTIONS, *LIMIT_OPTIONS, *_STAGE_WIDE)
@@ -214,9 +246,12 @@ def build_ratelimit_config(
         trusted=TrustedProxies.parse(values["trusted_proxy"]) if values["trusted_proxy"] else None,
         max_keys=values["max_keys"],
         name="ratelimit",
+        redis_url=values["redis"],
+        on_redis_error=values["on_redis_error"],
     )
+    stage.notify = log.warning
     config = proxy_config(values)
-    return replace(config, stages=(stage,)), values
+    return replace(config, stages=(stage,), redis=values["redis"]), values
 
 
 # -- a pipeline file's [[stage]] table --------------------------------------------------------
@@ -249,7 +284,7 @@ def _entry(table: StageTable, index: int, entry: object) -> LimitRule:
 
 def build_ratelimit_stage(table: StageTable) -> RateLimitStage:
     """A ``[[stage]] kind = "ratelimit"`` table: ``limits`` an array of limit tables, and the
-    stage's ``trusted_proxy`` and ``max_keys``."""
+    stage's ``trusted_proxy``, ``max_keys``, ``redis`` and ``on_redis_error``."""
     limits = table.get("limits")
     if not isinstance(limits, list) or not limits:
         raise table.error(
@@ -267,11 +302,15 @@ def build_ratelimit_stage(table: StageTable) -> RateLimitStage:
             )
     option = {o.name: o for o in _STAGE_WIDE}
     proxies: Sequence[str] = table.option(option["trusted_proxy"])
-    return RateLimitStage(
+    stage = RateLimitStage(
         rules,
         trusted=TrustedProxies.parse(proxies) if proxies else None,
         max_keys=table.option(option["max_keys"]),
+        redis_url=table.option(option["redis"]),
+        on_redis_error=table.option(option["on_redis_error"]),
     )
+    stage.notify = log.warning
+    return stage
 
 
 register(

@@ -16,6 +16,15 @@ nginx's ``limit_req`` does with several zones:
 * with a concurrency bound, a key's requests in flight are counted and released exactly once,
   in :meth:`on_done`, whatever the outcome (nginx's ``limit_conn``; refused with 503).
 
+**Shared mode** (``redis_url``): the buckets live in one Redis server instead of this process's
+tables, so every worker and replica shares one limit; a request is judged by one script call
+(:mod:`distpat.core.limiter_shared`), a :class:`~distpat.core.stage.Call` whose continuation
+decides with the same :meth:`Limit.decide <distpat.core.limiter.Limit.decide>`. When Redis does not
+answer (or answers an error), ``on_redis_error`` says what happens: ``"open"`` admits (with the
+``RateLimit-Policy`` field only), ``"closed"`` refuses with 503, ``"local"`` judges by this
+process's own tables. The switch to that mode and the return from it are reported once each
+(:attr:`RateLimitStage.notify`) and counted. The concurrency bound is always this process's.
+
 The ``ip`` key source reads the client's address behind trusted proxies
 (:mod:`distpat.core.real_ip`). A request whose key is missing (no such field) is not limited
 by that limit. The cost of a request is 1, or what an earlier stage noted under
@@ -24,23 +33,45 @@ by that limit. The cost of a request is 1, or what an earlier stage noted under
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from distpat.core.keys import KeySource
 from distpat.core.limiter import Decision, DecisionKind, Limit, policy_field, ratelimit_field, table_full
+from distpat.core.limiter_shared import read_reply, script_call
 from distpat.core.limiter_table import Concurrency, KeyTable
 from distpat.core.real_ip import TrustedProxies, real_key
-from distpat.core.stage import Answer, Call, Effect, Forward, Hold, Outcome, Request, Stage, Tick
-from distpat.errors import ConfigError
+from distpat.core.stage import (
+    Answer,
+    Call,
+    CallResult,
+    Effect,
+    Forward,
+    Hold,
+    Outcome,
+    Request,
+    Stage,
+    Stat,
+    Tick,
+)
+from distpat.errors import ConfigError, RespProtocolError
 
-__all__ = ["COST_NOTE", "DEFAULT_MAX_KEYS", "LimitRule", "RateLimitStage"]
+__all__ = ["COST_NOTE", "DEFAULT_MAX_KEYS", "ON_REDIS_ERROR", "REDIS_TIMEOUT", "LimitRule", "RateLimitStage"]
 
 COST_NOTE = "cost"
 """``request.notes[COST_NOTE]``: what an earlier stage says a request costs (default 1)."""
 
 DEFAULT_MAX_KEYS = 200_000
 """Keys per limit: about 200 bytes each with a short key (limiter_table.py), so ~40-60 MB a limit."""
+
+ON_REDIS_ERROR = ("open", "closed", "local")
+"""What a shared limiter does while its Redis server fails: admit, refuse (503), or judge locally."""
+
+REDIS_TIMEOUT = 0.5
+"""Seconds a shared decision waits for Redis before it counts as a Redis error."""
+
+_Keyed = list[tuple[int, bytes]]  # (rule index, key) of the rules that apply to a request
+_Judged = list[tuple[int, bytes, Decision]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +98,9 @@ class RateLimitStage(Stage):
         trusted: TrustedProxies | None = None,
         max_keys: int = DEFAULT_MAX_KEYS,
         name: str = "",
+        redis_url: str | None = None,
+        on_redis_error: str = "local",
+        redis_timeout: float = REDIS_TIMEOUT,
     ) -> None:
         if not rules:
             raise ConfigError("a ratelimit stage needs at least one limit")
@@ -74,9 +108,16 @@ class RateLimitStage(Stage):
         for n in names:
             if names.count(n) > 1:
                 raise ConfigError(f"two limits are named {n!r}: each limit needs its own name")
+        if on_redis_error not in ON_REDIS_ERROR:
+            raise ConfigError(
+                f"on_redis_error must be one of {', '.join(ON_REDIS_ERROR)}, not {on_redis_error!r}"
+            )
         self.name = name
         self.rules = tuple(rules)
         self.trusted = trusted
+        self.redis_url = redis_url
+        self.on_redis_error = on_redis_error
+        self.redis_timeout = redis_timeout
         self.tables = tuple(KeyTable(max_keys, rule.limit) for rule in self.rules)
         self.inflight = tuple(
             Concurrency(rule.concurrency) if rule.concurrency else None for rule in self.rules
@@ -88,33 +129,66 @@ class RateLimitStage(Stage):
                 reads |= trusted.reads
         self.reads = frozenset(reads)
         self.policy = policy_field(rule.limit for rule in self.rules)
+        self._policy_only = Forward(respond=((b"RateLimit-Policy", self.policy),))
         self.counts: dict[tuple[str, str], int] = {}
-        """Decisions by limit name and kind (admit, delay, reject, dry_run_reject, table_full)."""
+        """Decisions by limit name and kind (admit, delay, reject, dry_run_reject, table_full,
+        concurrency)."""
+        self.redis_events: dict[str, int] = {}
+        """Shared mode: Redis errors, switches down and up, and what was done while down (open,
+        closed, local)."""
+        self.redis_down: str | None = None
+        """Why the last shared decision failed, while Redis fails; None while it answers."""
+        self.notify: Callable[[str], None] | None = None
+        """Told of each switch away from Redis and back (the driver logs it); None: not told."""
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{r.limit.name}:{r.limit.rate:g}r/s+{r.limit.burst}" for r in self.rules)
-        return f"<RateLimitStage {self.name or self.kind!r} {shown}>"
+        shared = f" redis={self.redis_url}" if self.redis_url else ""
+        return f"<RateLimitStage {self.name or self.kind!r} {shown}{shared}>"
 
     def _count(self, limit: str, what: str) -> None:
         key = (limit, what)
         self.counts[key] = self.counts.get(key, 0) + 1
 
+    def _event(self, what: str) -> None:
+        self.redis_events[what] = self.redis_events.get(what, 0) + 1
+
     def on_request(self, request: Request, tick: Tick) -> Effect | None:
         cost = request.notes.get(COST_NOTE, 1)
         if not isinstance(cost, (int, float)) or isinstance(cost, bool) or cost < 1:
             cost = 1
-        now = tick.mono
-        judged: list[tuple[int, bytes, Decision]] = []
-        refused: Decision | None = None
+        keyed: _Keyed = []
         for i, rule in enumerate(self.rules):
             key = real_key(rule.key, request, self.trusted)
-            if key is None:
-                continue
+            if key is not None:
+                keyed.append((i, key))
+        if not keyed:
+            return None
+        if self.redis_url is None:
+            return self._local(request, keyed, tick.mono, cost)
+        command = script_call(
+            [self.rules[i].limit for i, _ in keyed],
+            [not self.rules[i].dry_run for i, _ in keyed],
+            [key for _, key in keyed],
+            cost,
+        )
+        return Call(
+            command,
+            lambda result: self._shared(request, keyed, cost, tick, result, loaded=False),
+            self.redis_timeout,
+        )
+
+    # -- local mode: this process's tables ---------------------------------------------------------
+
+    def _local(self, request: Request, keyed: _Keyed, now: float, cost: float) -> Effect | None:
+        judged: _Judged = []
+        refused: Decision | None = None
+        for i, key in keyed:
+            rule = self.rules[i]
             decision = rule.limit.decide(self.tables[i].get(key), now, cost)
             if decision.kind is DecisionKind.REJECT:
                 if rule.dry_run:
-                    self._count(rule.limit.name, "dry_run_reject")
-                    request.notes.setdefault(f"{self.name}:dry_run", rule.limit.name)
+                    self._dry_run(request, rule)
                     continue
                 refused = decision
                 break
@@ -125,6 +199,98 @@ class RateLimitStage(Stage):
                     refused = table_full(decision.limit, self.tables[i].retry_after(now))
                     self._count(decision.limit.name, "table_full")
                     break
+        return self._conclude(request, judged, refused)
+
+    # -- shared mode: one script call to Redis -----------------------------------------------------
+
+    def _shared(
+        self, request: Request, keyed: _Keyed, cost: float, tick: Tick, result: CallResult, *, loaded: bool
+    ) -> Effect | None:
+        error = result.error
+        if error is not None and error.startswith("NOSCRIPT") and not loaded:
+            command = script_call(
+                [self.rules[i].limit for i, _ in keyed],
+                [not self.rules[i].dry_run for i, _ in keyed],
+                [key for _, key in keyed],
+                cost,
+                load=True,
+            )
+            return Call(
+                command,
+                lambda again: self._shared(request, keyed, cost, tick, again, loaded=True),
+                self.redis_timeout,
+            )
+        if error is None:
+            try:
+                verdict = read_reply(result.value, len(keyed))
+            except RespProtocolError as exc:
+                error = str(exc)
+        if error is not None:
+            return self._redis_failed(request, keyed, cost, tick, error)
+        if self.redis_down is not None:
+            self.redis_down = None
+            self._event("up")
+            if self.notify is not None:
+                self.notify(f"ratelimit stage {self.name!r}: Redis answers again; limits are shared again")
+        judged: _Judged = []
+        refused: Decision | None = None
+        for (i, key), state in zip(keyed, verdict.states, strict=True):
+            rule = self.rules[i]
+            decision = rule.limit.decide(state, verdict.now, cost)
+            if decision.kind is DecisionKind.REJECT:
+                if rule.dry_run:
+                    self._dry_run(request, rule)
+                    continue
+                if refused is None:
+                    refused = decision
+                continue
+            judged.append((i, key, decision))
+        if refused is None and verdict.refused is not None:  # the server's verdict stands (a rounding tie)
+            i = keyed[verdict.refused][0]
+            limit = self.rules[i].limit
+            refused = Decision(
+                DecisionKind.REJECT, limit, None, retry_after=1, remaining=0, reset=limit.window
+            )
+        return self._conclude(request, judged, refused)
+
+    def _redis_failed(
+        self, request: Request, keyed: _Keyed, cost: float, tick: Tick, error: str
+    ) -> Effect | None:
+        self._event("error")
+        mode = self.on_redis_error
+        if self.redis_down is None:
+            self._event("down")
+            if self.notify is not None:
+                self.notify(
+                    f"ratelimit stage {self.name!r}: Redis failed ({error}); "
+                    + {
+                        "open": "admitting every request",
+                        "closed": "refusing every request with 503",
+                        "local": "judging by this process's own tables",
+                    }[mode]
+                    + " until it answers again"
+                )
+        self.redis_down = error
+        self._event(mode)
+        request.notes[self.name] = f"redis_{mode}"
+        if mode == "open":
+            return self._policy_only
+        if mode == "closed":
+            return Answer(
+                503,
+                b"503 Service Unavailable: the rate limiter cannot reach its Redis server\n",
+                headers=((b"Retry-After", b"1"),),
+                reason=f"rate limiter's Redis failed: {error}",
+            )
+        return self._local(request, keyed, tick.mono, cost)
+
+    # -- both modes --------------------------------------------------------------------------------
+
+    def _dry_run(self, request: Request, rule: LimitRule) -> None:
+        self._count(rule.limit.name, "dry_run_reject")
+        request.notes.setdefault(f"{self.name}:dry_run", rule.limit.name)
+
+    def _conclude(self, request: Request, judged: _Judged, refused: Decision | None) -> Effect | None:
         if refused is not None:
             self._count(refused.limit.name, "reject")
             request.notes[self.name] = f"reject:{refused.limit.name}"
@@ -187,3 +353,42 @@ class RateLimitStage(Stage):
                 if counter is not None:
                     counter.release(key)
         return None
+
+    def stats(self) -> tuple[Stat, ...]:
+        """``distpat_ratelimit_decisions{stage, limit, decision}``, ``distpat_ratelimit_keys{stage,
+        limit}`` (keys held in this process's table) and, in shared mode,
+        ``distpat_ratelimit_redis_events{stage, event}`` (error, down, up, open, closed, local)."""
+        stage = self.name or self.kind
+        out: list[Stat] = []
+        for (limit, what), count in sorted(self.counts.items()):
+            out.append(
+                Stat(
+                    "distpat_ratelimit_decisions",
+                    "Rate-limit decisions by limit: admit, delay, reject, dry_run_reject, table_full, "
+                    "concurrency.",
+                    "counter",
+                    (("stage", stage), ("limit", limit), ("decision", what)),
+                    count,
+                )
+            )
+        for what, count in sorted(self.redis_events.items()):
+            out.append(
+                Stat(
+                    "distpat_ratelimit_redis_events",
+                    "Shared limiter's Redis events: errors, switches down and up, decisions made while down.",
+                    "counter",
+                    (("stage", stage), ("event", what)),
+                    count,
+                )
+            )
+        for rule, table in zip(self.rules, self.tables, strict=True):
+            out.append(
+                Stat(
+                    "distpat_ratelimit_keys",
+                    "Keys held in this process's limiter table.",
+                    "gauge",
+                    (("stage", stage), ("limit", rule.limit.name)),
+                    len(table),
+                )
+            )
+        return tuple(out)

@@ -62,6 +62,7 @@ __all__ = [
     "Response",
     "Stage",
     "SubRequest",
+    "Stat",
     "SubResult",
     "Tick",
 ]
@@ -435,6 +436,18 @@ class Outcome:
     duration: float = 0.0
 
 
+class Stat(NamedTuple):
+    """One sample a stage reports for ``/metrics`` (:meth:`Stage.stats`): read at scrape time,
+    never per request. ``name`` is the metric family's (``distpat_ratelimit_decisions``; a
+    counter's without ``_total``), ``kind`` is ``"counter"`` or ``"gauge"``."""
+
+    name: str
+    help: str
+    kind: str
+    labels: tuple[tuple[str, str], ...]
+    value: float
+
+
 class Stage:
     """The base of every stage: override the calls the stage needs.
 
@@ -454,6 +467,9 @@ class Stage:
     uses_tick: bool = True
     """False: the stage never reads its tick (a router keyed by a field), and the engine may hand
     it :data:`NO_TICK` instead of reading the clocks for it, one request at a time."""
+    redis_url: str | None = None
+    """The Redis server this stage's :class:`Call` effects go to (``redis://host:port/db``); the
+    engine keeps one client for all its stages, so stages naming two servers are refused."""
     drops: frozenset[bytes] = frozenset()
     """Request fields always removed before forwarding (lowercase names), whatever a client sends
     under them: a field the stage itself sets (a variant header). Dropped in the one pass;
@@ -475,6 +491,10 @@ class Stage:
     def on_done(self, request: Request, outcome: Outcome, tick: Tick) -> Call | None:
         """Called exactly once per request this stage saw; a Call is fire-and-forget."""
         return None
+
+    def stats(self) -> tuple[Stat, ...]:
+        """What the stage counts, for ``/metrics`` (read at each scrape); none by default."""
+        return ()
 
     def decision(self, request: Request) -> str | None:
         """What this stage decided for ``request``, for the metrics (``distpat_stage_decisions_total``
