@@ -96,7 +96,7 @@ class Pipeline:
         self.reads = frozenset(name.lower() for name in reads - ALL_FIELDS)
         self.wants_response = any(type(s).overrides("on_response") for s in self.stages)
         self.wants_body = any(type(s).overrides("on_body") for s in self.stages)
-        self.wants_done = any(type(s).overrides("on_done") for s in self.stages)
+        self.wants_done = any(type(s).overrides("on_done") and s.uses_done for s in self.stages)
         self.decides = any(type(s).overrides("decision") for s in self.stages)
         self.drops = frozenset(name.lower() for stage in self.stages for name in stage.drops)
         self.uses_tick = any(stage.uses_tick for stage in self.stages)
@@ -260,7 +260,7 @@ class Run:
         calls: list[Call] = []
         errors = self.errors
         for stage in reversed(self.pipeline.stages[: self.entered]):
-            if type(stage).overrides("on_done"):
+            if type(stage).overrides("on_done") and stage.uses_done:
                 try:
                     call = stage.on_done(self.request, outcome, tick)
                 except Exception as exc:

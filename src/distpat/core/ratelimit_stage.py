@@ -70,6 +70,9 @@ ON_REDIS_ERROR = ("open", "closed", "local")
 REDIS_TIMEOUT = 0.5
 """Seconds a shared decision waits for Redis before it counts as a Redis error."""
 
+_MEMO_SIZE = 4096
+"""Forward and refusal values kept for reuse, per stage (cleared when full)."""
+
 _Keyed = list[tuple[int, bytes]]  # (rule index, key) of the rules that apply to a request
 _Judged = list[tuple[int, bytes, Decision]]
 
@@ -128,7 +131,12 @@ class RateLimitStage(Stage):
             if trusted and any(part.kind == "ip" for part in rule.key.parts):
                 reads |= trusted.reads
         self.reads = frozenset(reads)
+        self.uses_done = any(rule.concurrency for rule in self.rules)
         self.policy = policy_field(rule.limit for rule in self.rules)
+        # The effects a decision comes to, by what they say: a key's Forward or refusal differs
+        # only in its r, t and Retry-After values, so each is built once and reused (bounded).
+        self._forwards: dict[tuple[object, ...], Forward] = {}
+        self._refusals: dict[tuple[object, ...], Answer] = {}
         self._policy_only = Forward(respond=((b"RateLimit-Policy", self.policy),))
         self.counts: dict[tuple[str, str], int] = {}
         """Decisions by limit name and kind (admit, delay, reject, dry_run_reject, table_full,
@@ -316,20 +324,50 @@ class RateLimitStage(Stage):
             acquired.append((i, key))
         if acquired:
             request.notes[f"{self.name}:held"] = acquired
-        fields = (
-            (b"RateLimit-Policy", self.policy),
-            (b"RateLimit", ratelimit_field(d for _, _, d in judged)),
-        )
         delay = 0.0
         for _, _, decision in judged:
             self._count(decision.limit.name, decision.kind.value)
-            delay = max(delay, decision.delay)
-        forward = Forward(respond=fields) if judged else None
+            if decision.delay > delay:
+                delay = decision.delay
+        forward = self._forward(judged) if judged else None
         if delay > 0:
             return Hold(delay, then=lambda _: forward)
         return forward
 
+    def _forward(self, judged: _Judged) -> Forward:
+        if len(judged) == 1:
+            i, _, d = judged[0]
+            memo: tuple[object, ...] = (i, d.remaining, d.reset)
+        else:
+            memo = tuple((i, d.remaining, d.reset) for i, _, d in judged)
+        forward = self._forwards.get(memo)
+        if forward is None:
+            if len(self._forwards) >= _MEMO_SIZE:
+                self._forwards.clear()
+            fields = (
+                (b"RateLimit-Policy", self.policy),
+                (b"RateLimit", ratelimit_field(d for _, _, d in judged)),
+            )
+            forward = self._forwards[memo] = Forward(respond=fields)
+        return forward
+
     def _refusal(self, refused: Decision, others: list[Decision]) -> Answer:
+        memo = (
+            refused.limit.name,
+            refused.retry_after,
+            refused.remaining,
+            refused.reset,
+            refused.table_full,
+            *((d.limit.name, d.remaining, d.reset) for d in others),
+        )
+        answer = self._refusals.get(memo)
+        if answer is None:
+            if len(self._refusals) >= _MEMO_SIZE:
+                self._refusals.clear()
+            answer = self._refusals[memo] = self._build_refusal(refused, others)
+        return answer
+
+    def _build_refusal(self, refused: Decision, others: list[Decision]) -> Answer:
         limit = refused.limit
         headers = [
             (b"RateLimit-Policy", self.policy),

@@ -467,6 +467,9 @@ class Stage:
     uses_tick: bool = True
     """False: the stage never reads its tick (a router keyed by a field), and the engine may hand
     it :data:`NO_TICK` instead of reading the clocks for it, one request at a time."""
+    uses_done: bool = True
+    """False: this stage's :meth:`on_done` has nothing to do (a limiter without a concurrency
+    bound), and the engine may skip building the :class:`Outcome` for it."""
     redis_url: str | None = None
     """The Redis server this stage's :class:`Call` effects go to (``redis://host:port/db``); the
     engine keeps one client for all its stages, so stages naming two servers are refused."""

@@ -217,6 +217,11 @@ _ERROR_FIELDS = ((b"Cache-Control", b"no-store"), (b"X-Content-Type-Options", b"
 def through_stages(ex: Exchange, answer: Answer) -> Answer:
     """A local answer (a stage's, or the engine's own error) after the response stages saw it:
     with their fields added and dropped, or what one of them put in its place."""
+    run = ex.run
+    assert run is not None
+    if not run.pipeline.wants_response and (run.plan is None or not run.plan.respond):
+        ex.response_fields = answer.headers  # nothing to add: the answer as it is (for the Outcome)
+        return answer
     amend, replaced = respond(ex, answer.status, list(answer.headers), local=True)
     if replaced is not None:
         return replaced
