@@ -10,7 +10,8 @@ standalone engine, this package in an aiohttp application, as a middleware::
     distpat.aiohttp.setup(app, stages=[...], pools={"api": ["http://127.0.0.1:8081"]})
 
 :func:`split_middleware` and :func:`shard_handler` are the split and shard routers of
-``distpat split`` and ``distpat shard`` in this form. See ``docs/aiohttp.md`` for the keys,
+``distpat split`` and ``distpat shard`` in this form, :func:`ratelimit_middleware` the rate
+limiter of ``distpat ratelimit``. See ``docs/aiohttp.md`` for the keys,
 the outcome of each failure and the limits.
 """
 
@@ -18,6 +19,7 @@ from distpat.aiohttp.flights import Flights
 from distpat.aiohttp.middleware import PipelineMiddleware, pipeline_middleware, setup
 from distpat.aiohttp.pools import Upstream, UpstreamPool, UpstreamPools
 from distpat.aiohttp.proxy import ProxySettings, proxy_handler
+from distpat.aiohttp.ratelimit import RateLimitMiddleware, ratelimit_middleware
 from distpat.aiohttp.routers import SHARD_POOL, VARIANT, SplitMiddleware, shard_handler, split_middleware
 from distpat.aiohttp.state import (
     CLIENT_SESSION,
@@ -41,6 +43,7 @@ __all__ = [
     "Flights",
     "PipelineMiddleware",
     "ProxySettings",
+    "RateLimitMiddleware",
     "SplitMiddleware",
     "Upstream",
     "UpstreamPool",
@@ -48,6 +51,7 @@ __all__ = [
     "client_context",
     "pipeline_middleware",
     "proxy_handler",
+    "ratelimit_middleware",
     "setup",
     "shard_handler",
     "split_middleware",

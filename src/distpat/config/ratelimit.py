@@ -35,8 +35,16 @@ from typing import Any
 from distpat.config.options import Kind, Option, choice, read_toml_value, resolve_options
 from distpat.config.proxy import OPTIONS, proxy_config
 from distpat.config.stages import StageTable, register
-from distpat.core.keys import KeySource
-from distpat.core.limiter import DEFAULT_STATUS, Limit, check_limit_name, parse_rate
+from distpat.core.limit_rules import (
+    LIMIT_DEFAULTS,
+    check_key,
+    check_name,
+    check_proxy,
+    check_rate,
+    check_status,
+    default_limit_name,
+    limit_rule,
+)
 from distpat.core.ratelimit_stage import DEFAULT_MAX_KEYS, ON_REDIS_ERROR, LimitRule, RateLimitStage
 from distpat.core.real_ip import TrustedProxies
 from distpat.errors import ConfigError
@@ -52,35 +60,6 @@ __all__ = [
 ]
 
 
-def _rate(text: str, what: str) -> str:
-    try:
-        parse_rate(text)
-    except ConfigError as exc:
-        raise ConfigError(f"{what}: {exc}") from None
-    return text
-
-
-def _key(text: str, what: str) -> str:
-    try:
-        KeySource.parse(text)
-    except ConfigError as exc:
-        raise ConfigError(f"{what}: {exc}") from None
-    return text
-
-
-def _status(status: int, what: str) -> int:
-    if not 400 <= status <= 599:
-        raise ConfigError(f"{what} must be an HTTP error status (4xx or 5xx), not {status}")
-    return status
-
-
-def _name(text: str, what: str) -> str:
-    try:
-        return check_limit_name(text)
-    except ConfigError as exc:
-        raise ConfigError(f"{what}: {exc}") from None
-
-
 def _redis(text: str, what: str) -> str:
     from distpat.net.carriers import parse_redis_url
 
@@ -94,53 +73,60 @@ def _redis(text: str, what: str) -> str:
 log = logging.getLogger("distpat.ratelimit")
 
 
-def _proxy(text: str, what: str) -> str:
-    try:
-        TrustedProxies.parse([text])
-    except ConfigError as exc:
-        raise ConfigError(f"{what}: {exc}") from None
-    return text
-
-
 LIMIT_OPTIONS: tuple[Option, ...] = (
     Option(
         "rate",
         Kind.TEXT,
-        None,
+        LIMIT_DEFAULTS["rate"],
         "requests per key, as nginx's rate=: 10r/s, 600r/m (required)",
         "RATE",
-        check=_rate,
+        check=check_rate,
     ),
     Option(
-        "burst", Kind.COUNT, 0, "requests a key may send beyond the rate before it is refused", "N", minimum=0
+        "burst",
+        Kind.COUNT,
+        LIMIT_DEFAULTS["burst"],
+        "requests a key may send beyond the rate before it is refused",
+        "N",
+        minimum=0,
     ),
     Option(
         "key",
         Kind.TEXT,
-        "ip",
+        LIMIT_DEFAULTS["key"],
         "what a bucket belongs to: ip, header:NAME, cookie:NAME, query:NAME, uri, path, or A+B",
         "SOURCE",
-        check=_key,
+        check=check_key,
     ),
     Option(
         "delay",
         Kind.COUNT,
-        0,
+        LIMIT_DEFAULTS["delay"],
         "requests of a burst that pass at once; the rest up to --burst are held (nginx's delay=)",
         "N",
         minimum=0,
     ),
     Option(
-        "nodelay", Kind.SWITCH, False, "the whole burst passes at once (nginx's nodelay; --delay = --burst)"
+        "nodelay",
+        Kind.SWITCH,
+        LIMIT_DEFAULTS["nodelay"],
+        "the whole burst passes at once (nginx's nodelay; --delay = --burst)",
     ),
     Option(
-        "status", Kind.COUNT, DEFAULT_STATUS, "the status of a refusal (4xx or 5xx)", "CODE", check=_status
+        "status",
+        Kind.COUNT,
+        LIMIT_DEFAULTS["status"],
+        "the status of a refusal (4xx or 5xx)",
+        "CODE",
+        check=check_status,
     ),
-    Option("dry_run", Kind.SWITCH, False, "refuse nothing: only count what would be refused"),
+    Option(
+        "dry_run", Kind.SWITCH, LIMIT_DEFAULTS["dry_run"], "refuse nothing: only count what would be refused"
+    ),
     Option(
         "concurrency",
         Kind.COUNT,
-        0,
+        LIMIT_DEFAULTS["concurrency"],
         "requests in flight per key (more are refused with 503; 0: no bound)",
         "N",
         minimum=0,
@@ -148,13 +134,14 @@ LIMIT_OPTIONS: tuple[Option, ...] = (
     Option(
         "limit_name",
         Kind.TEXT,
-        None,
+        LIMIT_DEFAULTS["limit_name"],
         "the limit's name in the RateLimit fields (default per-KIND of --key, such as per-ip)",
         "NAME",
-        check=_name,
+        check=check_name,
     ),
 )
-"""One limit's options: the command's flags, and the keys of a ``limits`` entry of a stage table."""
+"""One limit's options: the command's flags, and the keys of a ``limits`` entry of a stage table
+(checked by :mod:`distpat.core.limit_rules`, which :func:`distpat.aiohttp.ratelimit_middleware` uses too)."""
 
 _STAGE_WIDE: tuple[Option, ...] = (
     Option(
@@ -171,7 +158,7 @@ _STAGE_WIDE: tuple[Option, ...] = (
         "a proxy whose X-Forwarded-For names the client: an address or CIDR network (repeatable)",
         "CIDR",
         repeat=True,
-        check=_proxy,
+        check=check_proxy,
     ),
     Option(
         "redis",
@@ -195,38 +182,6 @@ RATELIMIT_OPTIONS: tuple[Option, ...] = (*OPTIONS, *LIMIT_OPTIONS, *_STAGE_WIDE)
 """`distpat ratelimit`: every option of `distpat proxy`, one limit's, the key table's and the proxies'."""
 
 
-def default_limit_name(key: str) -> str:
-    """``per-`` and the kinds of the key source: ``per-ip``, ``per-header``, ``per-ip+cookie``."""
-    return "per-" + "+".join(part.kind for part in KeySource.parse(key).parts)
-
-
-def _limit(values: Mapping[str, Any], given: Mapping[str, bool], names: Mapping[str, str]) -> LimitRule:
-    """A :class:`LimitRule` from one limit's read values; ``given`` says which were set, ``names``
-    how to call each option in a message (``--burst``, or a table's key)."""
-    if values["rate"] is None:
-        raise ConfigError(f"no rate: give {names['rate']} such as 10r/s or 600r/m")
-    burst, delay = values["burst"], values["delay"]
-    if values["nodelay"] and given["delay"]:
-        raise ConfigError(
-            f"{names['nodelay']} and {names['delay']} {delay}: give one ({names['nodelay']} is "
-            f"{names['delay']} equal to {names['burst']})"
-        )
-    if delay > burst:
-        raise ConfigError(
-            f"{names['delay']} {delay} exceeds {names['burst']} {burst}: at most the whole burst "
-            f"passes at once ({names['nodelay']})"
-        )
-    name = values["limit_name"] or default_limit_name(values["key"])
-    limit = Limit(
-        name,
-        parse_rate(values["rate"]),
-        burst,
-        burst if values["nodelay"] else delay,
-        values["status"],
-    )
-    return LimitRule(limit, KeySource.parse(values["key"]), values["dry_run"], values["concurrency"])
-
-
 def build_ratelimit_config(
     flags: Mapping[str, Any],
     *,
@@ -240,7 +195,7 @@ def build_ratelimit_config(
         RATELIMIT_OPTIONS, flags, environ=environ, config_file=config_file, table="ratelimit", sources=sources
     )
     names = {o.name: "--" + o.name.replace("_", "-") for o in LIMIT_OPTIONS}
-    rule = _limit(values, {name: sources[name] > 0 for name in names}, names)
+    rule = limit_rule(values, {name: sources[name] > 0 for name in names}, names)
     stage = RateLimitStage(
         [rule],
         trusted=TrustedProxies.parse(values["trusted_proxy"]) if values["trusted_proxy"] else None,
@@ -277,7 +232,7 @@ def _entry(table: StageTable, index: int, entry: object) -> LimitRule:
         )
     names = {option.name: f"{where}.{key}" for key, option in _ENTRY_KEYS.items()}
     try:
-        return _limit(values, {option.name: key in entry for key, option in _ENTRY_KEYS.items()}, names)
+        return limit_rule(values, {option.name: key in entry for key, option in _ENTRY_KEYS.items()}, names)
     except ConfigError as exc:
         raise table.error(where, str(exc)) from None
 

@@ -40,6 +40,23 @@ Metrics (all names as they appear in the text exposition):
     ``bad_client_certificate``, ``no_shared_cipher``, ``not_tls``, ``other``.
 ``distpat_tls_certificate_expiry_seconds{certificate, names}`` (gauge, TLS listeners)
     Seconds until the served certificate's notAfter (negative once expired); follows reloads.
+
+The pipeline's stages add their own, read from :meth:`Stage.stats
+<distpat.core.stage.Stage.stats>` at scrape time (:meth:`ProxyMetrics.watch_stages`, so a reload's
+new stages are the ones read; :mod:`distpat.net.stage_metrics`). The rate limiter's
+(:class:`~distpat.core.ratelimit_stage.RateLimitStage`):
+
+``distpat_ratelimit_decisions_total{stage, limit, decision}`` (counter)
+    Requests judged by each limit, by decision: ``admit``, ``delay`` (held, then admitted),
+    ``reject``, ``dry_run_reject`` (would have been refused; admitted), ``table_full`` (a new key
+    refused: the key table is full), ``concurrency`` (too many in flight for the key). A request
+    refused by one limit is counted by that limit only.
+``distpat_ratelimit_keys{stage, limit}`` (gauge)
+    Keys held in this process's table of the limit (with ``--workers N``: the sum of the workers'
+    tables, each worker keeping its own).
+``distpat_ratelimit_redis_events_total{stage, event}`` (counter, shared mode)
+    The shared limiter's Redis events: ``error`` (a failed call), ``down`` and ``up`` (switches
+    away from Redis and back), and the decisions made while down (``open``, ``closed``, ``local``).
 """
 
 from __future__ import annotations
@@ -56,6 +73,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 import distpat
+from distpat.core.stage import Stage
+from distpat.net.stage_metrics import stage_families
 
 __all__ = ["UPSTREAM_LATENCY_BUCKETS", "ProxyMetrics", "TLSSource"]
 
@@ -213,6 +232,8 @@ class _TrafficCollector:
             for path, names, not_after in tls.expiries():
                 expiry.add_metric((path, names), not_after - now)
             yield expiry
+        if m._stages is not None:
+            yield from stage_families(m._stages())
 
 
 class ProxyMetrics:
@@ -236,6 +257,7 @@ class ProxyMetrics:
         "_request_bytes",
         "_requests",
         "_response_bytes",
+        "_stages",
         "_tls",
         "_upstream_healthy",
         "_upstream_healthy_children",
@@ -256,6 +278,7 @@ class ProxyMetrics:
         # ... and the engine's own per-upstream counts, read at scrape time (watch_upstreams)
         self._in_flight_source: Callable[[], Iterable[tuple[str, int]]] | None = None
         self._tls: TLSSource | None = None
+        self._stages: Callable[[], Iterable[Stage]] | None = None
         self._reloads = {"ok": 0, "refused": 0}
         self._decisions: dict[tuple[str, str], int] = {}
         self._mirrors: dict[tuple[str, str], int] = {}
@@ -349,6 +372,12 @@ class ProxyMetrics:
         """Read ``distpat_upstream_in_flight`` from ``source`` at scrape time: (upstream, requests
         in flight) pairs, such as the proxy's own per-upstream counts. Nothing is done per request."""
         self._in_flight_source = source
+
+    def watch_stages(self, source: Callable[[], Iterable[Stage]] | None) -> None:
+        """Expose the samples of the stages ``source`` gives at each scrape (:meth:`Stage.stats
+        <distpat.core.stage.Stage.stats>`): a function reading the pipeline in service, so the
+        stages of a reload are the ones read. Nothing is done per request."""
+        self._stages = source
 
     def watch_tls(self, source: TLSSource | None) -> None:
         """Expose the handshake failures and certificate expiry of a TLS listener."""

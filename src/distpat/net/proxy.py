@@ -138,6 +138,7 @@ class ProxyServer:
         self.pools = self._build_pools(config, {})
         self.group = self.pools["default"]
         self.metrics.watch_upstreams(self._in_flight)
+        self.metrics.watch_stages(self._stages)
         self.state = EngineState(
             settings=config.settings,
             upstreams=self.group,
@@ -407,6 +408,10 @@ class ProxyServer:
             for u in group.upstreams:
                 seen.setdefault(u, None)
         return list(seen)
+
+    def _stages(self) -> tuple[Stage, ...]:
+        """The stages in service now (after a reload, the new pipeline's), for /metrics."""
+        return self.pipeline.stages if self.pipeline is not None else ()
 
     def _in_flight(self) -> list[tuple[str, int]]:
         seen: set[Upstream] = set()
