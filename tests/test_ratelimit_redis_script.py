@@ -213,11 +213,6 @@ def test_a_foreign_value_under_the_key_is_an_error_reply(db: redis.Redis) -> Non
         judge(db, [limit], [b"k"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a key holding 'inf 1' is answered by the script as a refusal with that state; "
-    "read_reply accepts it and Limit.decide raises OverflowError in the stage's continuation",
-)
 def test_an_infinite_state_from_the_server_falls_back_instead_of_raising(db: redis.Redis) -> None:
     limit = Limit.nodelay("per-ip", 1.0, burst=1)
     db.set(name(limit, b"192.0.2.1"), b"inf 1")

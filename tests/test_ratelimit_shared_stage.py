@@ -215,11 +215,6 @@ def test_the_servers_refusal_stands_when_the_stage_would_admit() -> None:
     assert stage.counts == {("tie", "reject"): 1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the tie's refusal lists its limit twice in the RateLimit field: the stage's own "
-    "admitting decision stays in `judged` and the server's refusal is appended after it",
-)
 def test_the_servers_refusal_names_its_limit_once() -> None:
     limit = Limit.nodelay("tie", 1.0, burst=2)
     stage, _ = shared(LimitRule(limit, IP))
@@ -254,11 +249,6 @@ def test_with_several_limits_one_refusing_refuses_with_that_limit() -> None:
     assert made.notes["rl"] == "reject:per-key"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a refusal's RateLimit field differs from the local mode's: _shared goes on past the "
-    "refusing limit (continue) where _local stops (break), and lists the refusing limit last",
-)
 def test_with_several_limits_the_refusal_is_the_local_modes() -> None:
     first = LimitRule(Limit.nodelay("first", 1.0, burst=0), X_KEY)
     second = LimitRule(Limit.nodelay("second", 1.0, burst=10), IP)
@@ -368,11 +358,6 @@ def test_a_stage_with_no_notify_still_counts() -> None:
     assert stage.redis_events == {"error": 2, "down": 1, "open": 2}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a key holding an infinite excess ('inf 1', '1e999 0') passes read_reply, and "
-    "Limit.decide's math.ceil raises OverflowError instead of the stage falling back",
-)
 @pytest.mark.parametrize("mode", ["open", "closed", "local"])
 def test_a_state_that_is_not_finite_is_a_redis_error(mode: str) -> None:
     stage, _ = shared(LimitRule(Limit.nodelay("per-ip", 1.0, burst=1), IP), mode=mode)
@@ -408,11 +393,6 @@ def test_concurrency_is_acquired_and_released_in_shared_mode() -> None:
     assert [type(e) for e in kept] == [Forward, Answer]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="on_redis_error='open' returns RateLimit-Policy only, skipping _conclude: the concurrency "
-    "bound (always this process's, by the module's docstring) is not applied while Redis is down",
-)
 def test_concurrency_still_bounds_while_redis_is_down_in_open_mode() -> None:
     stage, _ = shared(LimitRule(Limit.nodelay("c", 1000.0, burst=1000), IP, concurrency=1), mode="open")
     effects = effects_while_down(stage, CallResult(error=UNAVAILABLE), 2)

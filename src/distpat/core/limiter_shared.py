@@ -34,6 +34,7 @@ source made it.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -147,7 +148,10 @@ def _state(raw: object) -> State | None:
     try:
         if not sep:
             raise ValueError
-        return float(excess), float(last)
+        state = float(excess), float(last)
+        if not (math.isfinite(state[0]) and math.isfinite(state[1]) and state[0] >= 0):
+            raise ValueError
+        return state
     except ValueError:
         raise RespProtocolError(f"the limiter's key holds {raw[:60]!r}, not 'excess last'") from None
 

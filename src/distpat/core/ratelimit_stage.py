@@ -249,16 +249,17 @@ class RateLimitStage(Stage):
                 if rule.dry_run:
                     self._dry_run(request, rule)
                     continue
-                if refused is None:
-                    refused = decision
-                continue
+                refused = decision  # the others after it are not asked, as in local mode
+                break
+            if verdict.refused is not None and keyed[verdict.refused][0] == i:
+                # The server refused where this process's arithmetic admits: a rounding tie, and
+                # the server's verdict (which stored nothing) stands.
+                limit = rule.limit
+                refused = Decision(
+                    DecisionKind.REJECT, limit, None, retry_after=1, remaining=0, reset=limit.window
+                )
+                break
             judged.append((i, key, decision))
-        if refused is None and verdict.refused is not None:  # the server's verdict stands (a rounding tie)
-            i = keyed[verdict.refused][0]
-            limit = self.rules[i].limit
-            refused = Decision(
-                DecisionKind.REJECT, limit, None, retry_after=1, remaining=0, reset=limit.window
-            )
         return self._conclude(request, judged, refused)
 
     def _redis_failed(
@@ -281,8 +282,9 @@ class RateLimitStage(Stage):
         self.redis_down = error
         self._event(mode)
         request.notes[self.name] = f"redis_{mode}"
-        if mode == "open":
-            return self._policy_only
+        if mode == "open":  # admitted, unlimited by rate; the concurrency bound still holds
+            busy = self._acquire(request, keyed)
+            return busy if busy is not None else self._policy_only
         if mode == "closed":
             return Answer(
                 503,
@@ -303,8 +305,23 @@ class RateLimitStage(Stage):
             self._count(refused.limit.name, "reject")
             request.notes[self.name] = f"reject:{refused.limit.name}"
             return self._refusal(refused, [d for _, _, d in judged])
+        busy = self._acquire(request, [(i, key) for i, key, _ in judged]) if self.uses_done else None
+        if busy is not None:
+            return busy
+        delay = 0.0
+        for _, _, decision in judged:
+            self._count(decision.limit.name, decision.kind.value)
+            if decision.delay > delay:
+                delay = decision.delay
+        forward = self._forward(judged) if judged else None
+        if delay > 0:
+            return Hold(delay, then=lambda _: forward)
+        return forward
+
+    def _acquire(self, request: Request, keyed: _Keyed) -> Answer | None:
+        """Take a concurrency slot for each bounded limit (all or none): None, or the 503."""
         acquired: list[tuple[int, bytes]] = []
-        for i, key, _ in judged:
+        for i, key in keyed:
             counter = self.inflight[i]
             if counter is None:
                 continue
@@ -324,15 +341,7 @@ class RateLimitStage(Stage):
             acquired.append((i, key))
         if acquired:
             request.notes[f"{self.name}:held"] = acquired
-        delay = 0.0
-        for _, _, decision in judged:
-            self._count(decision.limit.name, decision.kind.value)
-            if decision.delay > delay:
-                delay = decision.delay
-        forward = self._forward(judged) if judged else None
-        if delay > 0:
-            return Hold(delay, then=lambda _: forward)
-        return forward
+        return None
 
     def _forward(self, judged: _Judged) -> Forward:
         if len(judged) == 1:
