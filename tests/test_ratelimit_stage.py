@@ -135,3 +135,51 @@ def test_over_any_arrivals_admitted_stays_within_burst_plus_rate_times_time(
         if not isinstance(stage.on_request(request(), tick(now)), Answer):
             admitted += 1
     assert admitted <= burst + 1 + rate * now + 1e-6 * len(gaps)
+
+
+def _effect_view(effect: object) -> object:
+    if isinstance(effect, Hold):
+        assert effect.then is not None
+        return ("hold", round(effect.delay, 9), _effect_view(effect.then(None)))
+    if isinstance(effect, Forward):
+        return ("forward", effect.respond)
+    if isinstance(effect, Answer):
+        return ("answer", effect.status, effect.headers, effect.body)
+    return effect
+
+
+@given(
+    st.integers(1, 20),
+    st.integers(0, 6),
+    st.booleans(),
+    st.integers(1, 3),
+    st.lists(
+        st.tuples(
+            st.floats(0, 2, allow_nan=False), st.sampled_from(["192.0.2.1", "192.0.2.2"]), st.integers(1, 3)
+        ),
+        max_size=40,
+    ),
+)
+def test_the_one_limit_fast_path_decides_as_the_general_one(
+    rate: int, burst: int, nodelay: bool, max_keys: int, arrivals: list[tuple[float, str, int]]
+) -> None:
+    """A stage of one limit takes a shorter path (RateLimitStage._judge_one); forced onto the
+    general one, an equal stage gives equal effects, counts and tables for any arrivals."""
+    limit = Limit("per-ip", float(rate), burst, burst if nodelay else 0)
+    fast = RateLimitStage([LimitRule(limit, IP)], max_keys=max_keys, name="rl")
+    general = RateLimitStage([LimitRule(limit, IP)], max_keys=max_keys, name="rl")
+    general._one = False
+    assert fast._one
+    now = 0.0
+    for gap, client, cost in arrivals:
+        now += gap
+        seen = []
+        for stage in (fast, general):
+            r = request(client)
+            r.notes[COST_NOTE] = cost
+            seen.append((_effect_view(stage.on_request(r, tick(now))), r.notes))
+        assert seen[0] == seen[1]
+    assert fast.counts == general.counts
+    assert [list(t._entries.items()) for t in fast.tables] == [
+        list(t._entries.items()) for t in general.tables
+    ]

@@ -132,6 +132,10 @@ class RateLimitStage(Stage):
                 reads |= trusted.reads
         self.reads = frozenset(reads)
         self.uses_done = any(rule.concurrency for rule in self.rules)
+        self._one = (
+            len(self.rules) == 1 and not self.rules[0].dry_run and not self.uses_done and not redis_url
+        )
+        self._counted = {kind: (self.rules[0].limit.name, kind.value) for kind in DecisionKind}
         self.policy = policy_field(rule.limit for rule in self.rules)
         # The effects a decision comes to, by what they say: a key's Forward or refusal differs
         # only in its r, t and Retry-After values, so each is built once and reused (bounded).
@@ -163,8 +167,10 @@ class RateLimitStage(Stage):
 
     def on_request(self, request: Request, tick: Tick) -> Effect | None:
         cost = request.notes.get(COST_NOTE, 1)
-        if not isinstance(cost, (int, float)) or isinstance(cost, bool) or cost < 1:
+        if cost != 1 and (not isinstance(cost, (int, float)) or isinstance(cost, bool) or cost < 1):
             cost = 1
+        if self._one:
+            return self._judge_one(request, tick.mono, cost)
         keyed: _Keyed = []
         for i, rule in enumerate(self.rules):
             key = real_key(rule.key, request, self.trusted)
@@ -188,6 +194,34 @@ class RateLimitStage(Stage):
 
     # -- local mode: this process's tables ---------------------------------------------------------
 
+    def _judge_one(self, request: Request, now: float, cost: float) -> Effect | None:
+        """:meth:`_local` for the usual stage, one enforced limit without a concurrency bound, in
+        one call instead of a dozen (the limiter's hot path; tests/test_ratelimit_stage.py checks
+        that both give the same effects and counts)."""
+        rule = self.rules[0]
+        key = rule.key.extract(request) if self.trusted is None else real_key(rule.key, request, self.trusted)
+        if key is None:
+            return None
+        table = self.tables[0]
+        decision = rule.limit.decide(table.get(key), now, cost)
+        kind = decision.kind
+        if kind is DecisionKind.REJECT:
+            return self._conclude(request, [], decision)
+        if not table.put(key, decision.state, now):  # type: ignore[arg-type]  # admitted: a state
+            refused = table_full(decision.limit, table.retry_after(now))
+            self._count(decision.limit.name, "table_full")
+            return self._conclude(request, [], refused)
+        counts = self.counts
+        counted = self._counted[kind]
+        counts[counted] = counts.get(counted, 0) + 1
+        memo = (0, decision.remaining, decision.reset)
+        forward = self._forwards.get(memo)
+        if forward is None:
+            forward = self._forward([(0, key, decision)])
+        if decision.delay > 0:
+            return Hold(decision.delay, then=lambda _: forward)
+        return forward
+
     def _local(self, request: Request, keyed: _Keyed, now: float, cost: float) -> Effect | None:
         judged: _Judged = []
         refused: Decision | None = None
@@ -202,10 +236,11 @@ class RateLimitStage(Stage):
                 break
             judged.append((i, key, decision))
         if refused is None:  # every limit admits: store their states (a full table refuses a new key)
-            for i, key, decision in judged:
+            for k, (i, key, decision) in enumerate(judged):
                 if decision.state is not None and not self.tables[i].put(key, decision.state, now):
                     refused = table_full(decision.limit, self.tables[i].retry_after(now))
                     self._count(decision.limit.name, "table_full")
+                    del judged[k:]  # as a bucket's refusal: the limits before it are reported
                     break
         return self._conclude(request, judged, refused)
 
