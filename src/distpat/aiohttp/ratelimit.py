@@ -7,8 +7,8 @@ a :class:`~distpat.core.ratelimit_stage.RateLimitStage` that only decides:
 
 * an admitted request goes on into the application's handler, and the ``RateLimit-Policy`` and
   ``RateLimit`` fields (draft-ietf-httpapi-ratelimit-headers) are added to whatever it answers;
-* a request past a limit's delay threshold is held (an ``asyncio.sleep`` in its own task), then
-  goes on;
+* a request past a limit's delay threshold is held (the request's own task awaits
+  ``asyncio.sleep``; no task is made for it), then goes on;
 * a refused one is answered at once with the limit's status (429), ``Retry-After`` and the same
   two fields; the handler never runs;
 * a concurrency bound's permit is given back once the request ends, however it ends (answered,
