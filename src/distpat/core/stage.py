@@ -192,6 +192,10 @@ class Answer:
     content_type: bytes = b"text/plain; charset=utf-8"
     reason: str = ""
     """Why (for the access log and the refusal log); empty for an ordinary answer (a cache hit)."""
+    wire: list[tuple[bytes, int]] = field(default_factory=list, init=False, repr=False, compare=False)
+    """The engine's: the answer as framed for a keep-alive HTTP/1.1 GET (bytes, body size), once
+    it has been, so a
+    stage that reuses one Answer value (a limiter's refusal) is framed once, not per request."""
 
     def __post_init__(self) -> None:
         if not 200 <= self.status <= 599:

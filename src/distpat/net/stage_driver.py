@@ -233,7 +233,10 @@ def through_stages(ex: Exchange, answer: Answer) -> Answer:
 
 def framed(ex: Exchange, answer: Answer) -> tuple[bytes, int]:
     """``answer`` as the bytes ``ex``'s client gets (RFC 9110 framing), and its body size."""
-    return local_response(
+    usual = not ex.close_after and not ex.http10 and ex.method != b"HEAD"
+    if usual and answer.wire:
+        return answer.wire[0]
+    data, size = local_response(
         answer.status,
         answer.headers,
         answer.body,
@@ -242,6 +245,9 @@ def framed(ex: Exchange, answer: Answer) -> tuple[bytes, int]:
         close=ex.close_after,
         http10=ex.http10,
     )
+    if usual:
+        answer.wire.append((data, size))
+    return data, size
 
 
 def error_answer(ex: Exchange, status: int, message: str) -> tuple[bytes, int]:
