@@ -17,7 +17,10 @@ Every response head passes :meth:`Run.respond <distpat.core.pipeline.Run.respond
 is sent (fields added and dropped, or the response replaced), the driver's own 502/504/500
 answers too. The middleware sends the response itself, so it knows how it ended, and then
 calls :meth:`Run.done <distpat.core.pipeline.Run.done>` once, in a ``finally``, with an
-:class:`~distpat.core.stage.Outcome` whose kind says what happened on the way in:
+:class:`~distpat.core.stage.Outcome` whose kind says what happened on the way in. What
+``on_done`` and ``on_body`` return (a Call, or a background Fetch through the application's
+client session) runs as a task of the middleware's (:meth:`PipelineMiddleware.schedule
+<distpat.aiohttp.middleware.PipelineMiddleware.schedule>`), never in the request's.
 
 =================  ==============================================================
 ``LOCAL``          a stage answered (or the driver refused: a stage failed, 400)
@@ -339,17 +342,13 @@ class Exchange:
         if not self.driver.pipeline.wants_body:
             return
         try:
-            calls = self.run.body(head, body, now())
-        except Exception as exc:
+            effects = self.run.body(head, body, now())
+        except StageError as exc:
             log.error(
-                "%s %s: on_body raised %s",
-                self.request.method,
-                self.request.raw_path[:200],
-                exc,
-                exc_info=exc,
+                "%s %s: %s", self.request.method, self.request.raw_path[:200], exc, exc_info=exc.__cause__
             )
             return
-        self.driver.schedule(calls, self.request.config_dict.get(REDIS_CLIENT))
+        self._schedule(effects)
 
     # -- the end -------------------------------------------------------------------------
 
@@ -364,12 +363,20 @@ class Exchange:
             sent=self.sent,
             duration=time.monotonic() - self.started,
         )
-        calls = self.run.done(outcome, now())
+        effects = self.run.done(outcome, now())
         for lead in self.leads:
             self.driver.flights.land(lead, outcome)
         for error in self.run.errors:
             log.error(
                 "%s %s: %s", self.request.method, self.request.raw_path[:200], error, exc_info=error.__cause__
             )
-        if calls:
-            self.driver.schedule(calls, self.request.config_dict.get(REDIS_CLIENT))
+        if effects:
+            self._schedule(effects)
+
+    def _schedule(self, effects: list[Call | Fetch]) -> None:
+        """The stages' fire-and-forget effects, as the middleware's tasks: the response does not
+        wait for them (``on_done``'s start once it has gone out)."""
+        config = self.request.config_dict
+        self.driver.schedule(
+            self.run, effects, redis=config.get(REDIS_CLIENT), session=config.get(CLIENT_SESSION)
+        )

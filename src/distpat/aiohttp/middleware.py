@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+import aiohttp
 from aiohttp import web
 
 from distpat.aiohttp.exchange import EXCHANGE, Exchange, Handler
@@ -26,8 +27,9 @@ from distpat.aiohttp.pools import UpstreamPools
 from distpat.aiohttp.proxy import ProxySettings
 from distpat.aiohttp.redis_calls import call_redis
 from distpat.aiohttp.state import client_context
-from distpat.core.pipeline import Pipeline
-from distpat.core.stage import Call, Forward, Request, Stage
+from distpat.aiohttp.subrequests import fetch
+from distpat.core.pipeline import Pipeline, Run, StageError
+from distpat.core.stage import Call, Fetch, Forward, Request, Stage
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -42,8 +44,10 @@ class PipelineMiddleware:
     request through a :class:`~distpat.core.pipeline.Pipeline` and carries out its effects.
 
     It owns what lives as long as the application: the pools' turns and in-flight counts, the
-    keyed flights of :class:`~distpat.core.stage.Join`, and the fire-and-forget Redis calls
-    of ``on_done`` / ``on_body`` still running (:attr:`tasks`).
+    keyed flights of :class:`~distpat.core.stage.Join`, and the fire-and-forget effects of
+    ``on_done`` / ``on_body`` still running (:attr:`tasks`): Redis calls, and background
+    Fetches (each bounded by its deadline, its results handed to the stage's ``then``, whose
+    return is ignored).
 
     ``handler_pools`` are pool names that mean "the application's handler": a Forward to one
     of them continues into the handler, as a Forward to no pool does (a router that only
@@ -106,10 +110,28 @@ class PipelineMiddleware:
         if exchange is not None and exchange.driver is self and not exchange.responded:
             exchange.amend_prepared(response)
 
-    def schedule(self, calls: Iterable[Call], client: Redis | None) -> None:
-        """Send fire-and-forget Calls (from ``on_done`` / ``on_body``) as tasks kept in :attr:`tasks`."""
-        for call in calls:
-            task = asyncio.ensure_future(self._fire(call, client))
+    def schedule(
+        self,
+        run: Run,
+        effects: Iterable[Call | Fetch],
+        *,
+        redis: Redis | None,
+        session: aiohttp.ClientSession | None,
+    ) -> None:
+        """Carry out fire-and-forget effects (from ``on_done`` / ``on_body``) as tasks kept in
+        :attr:`tasks`: a Call through ``redis``, a Fetch through ``session`` (without one it is
+        dropped, with a warning the first time); a Fetch's results go to :meth:`Run.landed
+        <distpat.core.pipeline.Run.landed>`."""
+        for effect in effects:
+            if isinstance(effect, Fetch):
+                if session is None:
+                    self.warn_once("fetch", "a stage's background Fetch dropped: no client session "
+                                   "(add the middleware's cleanup_ctx to the application)")  # fmt: skip
+                    continue
+                work: Coroutine[object, object, None] = self._fetch(run, effect, session)
+            else:
+                work = self._fire(effect, redis)
+            task = asyncio.ensure_future(work)
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
@@ -117,6 +139,13 @@ class PipelineMiddleware:
         result = await call_redis(client, call)
         if result.error is not None:
             log.warning("a Redis call from a stage failed: %s: %s", _shown(call.command), result.error)
+
+    async def _fetch(self, run: Run, effect: Fetch, session: aiohttp.ClientSession) -> None:
+        results = await fetch(session, self.pools, effect, connect_timeout=self.settings.connect_timeout)
+        try:
+            run.landed(effect, results)
+        except StageError as exc:
+            log.error("%s", exc, exc_info=exc.__cause__)
 
     def warn_once(self, what: str, message: str) -> None:
         if what not in self._warned:

@@ -61,7 +61,8 @@ STAGE_REQUEST = web.RequestKey("stage_request", Request)
 
 CleanupContext = Callable[[web.Application], AsyncIterator[None]]
 
-#: Seconds the cleanup waits for fire-and-forget Redis calls still running, before cancelling them.
+#: Seconds the cleanup waits for fire-and-forget effects (Redis calls, background Fetches) still
+#: running, before cancelling them.
 DRAIN_TIMEOUT = 5.0
 
 
@@ -88,7 +89,7 @@ def client_context(
     (at most ``connections`` connections, cookies neither kept nor sent, bodies not decoded: a
     proxy relays them as they are) and, with ``redis_url``, a Redis client, and stores them (and
     ``pools``) under the keys above; on cleanup it waits up to :data:`DRAIN_TIMEOUT` seconds for
-    the ``tasks`` still running (fire-and-forget calls), cancels the rest, and closes both clients.
+    the ``tasks`` still running (fire-and-forget effects), cancels the rest, and closes both clients.
     """
 
     async def context(app: web.Application) -> AsyncIterator[None]:
@@ -112,7 +113,9 @@ def client_context(
                 for task in pending:
                     task.cancel()
                 if pending:
-                    log.warning("%d background Redis calls cancelled at cleanup", len(pending))
+                    log.warning(
+                        "%d background effects (Redis calls, fetches) cancelled at cleanup", len(pending)
+                    )
                     await asyncio.wait(pending, timeout=DRAIN_TIMEOUT)
             await session.close()
             if redis is not None:

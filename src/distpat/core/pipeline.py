@@ -10,6 +10,11 @@ or a merged :class:`~distpat.core.stage.Forward`). On the way back it calls
 :meth:`Run.done` once the request is over: the run guarantees each stage's ``on_done`` is
 called exactly once, however often a driver calls it.
 
+``body`` and ``done`` hand back the stages' fire-and-forget effects, a
+:class:`~distpat.core.stage.Call` or a :class:`~distpat.core.stage.Fetch` each: the driver
+carries them out after the request, off its client's way, and gives a background Fetch's
+results to :meth:`Run.landed`, which calls the stage's ``then`` and ignores what it returns.
+
 ::
 
     run = pipeline.run(request)
@@ -132,6 +137,7 @@ class Run:
         "final",
         "finished",
         "errors",
+        "background",
     )
 
     def __init__(self, pipeline: Pipeline, request: Request) -> None:
@@ -146,6 +152,9 @@ class Run:
         self.finished = False
         self.errors: list[StageError] = []
         """Stages that raised in ``on_done`` (the driver logs them)."""
+        self.background: list[tuple[Stage, Fetch]] | None = None
+        """The fire-and-forget Fetches of ``on_body`` and ``on_done`` whose results are still to
+        come, and the stages that asked for them (for :meth:`landed`)."""
 
     # -- the request -------------------------------------------------------------------
 
@@ -240,32 +249,70 @@ class Run:
         amend = Amend(tuple(add), frozenset(drop)) if add or drop else None
         return amend, replaced
 
-    def body(self, response: Response, body: bytes, tick: Tick) -> list[Call]:
-        """A captured body is complete: each stage that saw the request gets it, last first."""
-        calls: list[Call] = []
+    def body(self, response: Response, body: bytes, tick: Tick) -> list[Call | Fetch]:
+        """A captured body is complete: each stage that saw the request gets it, last first.
+        Raises :class:`StageError` naming a stage that raised or answered with something that
+        is not a Call or a Fetch."""
+        effects: list[Call | Fetch] = []
         for stage in reversed(self.pipeline.stages[: self.entered]):
             if type(stage).overrides("on_body"):
-                call = stage.on_body(self.request, response, body, tick)
-                if call is not None:
-                    calls.append(call)
-        return calls
+                try:
+                    effect = stage.on_body(self.request, response, body, tick)
+                except Exception as exc:
+                    raise StageError(stage, f"on_body raised {type(exc).__name__}: {exc}") from exc
+                error = self._keep(stage, effect, effects)
+                if error is not None:
+                    raise StageError(stage, f"on_body {error}")
+        return effects
 
-    def done(self, outcome: Outcome, tick: Tick) -> list[Call]:
+    def done(self, outcome: Outcome, tick: Tick) -> list[Call | Fetch]:
         """The request is over: every stage that saw it is told, last first, once only. A stage
-        that raises does not stop the others: its error is kept in :attr:`errors` for the
-        driver to log."""
+        that raises (or answers with something that is not a Call or a Fetch) does not stop the
+        others: its error is kept in :attr:`errors` for the driver to log."""
         if self.finished:
             return []
         self.finished = True
-        calls: list[Call] = []
+        effects: list[Call | Fetch] = []
         errors = self.errors
         for stage in reversed(self.pipeline.stages[: self.entered]):
             if type(stage).overrides("on_done") and stage.uses_done:
                 try:
-                    call = stage.on_done(self.request, outcome, tick)
+                    effect = stage.on_done(self.request, outcome, tick)
                 except Exception as exc:
                     errors.append(StageError(stage, f"on_done raised {type(exc).__name__}: {exc}"))
                     continue
-                if call is not None:
-                    calls.append(call)
-        return calls
+                error = self._keep(stage, effect, effects)
+                if error is not None:
+                    errors.append(StageError(stage, f"on_done {error}"))
+        return effects
+
+    def _keep(self, stage: Stage, effect: object, effects: list[Call | Fetch]) -> str | None:
+        """Add a fire-and-forget ``effect`` to ``effects``; None, or what is wrong with it."""
+        if effect is None:
+            return None
+        if isinstance(effect, Call):
+            effects.append(effect)
+            return None
+        if isinstance(effect, Fetch):
+            if self.background is None:
+                self.background = []
+            self.background.append((stage, effect))
+            effects.append(effect)
+            return None
+        return f"answered {type(effect).__name__}, not a Call or a Fetch"
+
+    def landed(self, fetch: Fetch, results: tuple[SubResult, ...]) -> None:
+        """A background ``fetch`` (from :meth:`body` or :meth:`done`) came back: its stage's
+        ``then`` sees the results, and what it returns is ignored (it should be None). Raises
+        :class:`StageError` naming the stage when ``then`` raises; a fetch this run did not hand
+        out, or one already landed, is a :class:`~distpat.errors.LocalProtocolError`."""
+        background = self.background or []
+        found = next((i for i, (_, asked) in enumerate(background) if asked is fetch), None)
+        if found is None:
+            raise LocalProtocolError("this run handed out no such background fetch")
+        stage, _ = background.pop(found)
+        try:
+            fetch.then(results)
+        except Exception as exc:
+            message = f"its background fetch's then raised {type(exc).__name__}: {exc}"
+            raise StageError(stage, message) from exc

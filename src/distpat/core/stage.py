@@ -17,6 +17,11 @@ hands every call a :class:`Tick` (monotonic time, wall time, random bits) and a
 ``None``          nothing to say: the next stage decides
 ==============  ===========================================================================
 
+:meth:`Stage.on_done` and :meth:`Stage.on_body` may return a :class:`Call` or a :class:`Fetch`
+as a fire-and-forget effect, carried out after the request, never holding its client: a
+stored object, a released permit, a stale copy refreshed in the background once (RFC 5861
+section 3, ``stale-while-revalidate``).
+
 Effects that need a result carry a continuation, ``then``: a pure function the engine calls
 with what came back, which answers with another effect (or None) in the stage's place. A test
 of a stage feeds it a request and a tick, checks the effect, and calls ``then`` with a made-up
@@ -302,7 +307,13 @@ class Fetch:
     (seconds from now): ``then`` gets one :class:`SubResult` per request, in order, the late
     ones with ``error="timeout"``. With ``hedge_after``, a request unanswered after that many
     seconds is sent again to the next upstream of its order (the first answer wins, the loser
-    is cancelled); at most ``hedge_max`` hedges per Fetch."""
+    is cancelled); at most ``hedge_max`` hedges per Fetch.
+
+    From ``on_done`` or ``on_body`` a Fetch is fire-and-forget (a background refresh): the
+    engine sends it once the request is over, bounded by its own deadline, and ``then`` gets the
+    results so the stage can keep what came back. It should return None; whatever it returns is
+    ignored, and one that raises is logged with the stage's name. A fetch still out when the
+    server shuts down is cancelled, and its ``then`` is not called."""
 
     requests: tuple[SubRequest, ...]
     then: Callable[[tuple[SubResult, ...]], Effect | None]
@@ -491,12 +502,14 @@ class Stage:
         e.g. a stored 200 for an upstream 304), or None."""
         return None
 
-    def on_body(self, request: Request, response: Response, body: bytes, tick: Tick) -> Call | None:
-        """The captured response body (``Forward.capture``), complete; a Call is fire-and-forget."""
+    def on_body(self, request: Request, response: Response, body: bytes, tick: Tick) -> Call | Fetch | None:
+        """The captured response body (``Forward.capture``), complete; a Call or a Fetch is
+        fire-and-forget (see :class:`Fetch`)."""
         return None
 
-    def on_done(self, request: Request, outcome: Outcome, tick: Tick) -> Call | None:
-        """Called exactly once per request this stage saw; a Call is fire-and-forget."""
+    def on_done(self, request: Request, outcome: Outcome, tick: Tick) -> Call | Fetch | None:
+        """Called exactly once per request this stage saw; a Call or a Fetch is fire-and-forget,
+        carried out after the request ended."""
         return None
 
     def stats(self) -> tuple[Stat, ...]:

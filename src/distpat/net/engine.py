@@ -95,6 +95,9 @@ class Carriers:
     join: Callable[[Join, Callable[[Flight], None]], Cancellable] | None = None
     land: Callable[[bytes, Outcome], None] | None = None
     """Ends the flight a request led, with its outcome."""
+    dropped: set[str] = field(default_factory=set)
+    """The fire-and-forget effects (``"fetch"``) dropped for want of a carrier and warned about
+    already: that warning is logged once per server, not once per request."""
 
 
 class EnginePools:

@@ -10,7 +10,14 @@ asked, for one :class:`~distpat.net.exchange.Exchange`, with no policy of its ow
   handed to its carrier
   (:class:`~distpat.net.engine.Carriers`), and the exchange waits, without a task, until the
   carrier calls back; then the run goes on from that stage;
-* when the exchange ends, however it ends, :func:`done` tells the stages once.
+* when the exchange ends, however it ends, :func:`done` tells the stages once;
+* the fire-and-forget effects of ``on_body`` and ``on_done`` are sent as they come (``on_done``'s
+  once the request has ended), and the client's answer never waits on them: a :class:`Call` to
+  the Redis carrier, a
+  :class:`Fetch` to the sub-request carrier, bounded by its own deadline and cancelled when
+  the server shuts down (:meth:`~distpat.net.subrequest.SubRequests.close`); its results go to
+  :meth:`Run.landed <distpat.core.pipeline.Run.landed>` (the stage's ``then``; what it returns
+  is ignored). A Fetch with no carrier configured is dropped, with a warning the first time.
 
 A stage that raises costs its request a 500 (logged with the stage's name), never the
 connection or the server.
@@ -18,6 +25,7 @@ connection or the server.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from time import perf_counter
@@ -47,6 +55,7 @@ from distpat.core.stage import (
 )
 
 if TYPE_CHECKING:
+    from distpat.net.engine import Carriers
     from distpat.net.exchange import Exchange
 
 __all__ = [
@@ -285,15 +294,15 @@ def body_captured(ex: Exchange) -> None:
     body = b"".join(captured)
     ex.captured = [body]
     try:
-        calls = run.body(
+        effects = run.body(
             Response(ex.status, ex.response_fields, ex.upstream.name if ex.upstream else None),
             body,
             ex.client.state.make_tick(),
         )
-    except Exception as exc:
-        log.error("stage on_body raised %s: %s", type(exc).__name__, exc, exc_info=exc)
+    except StageError as exc:
+        log.error("%s", exc, exc_info=exc.__cause__)
         return
-    _fire(ex, calls)
+    _fire(ex, run, effects)
 
 
 def done(ex: Exchange, kind: OutcomeKind) -> None:
@@ -320,10 +329,10 @@ def done(ex: Exchange, kind: OutcomeKind) -> None:
         sent=ex.sent_bytes,
         duration=perf_counter() - ex.started,
     )
-    calls = run.done(outcome, state.make_tick())
+    effects = run.done(outcome, state.make_tick())
     for error in run.errors:
         log.error("%s", error, exc_info=error.__cause__)
-    _fire(ex, calls)
+    _fire(ex, run, effects)
     _count(state.count_decision, run)
     land = state.carriers.land
     if ex.leads and land is not None:
@@ -347,15 +356,37 @@ def _count(count: Callable[[str, str], None] | None, run: Run) -> None:
             count(stage.name, decision)
 
 
-def _fire(ex: Exchange, calls: list[Call]) -> None:
-    if not calls:
+def _fire(ex: Exchange, run: Run, effects: list[Call | Fetch]) -> None:
+    """Send the stages' fire-and-forget effects; nothing of the exchange waits on them."""
+    if not effects:
         return
-    call = ex.client.state.carriers.call
-    for c in calls:
-        if call is None:
-            log.warning("a stage's Redis call %r dropped: no Redis server is configured", c.command[:1])
+    carriers = ex.client.state.carriers
+    for effect in effects:
+        if isinstance(effect, Fetch):
+            if carriers.fetch is None:
+                _dropped(
+                    carriers, "fetch", "a stage's background Fetch dropped: this server makes no sub-requests"
+                )
+            else:
+                carriers.fetch(effect, functools.partial(_landed, run, effect))
+        elif carriers.call is None:
+            log.warning("a stage's Redis call %r dropped: no Redis server is configured", effect.command[:1])
         else:
-            call(c, _ignore)
+            carriers.call(effect, _ignore)
+
+
+def _dropped(carriers: Carriers, what: str, message: str) -> None:
+    if what not in carriers.dropped:
+        carriers.dropped.add(what)
+        log.warning("%s (said once)", message)
+
+
+def _landed(run: Run, fetch: Fetch, results: tuple[SubResult, ...]) -> None:
+    """A background Fetch came back (from a loop callback of its own): the stage's ``then``."""
+    try:
+        run.landed(fetch, results)
+    except StageError as exc:
+        log.error("%s", exc, exc_info=exc.__cause__)
 
 
 def _ignore(result: CallResult) -> None:
