@@ -172,6 +172,11 @@ class AdminServer:
             raise AdminServerStateError("the admin server is not listening; call start() first")
         return self._port
 
+    @property
+    def connections(self) -> int:
+        """How many client connections are open now."""
+        return len(self._connections)
+
     def _connection(self) -> AdminConnection:
         return AdminConnection(self._app.respond, self._limits, self._connections, log)
 

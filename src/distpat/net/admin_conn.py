@@ -11,7 +11,10 @@ kept simple and strict, and no client can hold it:
   414, longer fields 431, RFC 9110 section 15.5.15 and RFC 6585 section 5); a body, which no
   endpoint reads, by ``max_body_bytes`` (413). A request httptools refuses is 400, an HTTP
   version other than 1.0 and 1.1 is 505, and an Upgrade is answered without upgrading, then
-  closed. Each of these refusals closes the connection after its answer.
+  closed. Each of these refusals closes the connection after its answer, lingering as nginx's
+  lingering close does: the client may still be sending, and closing a socket with unread input
+  resets the connection, which can destroy the answer before the client reads it. So the
+  connection stops writing, reads and discards for up to ``linger_timeout``, then closes.
 - A request head must arrive whole within ``header_timeout`` of its first byte (of the
   connection's start, for its first request), however slowly it trickles in: then 408 and close.
   Between requests a connection may idle ``idle_timeout``, then it is closed without a word.
@@ -68,12 +71,14 @@ class AdminLimits:
     """How long a persistent connection may wait for its next request."""
     send_timeout: float = 10.0
     """How long an answer may wait for the client to read it."""
+    linger_timeout: float = 2.0
+    """After a refusal, how long what the client still sends is read and discarded."""
 
     def __post_init__(self) -> None:
         for name in ("max_header_bytes", "max_body_bytes", "max_pipelined"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"admin limit {name} must be at least 1, not {getattr(self, name)!r}")
-        for name in ("header_timeout", "idle_timeout", "send_timeout"):
+        for name in ("header_timeout", "idle_timeout", "send_timeout", "linger_timeout"):
             value = getattr(self, name)
             if not value > 0 or value == float("inf"):
                 raise ConfigError(f"admin timeout {name} must be a positive number of seconds, not {value!r}")
@@ -154,6 +159,8 @@ class AdminConnection(asyncio.Protocol):
         self.current: _Request | None = None  # its head ended, its message not yet
         self.refused = False  # a refusal is queued (or the connection is ending): nothing more is read
         self.stopping = False
+        self.eof = False  # the client sent all it will
+        self.linger = False  # input may be left unread: close lingering
         self.paused = False
         self.reject: RemoteProtocolError | None = None
 
@@ -178,6 +185,11 @@ class AdminConnection(asyncio.Protocol):
         self.registry.discard(self)
         if not self.closed.done():
             self.closed.set_result(None)
+
+    def eof_received(self) -> bool | None:
+        self.eof = self.refused = True
+        # With answers still to send, the write side stays open for them; otherwise close now.
+        return True if self.task is not None else None
 
     def pause_writing(self) -> None:
         if self.drained is None:
@@ -209,6 +221,7 @@ class AdminConnection(asyncio.Protocol):
             last = self.queue[-1] if self.queue else None
             if isinstance(last, _Request):
                 self.queue[-1] = _Request(last.method, last.target, False, last.http10)
+            self.linger = True
             self._stop_reading()
         except httptools.HttpParserError as exc:
             reject = self.reject
@@ -287,6 +300,7 @@ class AdminConnection(asyncio.Protocol):
             self.timer.cancel()
             self.timer = None
         self._queue(error_response(status, message, close=True, extra=((b"Date", http_date(time.time())),)))
+        self.linger = True
         self._stop_reading()
 
     def _stop_reading(self) -> None:
@@ -316,8 +330,7 @@ class AdminConnection(asyncio.Protocol):
                     return
                 transport.write(data)
                 if close:
-                    self.refused = True
-                    transport.close()
+                    self._close(transport)
                     return
                 if self.drained is not None and not await self._drained(self.drained):
                     transport.abort()
@@ -327,8 +340,22 @@ class AdminConnection(asyncio.Protocol):
                     transport.resume_reading()
         finally:
             self.task = None
-        if not self.in_head and not transport.is_closing():
+        if self.eof:
+            transport.close()
+        elif not self.in_head and not transport.is_closing():
             self._arm(self.limits.idle_timeout, self._idle_timed_out)
+
+    def _close(self, transport: asyncio.Transport) -> None:
+        self.refused = True
+        if not self.linger or self.stopping or self.eof or not transport.can_write_eof():
+            transport.close()
+            return
+        # Lingering close (see the module docstring): what still arrives is discarded.
+        transport.write_eof()
+        if self.paused:
+            self.paused = False
+            transport.resume_reading()
+        self._arm(self.limits.linger_timeout, transport.close)
 
     async def _drained(self, drained: asyncio.Future[None]) -> bool:
         """Wait until the client has read enough of what was written; False after ``send_timeout``."""
