@@ -1,7 +1,8 @@
 """The admin listener: liveness and readiness probes, and the Prometheus scrape endpoint.
 
-It answers on its own port, apart from proxied traffic, at a low rate, so it is a
-plain :mod:`aiohttp.web` application:
+It answers on its own port, apart from proxied traffic, at a low rate, on plain asyncio (one
+:class:`~distpat.net.admin_conn.AdminConnection` per client, parsed by httptools), so that a
+standalone process never loads a web framework for three endpoints:
 
 ``GET /healthz``
     200 ``ok`` while the process runs its event loop (the liveness probe).
@@ -12,22 +13,37 @@ plain :mod:`aiohttp.web` application:
 ``GET /metrics``
     The text exposition of a :class:`MetricsSource` (such as :class:`~distpat.net.metrics.ProxyMetrics`).
 
-HEAD is answered wherever GET is; other methods get 405, other paths 404.
-Responses carry ``Cache-Control: no-store``. Requests are not access-logged.
+HEAD is answered wherever GET is (RFC 9110 section 9.3.2: the same fields, no content); other
+methods get 405 with ``Allow: GET, HEAD`` (section 15.5.6), other paths 404. A query string is
+ignored. Responses carry ``Cache-Control: no-store``. Requests are not access-logged. The limits
+and timeouts of a connection (:class:`~distpat.net.admin_conn.AdminLimits`) are described there.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import logging
 import socket
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from aiohttp import web
-
 from distpat.errors import AdminServerStateError
+from distpat.net.admin_conn import AdminConnection, AdminLimits, AdminResponse
 
-__all__ = ["AdminServer", "AdminServerStateError", "MetricsSource", "create_admin_app"]
+__all__ = [
+    "AdminApp",
+    "AdminLimits",
+    "AdminResponse",
+    "AdminServer",
+    "AdminServerStateError",
+    "GatheredMetricsSource",
+    "MetricsSource",
+    "create_admin_app",
+]
+
+log = logging.getLogger("distpat.admin")
 
 
 class MetricsSource(Protocol):
@@ -51,15 +67,56 @@ async def _value(result: T | Awaitable[T]) -> T:
     return result
 
 
-_METRICS: web.AppKey[MetricsSource | GatheredMetricsSource] = web.AppKey("distpat_metrics")
-_READY: web.AppKey[Callable[[], bool | Awaitable[bool]]] = web.AppKey("distpat_ready")
-_DRAINING: web.AppKey[Callable[[], bool]] = web.AppKey("distpat_draining")
-
-_NO_STORE = {"Cache-Control": "no-store"}
-
-
 def _never_draining() -> bool:
     return False
+
+
+_TEXT = b"text/plain; charset=utf-8"
+_ALLOW = ((b"Allow", b"GET, HEAD"),)
+_PATHS = frozenset({b"/healthz", b"/readyz", b"/metrics"})
+
+
+def _text(status: int, text: bytes, extra: tuple[tuple[bytes, bytes], ...] = ()) -> AdminResponse:
+    return AdminResponse(status, text, _TEXT, extra)
+
+
+def _path(target: bytes) -> bytes:
+    """The path of a request target: origin-form without its query, or absolute-form's path (RFC 9112 3.2)."""
+    if not target.startswith(b"/"):
+        scheme, sep, rest = target.partition(b"://")
+        if not sep or not scheme.isalpha():
+            return b""  # asterisk-form, authority-form or junk: no endpoint of ours
+        slash = rest.find(b"/")
+        target = b"/" if slash < 0 else rest[slash:]
+    return target.split(b"?", 1)[0].split(b"#", 1)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class AdminApp:
+    """The admin endpoints and where their answers come from (build it with :func:`create_admin_app`)."""
+
+    metrics: MetricsSource | GatheredMetricsSource
+    ready: Callable[[], bool | Awaitable[bool]]
+    draining: Callable[[], bool] = _never_draining
+
+    async def respond(self, method: bytes, target: bytes) -> AdminResponse:
+        """The answer to ``method target`` (a HEAD is answered as the GET; the connection drops the body)."""
+        path = _path(target)
+        if path not in _PATHS:
+            return _text(404, b"404: Not Found\n")
+        if method != b"GET" and method != b"HEAD":
+            return _text(405, b"405: Method Not Allowed\n", _ALLOW)
+        if path == b"/healthz":
+            return _text(200, b"ok\n")
+        if path == b"/readyz":
+            if self.draining():
+                return _text(503, b"draining\n")
+            if not await _value(self.ready()):
+                return _text(503, b"no healthy upstream\n")
+            return _text(200, b"ready\n")
+        body, content_type = await _value(self.metrics.render())
+        # The Prometheus content type carries version and charset parameters: sent whole.
+        return AdminResponse(200, body, content_type.encode("latin-1"))
 
 
 def create_admin_app(
@@ -67,7 +124,7 @@ def create_admin_app(
     metrics: MetricsSource | GatheredMetricsSource,
     ready: Callable[[], bool | Awaitable[bool]],
     draining: Callable[[], bool] = _never_draining,
-) -> web.Application:
+) -> AdminApp:
     """Build the admin application.
 
     ``ready`` says whether the proxy can serve (typically: at least one healthy upstream);
@@ -75,35 +132,7 @@ def create_admin_app(
     called on every ``/readyz`` request, so they must be cheap and must not block. ``ready``
     and ``metrics.render`` may be coroutines (the parent of several workers asks each of them).
     """
-    app = web.Application()
-    app[_METRICS] = metrics
-    app[_READY] = ready
-    app[_DRAINING] = draining
-    # add_get also routes HEAD; a known path with another method gets 405 from the router.
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _readyz)
-    app.router.add_get("/metrics", _metrics)
-    return app
-
-
-async def _healthz(request: web.Request) -> web.Response:
-    return web.Response(text="ok\n", headers=_NO_STORE)
-
-
-async def _readyz(request: web.Request) -> web.Response:
-    app = request.app
-    if app[_DRAINING]():
-        return web.Response(status=503, text="draining\n", headers=_NO_STORE)
-    if not await _value(app[_READY]()):
-        return web.Response(status=503, text="no healthy upstream\n", headers=_NO_STORE)
-    return web.Response(text="ready\n", headers=_NO_STORE)
-
-
-async def _metrics(request: web.Request) -> web.Response:
-    body, content_type = await _value(request.app[_METRICS].render())
-    # The content type carries version and charset parameters, which aiohttp's content_type
-    # argument refuses; pass the header whole.
-    return web.Response(body=body, headers={"Content-Type": content_type, **_NO_STORE})
+    return AdminApp(metrics=metrics, ready=ready, draining=draining)
 
 
 class AdminServer:
@@ -116,15 +145,20 @@ class AdminServer:
         ...  # server.port is the bound port
         await server.close()
 
-    ``shutdown_timeout`` bounds how long :meth:`close` waits for requests in progress.
+    ``shutdown_timeout`` bounds how long :meth:`close` waits for requests in progress;
+    ``limits`` bounds what one client may send and how long it may take (:class:`AdminLimits`).
     """
 
-    __slots__ = ("_app", "_port", "_runner", "_shutdown_timeout")
+    __slots__ = ("_app", "_connections", "_limits", "_port", "_server", "_shutdown_timeout")
 
-    def __init__(self, app: web.Application, *, shutdown_timeout: float = 1.0) -> None:
+    def __init__(
+        self, app: AdminApp, *, shutdown_timeout: float = 1.0, limits: AdminLimits | None = None
+    ) -> None:
         self._app = app
         self._shutdown_timeout = shutdown_timeout
-        self._runner: web.AppRunner | None = None
+        self._limits = AdminLimits() if limits is None else limits
+        self._server: asyncio.Server | None = None
+        self._connections: set[AdminConnection] = set()
         self._port: int | None = None
 
     def __repr__(self) -> str:
@@ -138,6 +172,14 @@ class AdminServer:
             raise AdminServerStateError("the admin server is not listening; call start() first")
         return self._port
 
+    @property
+    def connections(self) -> int:
+        """How many client connections are open now."""
+        return len(self._connections)
+
+    def _connection(self) -> AdminConnection:
+        return AdminConnection(self._app.respond, self._limits, self._connections, log)
+
     async def start(self, host: str, port: int) -> None:
         """Listen on ``host:port`` (port 0 picks a free one, readable from :attr:`port`).
 
@@ -145,37 +187,39 @@ class AdminServer:
         gets a different free port on each, and :attr:`port` reports the first.
         Raises :class:`OSError` when the address cannot be bound.
         """
-        if self._runner is not None:
+        if self._server is not None:
             raise AdminServerStateError("the admin server is already started")
-        runner = web.AppRunner(self._app, access_log=None, shutdown_timeout=self._shutdown_timeout)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, host, port).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(self._connection, host, port, reuse_address=True)
+        self._server = server
+        self._port = int(server.sockets[0].getsockname()[1])
 
     async def start_on(self, sock: socket.socket) -> None:
         """Serve on an already bound and listening socket (bound before a fork, say)."""
-        if self._runner is not None:
+        if self._server is not None:
             raise AdminServerStateError("the admin server is already started")
-        runner = web.AppRunner(self._app, access_log=None, shutdown_timeout=self._shutdown_timeout)
-        await runner.setup()
-        try:
-            await web.SockSite(runner, sock).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._connection, sock=sock)
         self._port = int(sock.getsockname()[1])
 
     async def close(self) -> None:
         """Stop listening and finish (or, after ``shutdown_timeout``, drop) requests in progress.
 
-        Idempotent; the server can be started again afterwards.
+        An idle keep-alive connection is closed at once; one in the middle of a request is
+        closed after its answer. Idempotent; the server can be started again afterwards.
         """
-        runner, self._runner, self._port = self._runner, None, None
-        if runner is not None:
-            await runner.cleanup()
+        server, self._server, self._port = self._server, None, None
+        if server is None:
+            return
+        server.close()
+        connections = list(self._connections)
+        for conn in connections:
+            conn.shut_down()
+        waiting = [conn.closed for conn in connections if not conn.closed.done()]
+        if waiting:
+            _, late = await asyncio.wait(waiting, timeout=self._shutdown_timeout)
+            if late:
+                for conn in connections:
+                    conn.abort()
+                await asyncio.wait(late, timeout=self._shutdown_timeout)
+        await server.wait_closed()
