@@ -510,7 +510,7 @@ def run_one(name: str, tools: Tools, origin: Origin, tmp: Path, args: argparse.N
             run.results = parse_results(out)
             print(f"{name}: {len(run.results)} results in {time.monotonic() - t0:.0f} s", flush=True)
         except (ServiceError, ValueError) as e:
-            run.error = str(e).splitlines()[0] if str(e) else type(e).__name__
+            run.error = " | ".join(str(e).split("\n")[:4])[:300] or type(e).__name__
             print(f"{name}: could not be run: {e}", flush=True)
     return run
 
