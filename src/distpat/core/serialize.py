@@ -180,7 +180,7 @@ def local_response(
     if bodiless:
         body = b""
     else:
-        if body:
+        if body and content_type:  # empty: the answer has none (a stored response without one)
             out.append((b"Content-Type", content_type))
         out.append((b"Content-Length", b"%d" % len(body)))
         if head_request:
