@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from distpat import __version__
-from distpat.cli import proxy, ratelimit, redis_shard, ring, run, shard, sidecar, split
+from distpat.cli import cache, proxy, ratelimit, redis_shard, ring, run, shard, sidecar, split
 from distpat.errors import DistpatError
 
 __all__ = ["build_parser", "main"]
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     shard.register(sub)
     split.register(sub)
     ratelimit.register(sub)
+    cache.register(sub)
     run.register(sub)
     return parser
 
