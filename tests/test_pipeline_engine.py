@@ -683,11 +683,17 @@ async def test_a_stage_that_only_forwards_keeps_the_one_pass_forwarder(
         assert r.status == 200
         [forwarded] = backend.requests
         assert forwarded.header(b"x-route") == b"u1"
-        # the control: a stage reading every field takes the general path, so the patch is in force
+        # a stage reading every field keeps it too: they are captured in the same pass
         async with serving(AddOnly(ALL_FIELDS), upstreams=(backend.url,)) as p:
-            [r] = await _ask_once(p.port, req(b"/general"))
+            [r] = await _ask_once(p.port, req(b"/all", fields=b"X-User: u2\r\n"))
+        assert r.status == 200
+        assert backend.requests[-1].header(b"x-route") == b"u2"
+        # the control: a Connection field naming another field takes the general path, so the
+        # patch is in force
+        async with serving(AddOnly(ALL_FIELDS), upstreams=(backend.url,)) as p:
+            [r] = await _ask_once(p.port, req(b"/general", fields=b"Connection: x-extra\r\nX-Extra: 1\r\n"))
         assert r.status != 200
-        assert len(backend.requests) == 1
+        assert len(backend.requests) == 2
 
 
 async def _ask_once(port: int, raw: bytes) -> list[Wire]:

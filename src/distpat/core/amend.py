@@ -48,12 +48,13 @@ def capture_known(
 
 
 def capture_fields(headers: Headers, capture: frozenset[bytes]) -> dict[bytes, bytes]:
-    """The values of the ``capture`` names in ``headers``, as :meth:`RequestForwarder.forward`
-    captures them (for the general path)."""
+    """The values of the ``capture`` names in ``headers`` (every field's with ``*`` among them), as
+    :meth:`RequestForwarder.forward` captures them (for the general path)."""
     fields: dict[bytes, bytes] = {}
+    every = b"*" in capture
     for name, value in headers:
         lower = name.lower()
-        if lower in capture:
+        if every or lower in capture:
             keep_field(fields, lower, value)
     return fields
 

@@ -61,7 +61,7 @@ class _NameTable:
     service as the ``X-Client-Cert`` the proxy controls. The decision is memoised with the name.
     """
 
-    __slots__ = ("lower", "seen", "underscores")
+    __slots__ = ("default", "lower", "seen", "underscores")
 
     def __init__(
         self,
@@ -72,14 +72,17 @@ class _NameTable:
     ) -> None:
         # a captured name keeps its meaning when it has one (Host, X-Forwarded-For...): those the
         # forwarder reads anyway and hands over itself
-        kept = {name: _CAPTURE for name in capture if name not in fields}
+        kept = {name: _CAPTURE for name in capture if name not in fields and name != b"*"}
         self.lower = {**kept, **fields, **dict.fromkeys(drop, _HOP)}
+        self.default = _CAPTURE if b"*" in capture else _COPY
+        """What a name with no meaning of its own is: copied, or (capturing every field, for a
+        stage that reads them all) copied and captured."""
         self.seen = dict(self.lower)
         self.underscores = underscores
 
     def kind(self, name: bytes) -> int:
         """The meaning of a name not in ``seen`` (the forwarders look there first, inline)."""
-        kind = self.lower.get(name.lower(), _COPY)
+        kind = self.lower.get(name.lower(), self.default)
         if not self.underscores and b"_" in name:
             log.debug("request field %r dropped: its name has '_' (underscores_in_headers off)", name)
             kind = _HOP

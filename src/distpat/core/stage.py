@@ -75,8 +75,9 @@ __all__ = [
 Fields: TypeAlias = tuple[tuple[bytes, bytes], ...]
 
 ALL_FIELDS: frozenset[bytes] = frozenset({b"*"})
-"""``Stage.reads = ALL_FIELDS``: the stage reads every request field (:attr:`Request.headers`);
-the engine then takes the general path for each request, a few microseconds dearer."""
+"""``Stage.reads = ALL_FIELDS``: the stage reads every request field: :attr:`Request.headers` has
+them as received, and :attr:`Request.fields` every one by lowercase name (captured in the engine's
+one pass, as declared fields are; Host, X-Forwarded-For and Via only when declared by name too)."""
 
 _FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 

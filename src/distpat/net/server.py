@@ -31,6 +31,8 @@ from distpat.core.http import (
     error_response,
     has_host,
 )
+from distpat.core.pipeline import Pipeline
+from distpat.core.stage import ALL_FIELDS
 from distpat.errors import LocalProtocolError, RemoteProtocolError
 from distpat.net.client_timeouts import ensure_tick, stop_ticking
 from distpat.net.engine import READ_BUFFER_BYTES, EngineSettings, EngineState, client_subject
@@ -48,6 +50,14 @@ log = logging.getLogger("distpat.proxy")
 
 LINGER = 2.0
 """Seconds a connection closed while its client is still sending keeps reading (and discarding)."""
+
+
+def _captured(pipeline: Pipeline | None) -> frozenset[bytes]:
+    """The request fields the one pass captures for ``pipeline``: those its stages read, and every
+    field (``*``) when one reads them all."""
+    if pipeline is None:
+        return frozenset()
+    return pipeline.reads | ALL_FIELDS if pipeline.all_fields else pipeline.reads
 
 
 class ClientConnection(ClientFlow, asyncio.BufferedProtocol):
@@ -169,7 +179,7 @@ class ClientConnection(ClientFlow, asyncio.BufferedProtocol):
             drop=state.request_drop,
             extra=self.extra_request,  # the client certificate's subject
             underscores=settings.underscores_in_headers,
-            capture=frozenset() if state.pipeline is None else state.pipeline.reads,
+            capture=_captured(state.pipeline),
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -297,16 +307,16 @@ class ClientConnection(ClientFlow, asyncio.BufferedProtocol):
         fields: dict[bytes, bytes] | None = None if pipeline is None else {}
         target = self.url
         try:
-            if pipeline is None or not pipeline.all_fields:
-                # the one-pass form, capturing what the stages read; None: a rare case, for the general one
-                fast = self.requests.forward(method, self.url, headers, http10, fields)  # Host checked too
+            # the one-pass form, capturing what the stages read (every field, for a stage that reads
+            # them all); None: a rare case, for the general one
+            fast = self.requests.forward(method, self.url, headers, http10, fields)  # Host checked too
             if fast is not None:
                 body, length, head, expect_continue = fast
             else:
                 framing, head, expect_continue, target = forward_general(self, method, http10, headers)
                 body, length = framing.kind, -1 if framing.length is None else framing.length
                 if pipeline is not None:
-                    fields = capture_fields(headers, pipeline.reads)
+                    fields = capture_fields(headers, _captured(pipeline))
         except RemoteProtocolError as exc:
             self.reject = Reject(exc.status, str(exc))
             raise self.reject from None
