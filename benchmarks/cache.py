@@ -240,6 +240,13 @@ class Bench:
     def row(self, what: str, value: str, goal: str = "-", ok: bool | None = None) -> None:
         self.rows.append((what, value, goal, "-" if ok is None else ("met" if ok else "missed")))
 
+    def note_unavailable(self, contenders: Sequence[Contender]) -> None:
+        """Count each contender that has failed as broken, once."""
+        for c in contenders:
+            line = f"{c.name}: {c.error.splitlines()[0]}" if c.error else None
+            if line and not any(b.startswith(f"{c.name}: ") for b in self.broken):
+                self.broken.append(line)
+
     def check_row(self, what: str, value: str, expected: str, ok: bool) -> None:
         self.rows.append((what, value, expected, "ok" if ok else "BROKEN"))
         if not ok:
@@ -344,8 +351,7 @@ def hits_section(bench: Bench, contenders: Sequence[Contender], args: argparse.N
             error = warm_and_check(c)
             if error:
                 c.fail(f"check failed: {error}")
-        if c.error:
-            bench.broken.append(f"{c.name}: {c.error.splitlines()[0]}")
+    bench.note_unavailable(contenders)
     for path, size in OBJECTS.items():
         print(
             f"\n## Hits: GET {path} ({size:,}-byte body), wrk -t1 -c{args.connections} -d{args.duration}s "
@@ -359,6 +365,7 @@ def hits_section(bench: Bench, contenders: Sequence[Contender], args: argparse.N
 
         results = alternate(contenders, "wrk", run, args)
         rate_table(contenders, results, {})
+        bench.note_unavailable(contenders)
         print(CPU_NOTE)
         label = f"{size // 1024} KiB"
         for c in contenders:
@@ -447,8 +454,7 @@ def storm_section(
     for n, c in enumerate(storm_ones, 1):
         if not c.available:
             print(f"{c.name:12s} unavailable: {(c.error or '').splitlines()[0] if c.error else ''}")
-            if c.name == NGINX_LOCK:
-                bench.broken.append(f"{c.name}: {(c.error or '').splitlines()[0]}")
+            bench.note_unavailable([c])
             continue
         target = f"/slow?storm={n}"
         t0 = time.monotonic()
