@@ -7,8 +7,8 @@ keys make a cache stage::
 
     [[stage]]
     kind = "cache"
-    max_bytes = "256MB"
-    max_object_bytes = "8MB"
+    max_bytes = "256m"
+    max_object_bytes = "8m"
     purge_from = ["127.0.0.1", "10.0.0.0/8"]
     heuristic_freshness = "off"
 """

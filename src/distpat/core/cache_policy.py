@@ -128,7 +128,9 @@ def response_directives(headers: Fields, policy: CachePolicy) -> Directives:
     if policy.cdn:
         lines = header_values(headers, b"cdn-cache-control")
         if lines:
-            return parse_directives(lines)
+            targeted = parse_directives(lines)
+            if targeted != Directives(present=True):  # valid: it says something (RFC 9213 section 2.1)
+                return targeted
         lines = header_values(headers, b"surrogate-control")
         if lines:  # a directive may name the surrogate it targets (max-age=60;edge): any is this one
             return parse_directives([_untargeted(line) for line in lines])
@@ -407,16 +409,21 @@ def _strong(tag: bytes) -> bytes | None:
 
 
 def selected_by_304(stored: Stored, headers: Fields) -> bool:
-    """Whether a 304 with ``headers`` updates ``stored`` (section 4.3.4): its strong ETag is the
-    stored one; without an ETag, its Last-Modified is; with neither, it does."""
+    """Whether a 304 with ``headers`` updates ``stored`` (section 4.3.4): its ETag is the stored
+    one (compared strongly, or weakly when the 304's is weak); without an ETag, its Last-Modified
+    is; with neither, only a stored response without validators is selected."""
     etags = header_values(headers, b"etag")
     if etags:
-        tag = _strong(etags[0].strip())
-        return tag is not None and stored.etag is not None and tag == _strong(stored.etag)
+        tag = etags[0].strip()
+        if stored.etag is None:
+            return False
+        if _strong(tag) is not None:
+            return tag == _strong(stored.etag)
+        return _weak(tag) == _weak(stored.etag)  # no strong validator: a weak one selects (4.3.4)
     lms = header_values(headers, b"last-modified")
     if lms:
         return stored.last_modified is not None and lms[0].strip() == stored.last_modified
-    return True
+    return not stored.validatable  # no validator in the 304: only a stored response without one
 
 
 def freshen(
@@ -429,7 +436,8 @@ def freshen(
 ) -> Stored:
     """``stored`` updated by a 304's ``headers`` (section 3.2): each field of the 304 replaces the
     stored field of that name, but for those about the body; freshness and age computed anew."""
-    names = {n.lower() for n, _ in headers if n.lower() not in _NOT_UPDATED}
+    connection = {t.strip(b" \t").lower() for line in header_values(headers, b"connection") for t in line.split(b",")}
+    names = {n.lower() for n, _ in headers if n.lower() not in _NOT_UPDATED and n.lower() not in connection}
     merged = tuple((n, v) for n, v in stored.headers if n.lower() not in names) + tuple(
         (n, v) for n, v in headers if n.lower() in names
     )
@@ -473,7 +481,15 @@ def client_not_modified(stored: Stored, request: Request) -> bool:
 _SAFE = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 
 
-def invalidated_targets(method: bytes, status: int, host: bytes | None, headers: Fields) -> list[bytes]:
+def _relative(target: bytes, reference: bytes) -> bytes:
+    """A relative reference resolved against the request's path (RFC 3986 section 5.2, paths only)."""
+    base = target.partition(b"?")[0]
+    return base[: base.rfind(b"/") + 1] + reference
+
+
+def invalidated_targets(
+    method: bytes, status: int, host: bytes | None, headers: Fields, target: bytes = b"/"
+) -> list[bytes]:
     """The origin-form targets besides the request's own that an unsafe method's non-error response
     invalidates (section 4.4): ``Location`` and ``Content-Location`` on the same host. The
     request's own target is the caller's; an empty list for a safe method or an error status."""
@@ -485,6 +501,8 @@ def invalidated_targets(method: bytes, status: int, host: bytes | None, headers:
             value = value.strip()
             if value.startswith(b"/") and not value.startswith(b"//"):
                 out.append(value)
+            elif b"://" not in value and not value.startswith(b"//") and value:
+                out.append(_relative(target, value))
             elif host is not None:
                 for scheme in (b"http://", b"https://"):
                     prefix = scheme + host.lower()

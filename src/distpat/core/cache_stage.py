@@ -331,7 +331,7 @@ class CacheStage(Stage):
             if note.kind == "unsafe" and 200 <= status < 400 and response.upstream is not None:
                 host = (request.field(b"host") or b"").lower()
                 self.store.purge(note.key)
-                for target in invalidated_targets(request.method, status, host, response.headers):
+                for target in invalidated_targets(request.method, status, host, response.headers, request.target):
                     self.store.purge(host + target)
                 self._count("invalidation")
             return Amend(add=((b"Cache-Status", note.status),))
@@ -350,7 +350,8 @@ class CacheStage(Stage):
         if note.kind == "validate" and entry is not None and status == 304:
             if selected_by_304(entry.stored, response.headers):
                 updated = freshen(entry.stored, response.headers, request, note.requested, now, self.policy)
-                entry = self.store.replace(entry, updated)
+                # the freshened copy answers even when it could not be stored again
+                entry = self.store.replace(entry, updated) or Entry(entry.key, updated, entry.body)
             self.store.touch(entry)
             age = int(current_age(entry.stored, now))
             if client_not_modified(entry.stored, request):
@@ -393,7 +394,13 @@ class CacheStage(Stage):
 
     def on_done(self, request: Request, outcome: Outcome, tick: Tick) -> Fetch | None:
         note = request.notes.get(self.name)
-        if not isinstance(note, _Note) or not note.refresh or note.entry is None:
+        if not isinstance(note, _Note):
+            return None
+        if note.store is not None:  # storable, but its body never came whole (too large, cut short)
+            note.store = None
+            self._count("not_stored")
+            self.hit_for_miss[note.key] = tick.wall + self.settings.hit_for_miss
+        if not note.refresh or note.entry is None:
             return None
         entry = note.entry
         key = note.key

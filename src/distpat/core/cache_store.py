@@ -78,9 +78,15 @@ class MemoryStore:
         """The entries stored under ``key`` by variant key (do not change the mapping)."""
         return self._keys.get(key)
 
+    def holds(self, entry: Entry) -> bool:
+        """Whether ``entry`` is still the one stored in its slot (not evicted, purged or replaced)."""
+        return self._lru.get((entry.key, entry.stored.vary_key)) is entry
+
     def touch(self, entry: Entry) -> None:
-        """``entry`` was used: it becomes the most recently used."""
-        self._lru.move_to_end((entry.key, entry.stored.vary_key))
+        """``entry`` was used: it becomes the most recently used (nothing, if it is no longer held)."""
+        slot = (entry.key, entry.stored.vary_key)
+        if self._lru.get(slot) is entry:
+            self._lru.move_to_end(slot)
 
     def fits(self, size: int) -> bool:
         return size <= self.max_object_bytes
@@ -106,16 +112,19 @@ class MemoryStore:
         self.bytes_held += size
         return entry
 
-    def replace(self, entry: Entry, stored: Stored) -> Entry:
-        """``entry`` with new fields (a 304 freshened it), its body kept."""
+    def replace(self, entry: Entry, stored: Stored) -> Entry | None:
+        """``entry`` with new fields (a 304 freshened it), its body kept: the new entry, or None
+        when ``entry`` is no longer held (something newer took its slot) or no longer fits."""
+        if not self.holds(entry):
+            return None
         self._drop(entry)
-        new = self.put(entry.key, stored, entry.body)
-        return new if new is not None else entry
+        return self.put(entry.key, stored, entry.body)
 
     def _drop(self, entry: Entry) -> None:
         slot = (entry.key, entry.stored.vary_key)
-        if self._lru.pop(slot, None) is None:
+        if self._lru.get(slot) is not entry:  # gone already, or a newer entry holds the slot
             return
+        del self._lru[slot]
         variants = self._keys.get(entry.key)
         if variants is not None:
             variants.pop(entry.stored.vary_key, None)
