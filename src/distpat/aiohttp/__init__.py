@@ -11,10 +11,12 @@ standalone engine, this package in an aiohttp application, as a middleware::
 
 :func:`split_middleware` and :func:`shard_handler` are the split and shard routers of
 ``distpat split`` and ``distpat shard`` in this form, :func:`ratelimit_middleware` the rate
-limiter of ``distpat ratelimit``. See ``docs/aiohttp.md`` for the keys,
+limiter of ``distpat ratelimit``, :func:`cache_middleware` the RFC 9111 shared cache of
+``distpat cache`` with the application's handler as its origin. See ``docs/aiohttp.md`` for the keys,
 the outcome of each failure and the limits.
 """
 
+from distpat.aiohttp.cache import CacheMiddleware, cache_middleware
 from distpat.aiohttp.flights import Flights
 from distpat.aiohttp.middleware import PipelineMiddleware, pipeline_middleware, setup
 from distpat.aiohttp.pools import Upstream, UpstreamPool, UpstreamPools
@@ -40,6 +42,7 @@ __all__ = [
     "UPSTREAM_POOLS",
     "SHARD_POOL",
     "VARIANT",
+    "CacheMiddleware",
     "Flights",
     "PipelineMiddleware",
     "ProxySettings",
@@ -48,6 +51,7 @@ __all__ = [
     "Upstream",
     "UpstreamPool",
     "UpstreamPools",
+    "cache_middleware",
     "client_context",
     "pipeline_middleware",
     "proxy_handler",

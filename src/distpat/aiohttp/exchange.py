@@ -214,6 +214,8 @@ class Exchange:
         except web.HTTPException as exc:  # an answer like any other, for the stages and the outcome
             response = web.Response(status=exc.status, reason=exc.reason, body=exc.body, headers=exc.headers)
         fields = fields_of(response)
+        name = self.driver.handler_upstream
+        self.upstream = name
         if response.prepared:  # the handler wrote it itself (a stream, a WebSocket)
             if not self.responded:
                 self.driver.warn_once(
@@ -221,16 +223,20 @@ class Exchange:
                     "a handler sent its response itself before the stages saw it; register "
                     "middleware.on_response_prepare (setup(app, ...) does) for their fields to reach it",
                 )
-                self._respond(Response(response.status, fields, None))
+                self._respond(Response(response.status, fields, name))
             self._ended(OutcomeKind.ANSWERED, response.status, fields)
             return response
-        head = Response(response.status, fields, None)
+        head = Response(response.status, fields, name)
         amend, replaced = self._respond(head)
         if replaced is not None:
-            return await self._send_answer(replaced, None, OutcomeKind.ANSWERED)
+            return await self._send_answer(replaced, name, OutcomeKind.ANSWERED)
         amend_headers(response.headers, amend)
-        body = response.body if isinstance(response, web.Response) else None
-        if isinstance(body, bytes) and 0 < len(body) <= forward.capture:
+        # a body the handler set (bytes, text, JSON) is captured whole, an empty one too; a payload
+        # aiohttp writes itself (a file, a stream) is not, and the stages' on_body is not called
+        body = None
+        if isinstance(response, web.Response):
+            body = b"" if response.body is None else response.body  # None: no body was set
+        if forward.capture and isinstance(body, bytes) and len(body) <= forward.capture:
             self.body = body
             self._captured(head, body)
         sent = len(body) if isinstance(body, bytes) and not self._empty(response.status) else 0
@@ -239,7 +245,8 @@ class Exchange:
     def amend_prepared(self, response: web.StreamResponse) -> None:
         """The ``on_response_prepare`` signal for a response the handler prepares itself:
         the stages see its head, their fields are added; a replacement cannot be sent."""
-        amend, replaced = self._respond(Response(response.status, fields_of(response), None))
+        head = Response(response.status, fields_of(response), self.driver.handler_upstream)
+        amend, replaced = self._respond(head)
         if replaced is not None:
             log.warning(
                 "%s %s: a stage replaced a response the handler sends itself; the handler's is sent",

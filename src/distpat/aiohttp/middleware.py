@@ -29,7 +29,7 @@ from distpat.aiohttp.redis_calls import call_redis
 from distpat.aiohttp.state import client_context
 from distpat.aiohttp.subrequests import fetch
 from distpat.core.pipeline import Pipeline, Run, StageError
-from distpat.core.stage import Call, Fetch, Forward, Request, Stage
+from distpat.core.stage import Call, Fetch, Forward, Request, Stage, SubResult
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -54,7 +54,14 @@ class PipelineMiddleware:
     decides, :func:`~distpat.aiohttp.split_middleware` without pools). With ``publish`` False
     the request keys (:data:`~distpat.aiohttp.FORWARD`, :data:`~distpat.aiohttp.NOTES`,
     :data:`~distpat.aiohttp.STAGE_REQUEST`) are not stored: a pipeline run inside a handler
-    (:func:`~distpat.aiohttp.shard_handler`) leaves those of the middleware around it alone."""
+    (:func:`~distpat.aiohttp.shard_handler`) leaves those of the middleware around it alone.
+
+    ``handler_upstream`` is the upstream name the handler's responses carry for the stages
+    (:attr:`Response.upstream <distpat.core.stage.Response.upstream>` in ``on_response``,
+    :attr:`Outcome.upstream <distpat.core.stage.Outcome.upstream>` in ``on_done``); None, the
+    default, leaves it None as for a local answer. A cache stage stores, and invalidates on,
+    only what an upstream answered, so :func:`~distpat.aiohttp.cache_middleware` names the
+    handler ``"application"``."""
 
     __middleware_version__ = 1  # aiohttp's mark of a middleware taking (request, handler)
 
@@ -67,6 +74,7 @@ class PipelineMiddleware:
         "cleanup_ctx",
         "handler_pools",
         "publish",
+        "handler_upstream",
         "_warned",
     )
 
@@ -80,11 +88,13 @@ class PipelineMiddleware:
         connections: int = 100,
         handler_pools: Iterable[str] = (),
         publish: bool = True,
+        handler_upstream: str | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.pools = pools
         self.handler_pools = frozenset(handler_pools)
         self.publish = publish
+        self.handler_upstream = handler_upstream
         self.settings = settings if settings is not None else ProxySettings()
         self.flights = Flights()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -119,14 +129,21 @@ class PipelineMiddleware:
         session: aiohttp.ClientSession | None,
     ) -> None:
         """Carry out fire-and-forget effects (from ``on_done`` / ``on_body``) as tasks kept in
-        :attr:`tasks`: a Call through ``redis``, a Fetch through ``session`` (without one it is
-        dropped, with a warning the first time); a Fetch's results go to :meth:`Run.landed
-        <distpat.core.pipeline.Run.landed>`."""
+        :attr:`tasks`: a Call through ``redis``, a Fetch through ``session``; a Fetch's results
+        go to :meth:`Run.landed <distpat.core.pipeline.Run.landed>`. A Fetch that can go nowhere
+        lands at once, without a task: one whose every sub-request names a pool this driver does
+        not have (``unknown_pool``: the default pool, None, is the application itself), or any
+        without a client session (``no_session``, with a warning the first time), so its stage
+        still hears how it ended."""
         for effect in effects:
             if isinstance(effect, Fetch):
+                if all(self.pools.get(sub.pool) is None for sub in effect.requests):
+                    self._land(run, effect, "unknown_pool")
+                    continue
                 if session is None:
-                    self.warn_once("fetch", "a stage's background Fetch dropped: no client session "
+                    self.warn_once("fetch", "a stage's background Fetch not sent: no client session "
                                    "(add the middleware's cleanup_ctx to the application)")  # fmt: skip
+                    self._land(run, effect, "no_session")
                     continue
                 work: Coroutine[object, object, None] = self._fetch(run, effect, session)
             else:
@@ -142,6 +159,12 @@ class PipelineMiddleware:
 
     async def _fetch(self, run: Run, effect: Fetch, session: aiohttp.ClientSession) -> None:
         results = await fetch(session, self.pools, effect, connect_timeout=self.settings.connect_timeout)
+        self._landed(run, effect, results)
+
+    def _land(self, run: Run, effect: Fetch, error: str) -> None:
+        self._landed(run, effect, tuple(SubResult(sub, error=error) for sub in effect.requests))
+
+    def _landed(self, run: Run, effect: Fetch, results: tuple[SubResult, ...]) -> None:
         try:
             run.landed(effect, results)
         except StageError as exc:
@@ -167,13 +190,15 @@ def pipeline_middleware(
     redis_url: str | None = None,
     settings: ProxySettings | None = None,
     connections: int = 100,
+    handler_upstream: str | None = None,
 ) -> PipelineMiddleware:
     """A middleware running ``stages`` for every request of the application it is added to.
 
     ``pools`` names the upstream pools a stage may forward to (``{"api": ["http://10.0.0.5:8080",
     ...]}``); a Forward to no pool continues into the application's handler. ``redis_url`` is
     where a stage's Calls go. ``settings`` holds the timeouts and the Via entry of forwarded
-    requests; ``connections`` bounds the client session's connections. Add
+    requests; ``connections`` bounds the client session's connections; ``handler_upstream``
+    names the handler as the upstream of its responses (see :class:`PipelineMiddleware`). Add
     :attr:`PipelineMiddleware.cleanup_ctx` to the application's ``cleanup_ctx`` (or use
     :func:`setup`). Raises :class:`~distpat.errors.ConfigError` for a stage that is not a
     :class:`~distpat.core.stage.Stage`, a repeated stage name, or a bad upstream URL."""
@@ -183,6 +208,7 @@ def pipeline_middleware(
         redis_url=redis_url,
         settings=settings,
         connections=connections,
+        handler_upstream=handler_upstream,
     )
 
 
@@ -194,12 +220,18 @@ def setup(
     redis_url: str | None = None,
     settings: ProxySettings | None = None,
     connections: int = 100,
+    handler_upstream: str | None = None,
 ) -> PipelineMiddleware:
     """Make a :func:`pipeline_middleware` and add it to ``app`` with what it needs: the
     middleware itself (after those already there), its ``cleanup_ctx`` and its
     ``on_response_prepare`` signal. Call it before the application starts."""
     middleware = pipeline_middleware(
-        stages=stages, pools=pools, redis_url=redis_url, settings=settings, connections=connections
+        stages=stages,
+        pools=pools,
+        redis_url=redis_url,
+        settings=settings,
+        connections=connections,
+        handler_upstream=handler_upstream,
     )
     app.middlewares.append(middleware)
     app.cleanup_ctx.append(middleware.cleanup_ctx)
