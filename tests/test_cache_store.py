@@ -166,10 +166,6 @@ class TestPurgeAndBans:
         assert held(store) == [(b"h/b", b"1")]
         assert store.bytes_held == sum(e.size for e in store)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="MemoryStore._drop pops the slot's current entry, not the one given (cache_store.py:117)",
-    )
     def test_removing_a_superseded_entry_keeps_the_new_one(self) -> None:
         """An entry the stage still holds after a newer response took its slot (a validation racing
         a miss): removing it must not remove the newer one nor miscount the bytes."""
@@ -181,18 +177,17 @@ class TestPurgeAndBans:
         assert list(store) == [new]
         assert store.bytes_held == sum(e.size for e in store)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="MemoryStore.replace returns the dropped entry when the new one is too large; touch then "
-        "raises KeyError (cache_store.py:113, cache_stage.py:353-354)",
-    )
     def test_a_too_large_freshened_entry_returns_an_entry_the_store_holds(self) -> None:
-        """A 304 whose fields make the entry too large: what replace returns can be touched."""
+        """A 304 whose fields make the entry too large: replace says so (None), and the store
+        neither holds the old entry nor counts its bytes."""
         store = MemoryStore(100_000, ENTRY_OVERHEAD + 100)
         entry = store.put(b"h/a", stored(b"1"), b"x" * 90)
         assert entry is not None
         back = store.replace(entry, stored(b"1", extra=b"p" * 50))
-        store.touch(back)
+        assert back is None
+        assert not store.holds(entry)
+        assert (len(store), store.bytes_held) == (0, 0)
+        store.touch(entry)  # an entry no longer held: nothing happens
 
 
 # -- the byte bound over any sequence of operations, against a model ----------------------------

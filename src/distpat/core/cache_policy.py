@@ -436,7 +436,9 @@ def freshen(
 ) -> Stored:
     """``stored`` updated by a 304's ``headers`` (section 3.2): each field of the 304 replaces the
     stored field of that name, but for those about the body; freshness and age computed anew."""
-    connection = {t.strip(b" \t").lower() for line in header_values(headers, b"connection") for t in line.split(b",")}
+    connection = {
+        t.strip(b" \t").lower() for line in header_values(headers, b"connection") for t in line.split(b",")
+    }
     names = {n.lower() for n, _ in headers if n.lower() not in _NOT_UPDATED and n.lower() not in connection}
     merged = tuple((n, v) for n, v in stored.headers if n.lower() not in names) + tuple(
         (n, v) for n, v in headers if n.lower() in names

@@ -331,7 +331,9 @@ class CacheStage(Stage):
             if note.kind == "unsafe" and 200 <= status < 400 and response.upstream is not None:
                 host = (request.field(b"host") or b"").lower()
                 self.store.purge(note.key)
-                for target in invalidated_targets(request.method, status, host, response.headers, request.target):
+                for target in invalidated_targets(
+                    request.method, status, host, response.headers, request.target
+                ):
                     self.store.purge(host + target)
                 self._count("invalidation")
             return Amend(add=((b"Cache-Status", note.status),))
