@@ -294,7 +294,9 @@ def test_the_bounded_load_cap_is_never_exceeded(
         assert (forward.pool, pools.asked[-1]) == ("p", "p")
         pools.loads[order[0]] += 1
         in_flight.append(order[0])
-        assert max(pools.loads[s] for s in live) <= cap
+        # the chosen node stays within the cap (others may hold more from when more were in
+        # flight: finished requests lower the cap, never move a request already placed)
+        assert pools.loads[order[0]] <= cap
 
 
 def test_bounded_loads_spill_a_hot_key_over_to_the_next_nodes_in_ring_order() -> None:

@@ -138,6 +138,7 @@ class Run:
         "finished",
         "errors",
         "background",
+        "answered",
     )
 
     def __init__(self, pipeline: Pipeline, request: Request) -> None:
@@ -150,6 +151,8 @@ class Run:
         self.pending_stage: Stage | None = None
         self.final: Answer | Forward | None = None
         self.finished = False
+        self.answered = False
+        """The last stage entered answered locally: it does not see its own answer in on_response."""
         self.errors: list[StageError] = []
         """Stages that raised in ``on_done`` (the driver logs them)."""
         self.background: list[tuple[Stage, Fetch]] | None = None
@@ -204,6 +207,7 @@ class Run:
             return None
         if isinstance(effect, Answer):
             self.final = effect
+            self.answered = True
             return effect
         if isinstance(effect, _PENDING):
             if effect.then is None and not isinstance(effect, Hold):
@@ -214,8 +218,14 @@ class Run:
 
     # -- the response --------------------------------------------------------------------
 
+    def responders(self) -> tuple[Stage, ...]:
+        """The stages :meth:`respond` asks, last first: those that saw the request, but the one
+        that answered it locally (it made that answer)."""
+        return self.pipeline._respond_at[self.entered - 1 if self.answered else self.entered]
+
     def respond(self, response: Response, tick: Tick) -> tuple[Amend | None, Answer | None]:
-        """The response passes back out through the stages that saw the request, last first.
+        """The response passes back out through the stages that saw the request, last first
+        (:meth:`responders`).
 
         Returns the fields to add and drop (``Forward.respond`` included) and, when a stage
         replaced the response, its :class:`Answer` (the stages outside it then see that one).
@@ -228,7 +238,7 @@ class Run:
         replaced: Answer | None = None
         current = response
         request = self.request
-        for stage in self.pipeline._respond_at[self.entered]:
+        for stage in self.responders():
             try:
                 change = stage.on_response(request, current, tick)
             except Exception as exc:

@@ -31,7 +31,8 @@ The request passes the stages in order; every stage's :meth:`Stage.on_request` i
 until one answers with :class:`Answer` (the others' ``Forward`` values are merged in order,
 see :meth:`Forward.merge`). The response passes back out through the stages that saw the
 request, **last first** (the outermost stage has the final say, as in aiohttp's middlewares
-and Envoy's encoder filters): :meth:`Stage.on_response` may add fields or replace the reply.
+and Envoy's encoder filters), but the stage that answered it locally, which made that answer:
+:meth:`Stage.on_response` may add fields or replace the reply.
 :meth:`Stage.on_done` is called exactly once for every request a stage saw, whatever happened
 (answered, answered locally, upstream failed, timed out, client gone): permits, in-flight
 counts and stale-if-error hang on it. See ``docs/pipeline.md``.
@@ -81,6 +82,30 @@ one pass, as declared fields are; Host, X-Forwarded-For and Via only when declar
 
 _FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 
+PASS_FIELDS: frozenset[bytes] = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"transfer-encoding",
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"proxy-authorization",
+        b"expect",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-real-ip",
+        b"via",
+        b"forwarded",
+    }
+)
+"""Request fields the engine's one pass reads or drops itself: with every other field captured
+(:attr:`Request.complete`), :meth:`Request.field` still looks these up in the raw headers."""
+
 
 class Tick(NamedTuple):
     """What a stage may know of the world beyond the request: handed in, never read by the stage.
@@ -120,7 +145,18 @@ class Request:
     """A request as stages see it. ``notes`` is the stages' own: state from ``on_request`` for
     ``on_response`` and ``on_done``, keyed by the stage's name."""
 
-    __slots__ = ("method", "target", "http10", "client", "scheme", "fields", "headers", "pools", "notes")
+    __slots__ = (
+        "method",
+        "target",
+        "http10",
+        "client",
+        "scheme",
+        "fields",
+        "headers",
+        "pools",
+        "notes",
+        "complete",
+    )
 
     def __init__(
         self,
@@ -147,11 +183,19 @@ class Request:
         """Every field as received, only when a stage declared :data:`ALL_FIELDS`."""
         self.pools = pools
         self.notes: dict[str, object] = {}
+        self.complete = False
+        """``fields`` holds every field but those the engine's pass reads for itself (the framing
+        fields, Connection, Host, X-Forwarded-For, Via...): :meth:`field` then looks no further
+        for the others (set by the engine for a stage that reads every field)."""
 
     def field(self, name: bytes) -> bytes | None:
         """A declared field's value by lowercase name, or None when the request has none."""
         value = self.fields.get(name)
-        if value is None and self.headers is not None:
+        if (
+            value is None
+            and self.headers is not None
+            and (not self.complete or name in PASS_FIELDS or b"_" in name)
+        ):
             for n, v in self.headers:
                 if n.lower() == name:
                     return v
@@ -435,9 +479,9 @@ class OutcomeKind(enum.Enum):
     """The client went away before its answer was complete."""
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How a request ended, for :meth:`Stage.on_done` (and a flight's waiters)."""
+class Outcome(NamedTuple):
+    """How a request ended, for :meth:`Stage.on_done` (and a flight's waiters). (A named tuple:
+    the engine makes one per request that a stage's ``on_done`` hears of.)"""
 
     kind: OutcomeKind
     status: int = 0

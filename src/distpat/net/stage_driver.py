@@ -94,6 +94,7 @@ def begin(ex: Exchange, target: bytes, fields: dict[bytes, bytes] | None) -> Non
         ex.request_headers if pipeline.all_fields else None,
         state.pool_view,
     )
+    request.complete = pipeline.all_fields  # every field captured in the pass (or the general one)
     run = ex.run = Run(pipeline, request)
     try:
         effect = run.start(state.make_tick() if pipeline.uses_tick else NO_TICK)
@@ -228,7 +229,7 @@ def through_stages(ex: Exchange, answer: Answer) -> Answer:
     with their fields added and dropped, or what one of them put in its place."""
     run = ex.run
     assert run is not None
-    if not run.pipeline.wants_response and (run.plan is None or not run.plan.respond):
+    if (run.plan is None or not run.plan.respond) and not run.responders():
         ex.response_fields = answer.headers  # nothing to add: the answer as it is (for the Outcome)
         return answer
     amend, replaced = respond(ex, answer.status, list(answer.headers), local=True)
