@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "AdminServerStateError",
+    "CacheStoreError",
     "ConfigError",
     "DistpatError",
     "EmptyRingError",
@@ -85,3 +86,10 @@ class UpstreamTimeoutError(UpstreamError, TimeoutError):
 
 class AdminServerStateError(DistpatError, RuntimeError):
     """An admin server was used in the wrong state (its port read before start, started twice)."""
+
+
+class CacheStoreError(DistpatError, ValueError):
+    """A shared cache store held or answered something that is not what distpat writes there: a
+    stored entry truncated, of another format version, with lengths past its end or trailing
+    bytes, or a Redis reply of the wrong shape (:mod:`distpat.core.cache_codec`,
+    :mod:`distpat.core.cache_redis`). The entry is then treated as absent, never trusted."""
