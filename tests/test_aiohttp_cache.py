@@ -293,7 +293,7 @@ def test_sizes_are_read_as_the_command_reads_them() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"max_bytes": "64MB"}, "max_bytes must be a number of bytes or a size such as 512k"),
+        ({"max_bytes": "64 MB"}, "max_bytes must be a number of bytes or a size such as 512k"),
         ({"max_bytes": 0}, "max_bytes must be at least 1 byte"),
         ({"max_bytes": 1.5}, "max_bytes must be a number of bytes"),
         ({"max_object_bytes": True}, "max_object_bytes must be a number of bytes"),

@@ -125,7 +125,10 @@ def test_a_toml_file(tmp_path: Path, table: str) -> None:
         (["--max-bytes", "0"], "--max-bytes must be at least 1 bytes, not '0'"),
         (["--max-bytes", "x"], "--max-bytes must be a size in bytes (such as 65536, 64k, 1m, 1g), not 'x'"),
         (["--max-object-bytes", "0"], "--max-object-bytes must be at least 1 bytes, not '0'"),
-        (["--max-object-bytes", "2m", "--max-bytes", "1m"], "(2097152) exceeds max_bytes (1048576)"),
+        (
+            ["--max-object-bytes", "2m", "--max-bytes", "1m"],
+            "--max-object-bytes (2097152 bytes) exceeds --max-bytes (1048576 bytes)",
+        ),
         (["--store", "redis"], "--store must be memory, not 'redis'"),
         (["--purge-from", "10.0.0.1/8"], "--purge-from: address '10.0.0.1/8': host bits are set"),
         (["--purge-from", "proxy.local"], "--purge-from: address 'proxy.local': not an IPv4 or IPv6 address"),
@@ -140,24 +143,12 @@ def test_refusals_say_what_is_wrong(argv: list[str], message: str) -> None:
     assert message in str(caught.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config/cache.py cache_stage() words the bound check with key names and raw byte counts "
-    "('max_object_bytes (2097152) exceeds max_bytes (1048576)') where every other refusal of the "
-    "command names the flag",
-)
 def test_the_bound_check_names_the_flags() -> None:
     with pytest.raises(ConfigError) as caught:
         parsed(*BASE, "--max-object-bytes", "2m", "--max-bytes", "1m")
     assert "--max-object-bytes" in str(caught.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config/cache.py cache_stage() compares max_object_bytes with max_bytes even when only "
-    "max_bytes was given: the 8 MiB default makes any --max-bytes under 8m a refusal "
-    "(MemoryStore already caps max_object_bytes at max_bytes)",
-)
 @pytest.mark.parametrize("where", ["flag", "stage table"])
 def test_a_small_max_bytes_alone_is_accepted(tmp_path: Path, where: str) -> None:
     if where == "flag":
@@ -209,7 +200,10 @@ def test_t_checks_everything_and_binds_nothing(tmp_path: Path, held_port: int) -
     done = distpat("cache", "--test-config", "--config", str(good))
     assert (done.returncode, done.stdout) == (0, "configuration OK\n"), done
     for bad, message in (
-        ((*argv, "--max-object-bytes", "2m"), "distpat: error: max_object_bytes (2097152) exceeds max_bytes"),
+        (
+            (*argv, "--max-object-bytes", "2m"),
+            "distpat: error: --max-object-bytes (2097152 bytes) exceeds --max-bytes",
+        ),
         ((*argv, "--coalesce-timeout", "-1"), "distpat: error: --coalesce-timeout must be a positive"),
         ((*argv, "--store", "disk"), "distpat: error: --store must be memory, not 'disk'"),
         ((*argv, "--purge-from", "x"), "distpat: error: --purge-from: address 'x'"),
@@ -265,11 +259,6 @@ def test_a_pipeline_with_a_cache_stage(tmp_path: Path) -> None:
     assert described(the_stage(default)) == (128 * 1048576, 8 * 1048576, False, 5.0, None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='config/cache.py\'s docstring shows max_bytes = "256MB" / "8MB"; sizes take k, m or g '
-    "(parse_size), so the example is refused",
-)
 def test_the_documented_stage_table_loads(tmp_path: Path) -> None:
     doc = cache_config.__doc__ or ""
     example = doc.partition("::\n\n")[2].split("\n\n")[0]
@@ -290,7 +279,7 @@ def test_the_documented_stage_table_loads(tmp_path: Path) -> None:
         (
             'max_bytes = "1k"\nmax_object_bytes = "2k"\n',
             "",
-            "max_object_bytes (2048) exceeds max_bytes (1024)",
+            "max_object_bytes (2048 bytes) exceeds max_bytes (1024 bytes)",
         ),
         ('purge_from = ["x"]\n', ", key 'purge_from'", "address 'x': not an IPv4 or IPv6 address"),
         ('store = "redis"\n', ", key 'store'", "must be memory, not 'redis'"),
@@ -319,7 +308,7 @@ def test_t_checks_a_pipeline_file_with_a_cache_stage(tmp_path: Path, held_port: 
     path.write_text(path.read_text().replace('max_object_bytes = "1m"', 'max_object_bytes = "2m"'))
     done = distpat("run", "-t", "--config", str(path))
     assert done.returncode == 2, done
-    assert "max_object_bytes (2097152) exceeds max_bytes (1048576)" in done.stderr
+    assert "max_object_bytes (2097152 bytes) exceeds max_bytes (1048576 bytes)" in done.stderr
 
 
 # -- the commands as real processes ------------------------------------------------------------------

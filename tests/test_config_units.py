@@ -28,14 +28,25 @@ def test_sizes_are_monotonic_in_number_and_unit(a: int, b: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "value"), [("65536", 65536), ("64k", 65536), ("64K", 65536), ("1m", 1 << 20), ("1g", 1 << 30)]
+    ("text", "value"),
+    [
+        ("65536", 65536),
+        ("64k", 65536),
+        ("64K", 65536),
+        ("1m", 1 << 20),
+        ("1g", 1 << 30),
+        ("64MB", 64 << 20),
+        ("64MiB", 64 << 20),
+        ("1kb", 1 << 10),
+        ("1KiB", 1 << 10),
+    ],
 )
 def test_nginx_sizes(text: str, value: int) -> None:
     assert parse_size(text) == value
 
 
 @pytest.mark.parametrize(
-    "text", ["", "1.9", "-1", "+1", "1 k", "1kb", "1KiB", "1t", "k", "1e3", "0x10", " 1", "\u0661"]
+    "text", ["", "1.9", "-1", "+1", "1 k", "1b", "1 MB", "1kbb", "1t", "k", "1e3", "0x10", " 1", "\u0661"]
 )
 def test_what_is_not_a_size_is_refused(text: str) -> None:
     with pytest.raises(ValueError, match="not a size"):

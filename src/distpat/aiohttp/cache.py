@@ -39,7 +39,6 @@ reads the flags). See ``docs/aiohttp.md``.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 
 from distpat.aiohttp.middleware import PipelineMiddleware
@@ -49,15 +48,13 @@ from distpat.core.cache_stage import CacheSettings, CacheStage
 from distpat.core.cache_store import MemoryStore
 from distpat.core.pipeline import Pipeline
 from distpat.core.real_ip import TrustedProxies
+from distpat.core.units import parse_size
 from distpat.errors import ConfigError
 
 __all__ = ["APPLICATION", "CacheMiddleware", "cache_middleware"]
 
 APPLICATION = "application"
 """The upstream name the handler's responses carry for the stage (``Response.upstream``)."""
-
-_SIZE = re.compile(r"([0-9]+)([kKmMgG]?)")
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
 class CacheMiddleware(PipelineMiddleware):
@@ -78,12 +75,12 @@ class CacheMiddleware(PipelineMiddleware):
 def _size(value: object, what: str) -> int:
     """Bytes in ``value``: a whole number, or the command's size text (``64m``)."""
     if isinstance(value, str):
-        match = _SIZE.fullmatch(value.strip())
-        if match is None:
+        try:
+            value = parse_size(value.strip())
+        except ValueError:
             raise ConfigError(
                 f"{what} must be a number of bytes or a size such as 512k, 64m or 1g, not {value!r}"
-            )
-        value = int(match[1]) * _UNITS[match[2].lower()]
+            ) from None
     elif isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f'{what} must be a number of bytes or a size such as "64m", not {value!r}')
     if value < 1:

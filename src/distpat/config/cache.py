@@ -46,6 +46,8 @@ def _store(text: str, what: str) -> str:
     return text
 
 
+_DEFAULT_OBJECT = 8 * 1024 * 1024
+
 CACHE_OPTIONS: tuple[Option, ...] = (
     Option(
         "max_bytes",
@@ -57,7 +59,7 @@ CACHE_OPTIONS: tuple[Option, ...] = (
     Option(
         "max_object_bytes",
         Kind.SIZE,
-        8 * 1024 * 1024,
+        _DEFAULT_OBJECT,
         "a larger response streams through uncached",
         "SIZE",
     ),
@@ -92,14 +94,17 @@ CACHE_OPTIONS: tuple[Option, ...] = (
 CACHE_STAGE_KEYS = tuple(o.name for o in CACHE_OPTIONS)
 
 
-def cache_stage(values: Mapping[str, Any], name: str = "") -> CacheStage:
+def cache_stage(
+    values: Mapping[str, Any], name: str = "", names: tuple[str, str] = ("max_object_bytes", "max_bytes")
+) -> CacheStage:
     """A :class:`CacheStage` from the resolved values of :data:`CACHE_OPTIONS`."""
     if values["max_bytes"] < 1 or values["max_object_bytes"] < 1:
         raise ConfigError("max_bytes and max_object_bytes must be at least 1 byte")
-    if values["max_object_bytes"] > values["max_bytes"]:
+    if values["max_object_bytes"] > values["max_bytes"] and values["max_object_bytes"] != _DEFAULT_OBJECT:
         raise ConfigError(
-            f"max_object_bytes ({values['max_object_bytes']}) exceeds max_bytes ({values['max_bytes']})"
-        )
+            f"{names[0]} ({values['max_object_bytes']} bytes) exceeds {names[1]} "
+            f"({values['max_bytes']} bytes): one response cannot be larger than the whole cache"
+        )  # the default alone is capped at max_bytes (by the store)
     purge: Sequence[str] = values["purge_from"]
     return CacheStage(
         MemoryStore(values["max_bytes"], values["max_object_bytes"]),
@@ -120,7 +125,7 @@ def build_cache_config(
     values = resolve_options(
         (*OPTIONS, *CACHE_OPTIONS), flags, environ=environ, config_file=config_file, table="cache"
     )
-    stage = cache_stage(values, "cache")
+    stage = cache_stage(values, "cache", ("--max-object-bytes", "--max-bytes"))
     return replace(proxy_config(values), stages=(stage,)), values
 
 

@@ -3,7 +3,9 @@
 Pure functions of text, used alike for flags, ``DISTPAT_*`` variables and
 TOML strings. A size is a whole number of bytes, optionally followed by
 ``k``, ``m`` or ``g`` (binary multiples, either case: nginx's
-``client_max_body_size 1m`` is 1,048,576 bytes). A duration is one or more
+``client_max_body_size 1m`` is 1,048,576 bytes), which may be followed by
+``B`` or ``iB`` (``64MB``: 64 MiB, as Varnish means it); see
+:mod:`distpat.core.units`. A duration is one or more
 ``NUMBER[UNIT]`` parts in decreasing units (``1h30m``, ``1m 30s``), with
 units ``ms``, ``s``, ``m``, ``h``, ``d``; a number without a unit is in the
 option's default unit (seconds for the proxy's timeouts, milliseconds for
@@ -16,28 +18,14 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["DURATION_UNITS", "SIZE_UNITS", "parse_duration", "parse_size"]
+from distpat.core.units import SIZE_UNITS, parse_size
 
-SIZE_UNITS: dict[str, int] = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-"""Multiplier of each size suffix (lower case; upper case is the same)."""
+__all__ = ["DURATION_UNITS", "SIZE_UNITS", "parse_duration", "parse_size"]
 
 DURATION_UNITS: dict[str, float] = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 """Seconds in each duration unit."""
 
-_SIZE = re.compile(r"([0-9]+)([kKmMgG]?)")
 _PART = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)?")
-
-
-def parse_size(text: str) -> int:
-    """Bytes in ``text`` (``65536``, ``64k``, ``1M``, ``2g``).
-
-    Raises:
-        ValueError: anything else (a fraction, a sign, a unit nginx does not write, spaces).
-    """
-    match = _SIZE.fullmatch(text)
-    if match is None:
-        raise ValueError(f"not a size (bytes, or a number with k, m or g): {text!r}")
-    return int(match[1]) * SIZE_UNITS[match[2].lower()]
 
 
 def parse_duration(text: str, default_unit: str = "s") -> float:

@@ -408,10 +408,11 @@ def _strong(tag: bytes) -> bytes | None:
     return None if tag.startswith(b"W/") else tag
 
 
-def selected_by_304(stored: Stored, headers: Fields) -> bool:
+def selected_by_304(stored: Stored, headers: Fields, *, asked: bool = False) -> bool:
     """Whether a 304 with ``headers`` updates ``stored`` (section 4.3.4): its ETag is the stored
     one (compared strongly, or weakly when the 304's is weak); without an ETag, its Last-Modified
-    is; with neither, only a stored response without validators is selected."""
+    is; with neither, only a stored response without validators is selected, or the response the
+    cache validated when it sent the request (``asked``)."""
     etags = header_values(headers, b"etag")
     if etags:
         tag = etags[0].strip()
@@ -423,7 +424,9 @@ def selected_by_304(stored: Stored, headers: Fields) -> bool:
     lms = header_values(headers, b"last-modified")
     if lms:
         return stored.last_modified is not None and lms[0].strip() == stored.last_modified
-    return not stored.validatable  # no validator in the 304: only a stored response without one
+    # No validator in the 304: only a stored response without one, or the one the cache itself
+    # asked about (its validators were the request's conditions, so the 304 is about it).
+    return asked or not stored.validatable
 
 
 def freshen(

@@ -83,6 +83,7 @@ __all__ = ["CacheStage", "CacheSettings"]
 _CONDITIONALS = frozenset(
     {b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since", b"if-range"}
 )
+_VALIDATORS = frozenset({b"if-none-match", b"if-modified-since"})
 _READS = frozenset(
     {
         b"host",
@@ -159,6 +160,10 @@ class CacheStage(Stage):
         self.settings = settings or CacheSettings()
         self.purge_from = purge_from
         self.capture = store.max_object_bytes
+        self._fetch = Forward(drop=_VALIDATORS, capture=self.capture)
+        """A miss goes upstream without the client's own validators, so that what comes back is a
+        whole response to store (a 304 to one browser's If-None-Match would store nothing); the
+        client then gets that 200, which answers its conditional request too (as Varnish does)."""
         self.hit_for_miss: dict[bytes, float] = {}
         self.refreshing: set[bytes] = set()
         self.counts: dict[str, int] = {}
@@ -210,11 +215,11 @@ class CacheStage(Stage):
         request.notes[self.name] = note
         self._count("miss")
         if method == b"HEAD" or req.no_store or no_cache:
-            return Forward(capture=self.capture) if method == b"GET" else None
+            return self._fetch if method == b"GET" else None
         until = self.hit_for_miss.get(key)
         if until is not None:
             if until > now:
-                return Forward(capture=self.capture)
+                return self._fetch
             del self.hit_for_miss[key]
         if entry is not None:
             note.status = b"distpat; fwd=stale"
@@ -243,7 +248,7 @@ class CacheStage(Stage):
 
     def _woken(self, request: Request, note: _Note, flight: Flight, now: float) -> Effect | None:
         if flight.role is FlightRole.LEADER:
-            return Forward(capture=self.capture)
+            return self._fetch
         note.joined = False
         if flight.role is FlightRole.SHARED:
             entry = self._lookup(note.key, request)
@@ -255,7 +260,7 @@ class CacheStage(Stage):
                 self._count("coalesced")
                 note.kind, note.entry = "hit", entry
                 return self._hit(entry, request, now, collapsed=True)
-        return Forward(capture=self.capture)
+        return self._fetch
 
     def _gateway_timeout(self) -> Answer:
         return Answer(
@@ -350,7 +355,7 @@ class CacheStage(Stage):
             )
             return Answer(stale.status, stale.body, headers, stale.content_type)
         if note.kind == "validate" and entry is not None and status == 304:
-            if selected_by_304(entry.stored, response.headers):
+            if selected_by_304(entry.stored, response.headers, asked=True):
                 updated = freshen(entry.stored, response.headers, request, note.requested, now, self.policy)
                 # the freshened copy answers even when it could not be stored again
                 entry = self.store.replace(entry, updated) or Entry(entry.key, updated, entry.body)
@@ -377,7 +382,8 @@ class CacheStage(Stage):
                 note.store = stored
                 return Amend(add=((b"Cache-Status", note.status + b"; stored"),))
             why = "stale"
-        if note.joined or note.kind == "miss":
+        if (note.joined or note.kind == "miss") and response.upstream is not None:
+            # the origin answered something not storable: later misses need not wait for it
             self.hit_for_miss[note.key] = now + self.settings.hit_for_miss
             if len(self.hit_for_miss) > 100_000:
                 self.hit_for_miss.clear()
@@ -415,7 +421,7 @@ class CacheStage(Stage):
                 return
             received = sent + result.elapsed
             if result.status == 304:
-                if selected_by_304(entry.stored, result.headers):
+                if selected_by_304(entry.stored, result.headers, asked=True):
                     self.store.replace(
                         entry, freshen(entry.stored, result.headers, request, sent, received, self.policy)
                     )
