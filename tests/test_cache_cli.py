@@ -129,7 +129,7 @@ def test_a_toml_file(tmp_path: Path, table: str) -> None:
             ["--max-object-bytes", "2m", "--max-bytes", "1m"],
             "--max-object-bytes (2097152 bytes) exceeds --max-bytes (1048576 bytes)",
         ),
-        (["--store", "redis"], "--store must be memory, not 'redis'"),
+        (["--store", "redis"], "--store must be memory or redis://[:password@]host[:port][/db], not 'redis'"),
         (["--purge-from", "10.0.0.1/8"], "--purge-from: address '10.0.0.1/8': host bits are set"),
         (["--purge-from", "proxy.local"], "--purge-from: address 'proxy.local': not an IPv4 or IPv6 address"),
         (["--heuristic-freshness", "maybe"], "--heuristic-freshness must be one of on, off, not 'maybe'"),
@@ -166,7 +166,7 @@ def test_a_small_max_bytes_alone_is_accepted(tmp_path: Path, where: str) -> None
         ("max_byte = 1", "unknown option 'max_byte' in [cache] (did you mean 'max_bytes'?)"),
         ("heuristic_freshness = true", "heuristic_freshness must be a string, not a boolean (true)"),
         ("coalesce_timeout = -1", "coalesce_timeout must be a positive number of seconds, not -1"),
-        ('store = "disk"', "store must be memory, not 'disk'"),
+        ('store = "disk"', "store must be memory or redis://[:password@]host[:port][/db], not 'disk'"),
         ('purge_from = ["10.0.0.1/8"]', "host bits are set"),
     ],
 )
@@ -205,7 +205,7 @@ def test_t_checks_everything_and_binds_nothing(tmp_path: Path, held_port: int) -
             "distpat: error: --max-object-bytes (2097152 bytes) exceeds --max-bytes",
         ),
         ((*argv, "--coalesce-timeout", "-1"), "distpat: error: --coalesce-timeout must be a positive"),
-        ((*argv, "--store", "disk"), "distpat: error: --store must be memory, not 'disk'"),
+        ((*argv, "--store", "disk"), "distpat: error: --store must be memory or redis://[:password@]host[:port][/db], not 'disk'"),
         ((*argv, "--purge-from", "x"), "distpat: error: --purge-from: address 'x'"),
     ):
         done = distpat("cache", "-t", *bad)
@@ -282,7 +282,7 @@ def test_the_documented_stage_table_loads(tmp_path: Path) -> None:
             "max_object_bytes (2048 bytes) exceeds max_bytes (1024 bytes)",
         ),
         ('purge_from = ["x"]\n', ", key 'purge_from'", "address 'x': not an IPv4 or IPv6 address"),
-        ('store = "redis"\n', ", key 'store'", "must be memory, not 'redis'"),
+        ('store = "redis"\n', ", key 'store'", "must be memory or redis://[:password@]host[:port][/db], not 'redis'"),
         ('max_bytes = "lots"\n', ", key 'max_bytes'", "must be a size in bytes"),
         ('heuristic_freshness = "yes"\n', ", key 'heuristic_freshness'", "must be one of on, off"),
     ],

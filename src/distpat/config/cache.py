@@ -41,8 +41,16 @@ def _cidr(text: str, what: str) -> str:
 
 
 def _store(text: str, what: str) -> str:
-    if text != "memory":
-        raise ConfigError(f"{what} must be memory, not {text!r}")
+    if text == "memory":
+        return text
+    if not text.startswith("redis://"):
+        raise ConfigError(f"{what} must be memory or redis://[:password@]host[:port][/db], not {text!r}")
+    from distpat.net.carriers import parse_redis_url
+
+    try:
+        parse_redis_url(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
     return text
 
 
@@ -63,7 +71,14 @@ CACHE_OPTIONS: tuple[Option, ...] = (
         "a larger response streams through uncached",
         "SIZE",
     ),
-    Option("store", Kind.TEXT, "memory", "where responses are kept: memory", "STORE", check=_store),
+    Option(
+        "store",
+        Kind.TEXT,
+        "memory",
+        "where responses are kept: memory, or redis://host:port/db shared by several caches",
+        "STORE",
+        check=_store,
+    ),
     Option(
         "purge_from",
         Kind.TEXT,
@@ -112,6 +127,7 @@ def cache_stage(
         settings=CacheSettings(coalesce_timeout=values["coalesce_timeout"]),
         purge_from=TrustedProxies.parse(purge) if purge else None,
         name=name,
+        redis_url=None if values["store"] == "memory" else values["store"],
     )
 
 
@@ -126,7 +142,7 @@ def build_cache_config(
         (*OPTIONS, *CACHE_OPTIONS), flags, environ=environ, config_file=config_file, table="cache"
     )
     stage = cache_stage(values, "cache", ("--max-object-bytes", "--max-bytes"))
-    return replace(proxy_config(values), stages=(stage,)), values
+    return replace(proxy_config(values), stages=(stage,), redis=stage.redis_url), values
 
 
 def build_cache_stage(table: StageTable) -> CacheStage:

@@ -56,12 +56,14 @@ from distpat.core.cache_policy import (
     validators,
     vary_values,
 )
+from distpat.core.cache_shared import SharedStore
 from distpat.core.cache_store import Entry, MemoryStore
 from distpat.core.real_ip import TrustedProxies
 from distpat.core.stage import (
     ALL_FIELDS,
     Amend,
     Answer,
+    Call,
     Effect,
     Fetch,
     Flight,
@@ -119,7 +121,7 @@ class CacheSettings:
 class _Note:
     """What the stage remembers of one request between its calls (``request.notes[name]``)."""
 
-    __slots__ = ("kind", "key", "entry", "requested", "status", "store", "refresh", "joined")
+    __slots__ = ("kind", "key", "entry", "requested", "status", "store", "refresh", "joined", "write")
 
     def __init__(self, kind: str, key: bytes, requested: float, entry: Entry | None = None) -> None:
         self.kind = kind
@@ -132,6 +134,12 @@ class _Note:
         self.store: Stored | None = None
         self.refresh = False
         self.joined = False
+        self.write: Call | None = None
+        """A write to the shared store to send once the request is over (from on_done)."""
+
+
+def _purged(count: int) -> Answer:
+    return Answer(200, b'{"purged": %d}\n' % count, content_type=b"application/json")
 
 
 def _keeps_stale(stored: Stored) -> bool:
@@ -153,9 +161,13 @@ class CacheStage(Stage):
         settings: CacheSettings | None = None,
         purge_from: TrustedProxies | None = None,
         name: str = "",
+        redis_url: str | None = None,
     ) -> None:
         self.name = name
         self.store = store
+        self.redis_url = redis_url
+        self.shared = SharedStore(store) if redis_url is not None else None
+        """With a Redis store: the store of record, this process's store its copy (cache_shared.py)."""
         self.policy = policy or CachePolicy()
         self.settings = settings or CacheSettings()
         self.purge_from = purge_from
@@ -188,6 +200,13 @@ class CacheStage(Stage):
             note.status = b"distpat; fwd=bypass"
             request.notes[self.name] = note
             return None
+        shared = self.shared
+        if shared is not None:  # the URL's variants from Redis first, then the same decision
+            return shared.lookup(key, lambda: self._decide(request, key, now))
+        return self._decide(request, key, now)
+
+    def _decide(self, request: Request, key: bytes, now: float) -> Effect | None:
+        method = request.method
         req, no_cache = request_directives(request)
         entry = self._lookup(key, request)
         if entry is not None:
@@ -305,7 +324,7 @@ class CacheStage(Stage):
         headers.append((b"Cache-Status", b"distpat; hit"))
         return Answer(304, b"", tuple(headers), b"")
 
-    def _purge(self, request: Request, host: bytes) -> Answer:
+    def _purge(self, request: Request, host: bytes) -> Answer | Call:
         if self.purge_from is None or not self.purge_from.trusts(request.client):
             self._count("purge_refused")
             return Answer(
@@ -316,14 +335,21 @@ class CacheStage(Stage):
             )
         tag = request.field(b"x-purge-tag")
         how = (request.field(b"x-purge") or b"").strip().lower()
+        what = host + request.target
         if tag is not None:
-            count = sum(self.store.ban_tag(t) for t in tag.replace(b",", b" ").split())
+            tags = tag.replace(b",", b" ").split()
+            count = sum(self.store.ban_tag(t) for t in tags)
+            kind, what = "tag", tags[0] if len(tags) == 1 else b""
         elif how == b"prefix":
-            count = self.store.ban_prefix(host + request.target)
+            count = self.store.ban_prefix(what)
+            kind = "prefix"
         else:
-            count = self.store.purge(host + request.target)
+            count = self.store.purge(what)
+            kind = "key"
         self._count("purge")
-        return Answer(200, b'{"purged": %d}\n' % count, content_type=b"application/json")
+        if self.shared is not None and what:
+            return self.shared.purge(kind, what, count, _purged)
+        return _purged(count)
 
     # -- the response --------------------------------------------------------------------------
 
@@ -335,11 +361,17 @@ class CacheStage(Stage):
         if note.kind in ("unsafe", "bypass"):
             if note.kind == "unsafe" and 200 <= status < 400 and response.upstream is not None:
                 host = (request.field(b"host") or b"").lower()
-                self.store.purge(note.key)
-                for target in invalidated_targets(
-                    request.method, status, host, response.headers, request.target
-                ):
-                    self.store.purge(host + target)
+                keys = [note.key]
+                keys += [
+                    host + t
+                    for t in invalidated_targets(
+                        request.method, status, host, response.headers, request.target
+                    )
+                ]
+                for k in keys:
+                    self.store.purge(k)
+                if self.shared is not None:
+                    note.write = self.shared.delete(keys)
                 self._count("invalidation")
             return Amend(add=((b"Cache-Status", note.status),))
         entry = note.entry
@@ -359,6 +391,8 @@ class CacheStage(Stage):
                 updated = freshen(entry.stored, response.headers, request, note.requested, now, self.policy)
                 # the freshened copy answers even when it could not be stored again
                 entry = self.store.replace(entry, updated) or Entry(entry.key, updated, entry.body)
+                if self.shared is not None:
+                    note.write = self.shared.write(entry.key, updated, entry.body, now)
             self.store.touch(entry)
             age = int(current_age(entry.stored, now))
             if client_not_modified(entry.stored, request):
@@ -392,18 +426,22 @@ class CacheStage(Stage):
         detail = why if why is not None else "error"
         return Amend(add=((b"Cache-Status", note.status + b"; detail=" + detail.encode()),))
 
-    def on_body(self, request: Request, response: Response, body: bytes, tick: Tick) -> None:
+    def on_body(self, request: Request, response: Response, body: bytes, tick: Tick) -> Call | None:
         note = request.notes.get(self.name)
         if isinstance(note, _Note) and note.store is not None:
-            if self.store.put(note.key, note.store, body) is None:
+            stored, note.store = note.store, None
+            if self.store.put(note.key, stored, body) is None:
                 self._count("too_large")
-            note.store = None
-        return
+            elif self.shared is not None:
+                return self.shared.write(note.key, stored, body, tick.wall)
+        return None
 
-    def on_done(self, request: Request, outcome: Outcome, tick: Tick) -> Fetch | None:
+    def on_done(self, request: Request, outcome: Outcome, tick: Tick) -> Call | Fetch | None:
         note = request.notes.get(self.name)
         if not isinstance(note, _Note):
             return None
+        if note.write is not None:
+            return note.write
         if note.store is not None:  # storable, but its body never came whole (too large, cut short)
             note.store = None
             self._count("not_stored")
@@ -414,25 +452,32 @@ class CacheStage(Stage):
         key = note.key
         sent = tick.wall
 
-        def refreshed(results: tuple[SubResult, ...]) -> None:
+        def refreshed(results: tuple[SubResult, ...]) -> Call | None:
             self.refreshing.discard(key)
             result = results[0]
             if not result.ok:
-                return
+                return None
             received = sent + result.elapsed
+            self._count("refresh")
             if result.status == 304:
-                if selected_by_304(entry.stored, result.headers, asked=True):
-                    self.store.replace(
-                        entry, freshen(entry.stored, result.headers, request, sent, received, self.policy)
-                    )
-                return
-            directives = response_directives(result.headers, self.policy)
-            if storable(b"GET", request, result.status, result.headers, directives, self.policy) is None:
+                if not selected_by_304(entry.stored, result.headers, asked=True):
+                    return None
+                stored = freshen(entry.stored, result.headers, request, sent, received, self.policy)
+                body = entry.body
+                self.store.replace(entry, stored)
+            else:
+                directives = response_directives(result.headers, self.policy)
+                if (
+                    storable(b"GET", request, result.status, result.headers, directives, self.policy)
+                    is not None
+                ):
+                    return None
                 stored = make_stored(
                     request, result.status, result.headers, directives, sent, received, self.policy
                 )
-                self.store.put(key, stored, result.body)
-            self._count("refresh")
+                body = result.body
+                self.store.put(key, stored, body)
+            return self.shared.write(key, stored, body, received) if self.shared is not None else None
 
         headers = tuple(
             (n, v)
@@ -458,7 +503,7 @@ class CacheStage(Stage):
                 (("stage", stage), ("result", what)),
                 count,
             )
-            for what, count in sorted(self.counts.items())
+            for what, count in sorted({**self.counts, **(self.shared.counts if self.shared else {})}.items())
         ]
         out.append(
             Stat(

@@ -311,9 +311,10 @@ class Run:
             return None
         return f"answered {type(effect).__name__}, not a Call or a Fetch"
 
-    def landed(self, fetch: Fetch, results: tuple[SubResult, ...]) -> None:
+    def landed(self, fetch: Fetch, results: tuple[SubResult, ...]) -> Call | None:
         """A background ``fetch`` (from :meth:`body` or :meth:`done`) came back: its stage's
-        ``then`` sees the results, and what it returns is ignored (it should be None). Raises
+        ``then`` sees the results; a :class:`Call` it returns is for the driver to send, fire and
+        forget (a cache writing what it fetched to its shared store), anything else is ignored. Raises
         :class:`StageError` naming the stage when ``then`` raises; a fetch this run did not hand
         out, or one already landed, is a :class:`~distpat.errors.LocalProtocolError`."""
         background = self.background or []
@@ -322,7 +323,8 @@ class Run:
             raise LocalProtocolError("this run handed out no such background fetch")
         stage, _ = background.pop(found)
         try:
-            fetch.then(results)
+            effect = fetch.then(results)
         except Exception as exc:
             message = f"its background fetch's then raised {type(exc).__name__}: {exc}"
             raise StageError(stage, message) from exc
+        return effect if isinstance(effect, Call) and effect.then is None else None

@@ -369,7 +369,7 @@ def _fire(ex: Exchange, run: Run, effects: list[Call | Fetch]) -> None:
                     carriers, "fetch", "a stage's background Fetch dropped: this server makes no sub-requests"
                 )
             else:
-                carriers.fetch(effect, functools.partial(_landed, run, effect))
+                carriers.fetch(effect, functools.partial(_landed, ex, run, effect))
         elif carriers.call is None:
             log.warning("a stage's Redis call %r dropped: no Redis server is configured", effect.command[:1])
         else:
@@ -382,12 +382,16 @@ def _dropped(carriers: Carriers, what: str, message: str) -> None:
         log.warning("%s (said once)", message)
 
 
-def _landed(run: Run, fetch: Fetch, results: tuple[SubResult, ...]) -> None:
-    """A background Fetch came back (from a loop callback of its own): the stage's ``then``."""
+def _landed(ex: Exchange, run: Run, fetch: Fetch, results: tuple[SubResult, ...]) -> None:
+    """A background Fetch came back (from a loop callback of its own): the stage's ``then``, and
+    the fire-and-forget Call it may answer with."""
     try:
-        run.landed(fetch, results)
+        call = run.landed(fetch, results)
     except StageError as exc:
         log.error("%s", exc, exc_info=exc.__cause__)
+        return
+    if call is not None:
+        _fire(ex, run, [call])
 
 
 def _ignore(result: CallResult) -> None:
