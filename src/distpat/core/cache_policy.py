@@ -357,9 +357,12 @@ class Use(enum.Enum):
     """It cannot be used: forward the request as it is."""
 
 
-def usable(stored: Stored, request: Request, now: float) -> Use:
-    """How ``stored`` may serve ``request`` at ``now`` (sections 4, 4.2.4, 5.2.1; RFC 5861)."""
-    req, wants_validation = request_directives(request)
+def usable(
+    stored: Stored, request: Request, now: float, directives: tuple[Directives, bool] | None = None
+) -> Use:
+    """How ``stored`` may serve ``request`` at ``now`` (sections 4, 4.2.4, 5.2.1; RFC 5861);
+    ``directives`` is :func:`request_directives` of the request, when the caller has it already."""
+    req, wants_validation = directives if directives is not None else request_directives(request)
     d = stored.directives
     if wants_validation or d.no_cache:
         return Use.VALIDATE if stored.validatable else Use.MISS

@@ -207,10 +207,11 @@ class CacheStage(Stage):
 
     def _decide(self, request: Request, key: bytes, now: float) -> Effect | None:
         method = request.method
-        req, no_cache = request_directives(request)
+        asked = request_directives(request)
+        req, no_cache = asked
         entry = self._lookup(key, request)
         if entry is not None:
-            use = usable(entry.stored, request, now)
+            use = usable(entry.stored, request, now, asked)
             if use is Use.FRESH or use is Use.STALE or use is Use.REFRESH:
                 note = _Note("hit", key, now, entry)
                 request.notes[self.name] = note
@@ -435,6 +436,10 @@ class CacheStage(Stage):
             elif self.shared is not None:
                 return self.shared.write(note.key, stored, body, tick.wall)
         return None
+
+    def wants_done(self, request: Request) -> bool:
+        note = request.notes.get(self.name)
+        return isinstance(note, _Note) and (note.write is not None or note.refresh or note.store is not None)
 
     def on_done(self, request: Request, outcome: Outcome, tick: Tick) -> Call | Fetch | None:
         note = request.notes.get(self.name)

@@ -275,6 +275,20 @@ class Run:
                     raise StageError(stage, f"on_body {error}")
         return effects
 
+    def needs_done(self) -> bool:
+        """Whether any stage that saw the request wants its :meth:`Stage.on_done` for it
+        (:meth:`Stage.wants_done`): when none does, the driver may finish the run without an
+        :class:`Outcome` (:meth:`skip_done`)."""
+        request = self.request
+        return any(
+            type(stage).overrides("on_done") and stage.uses_done and stage.wants_done(request)
+            for stage in self.pipeline.stages[: self.entered]
+        )
+
+    def skip_done(self) -> None:
+        """Finish the run without telling the stages (none wants it: :meth:`needs_done`)."""
+        self.finished = True
+
     def done(self, outcome: Outcome, tick: Tick) -> list[Call | Fetch]:
         """The request is over: every stage that saw it is told, last first, once only. A stage
         that raises (or answers with something that is not a Call or a Fetch) does not stop the

@@ -557,6 +557,11 @@ class Stage:
         carried out after the request ended."""
         return None
 
+    def wants_done(self, request: Request) -> bool:
+        """False when :meth:`on_done` has nothing to do for ``request`` (a cache hit), so that the
+        engine may skip building its :class:`Outcome` and calling it. True by default."""
+        return True
+
     def stats(self) -> tuple[Stat, ...]:
         """What the stage counts, for ``/metrics`` (read at each scrape); none by default."""
         return ()

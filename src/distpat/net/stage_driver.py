@@ -315,8 +315,8 @@ def done(ex: Exchange, kind: OutcomeKind) -> None:
     pending, ex.pending = ex.pending, None
     if pending is not None:
         pending.cancel()
-    if not run.pipeline.wants_done and not ex.leads:  # nobody to tell: only the decisions to count
-        run.finished = True
+    if not ex.leads and (not run.pipeline.wants_done or not run.needs_done()):
+        run.skip_done()  # nobody to tell (or nobody who wants it): only the decisions to count
         _count(state.count_decision, run)
         return
     captured = ex.captured
