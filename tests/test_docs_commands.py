@@ -42,6 +42,7 @@ import trustme
 
 from distpat.cli import build_parser
 from distpat.cli.flags import flag_values
+from distpat.config.cache import CACHE_OPTIONS, build_cache_config
 from distpat.config.pipeline import load_pipeline
 from distpat.config.proxy import OPTIONS, build_config
 from distpat.config.ratelimit import RATELIMIT_OPTIONS, build_ratelimit_config
@@ -76,7 +77,7 @@ _ADDRESS = re.compile(
 _PORT_FLAG = re.compile(r"(?<=\s)(?P<flag>-s|--stats-port|-p)(?P<sep>\s+|=)(?P<port>\d{2,5})(?!\d)")
 _LOCAL = {"", "*", "127.0.0.1", "0.0.0.0", "localhost", "[::1]", "[::]"}
 #: The commands that serve until signalled.
-SERVING = ("proxy", "sidecar", "shard", "redis-shard", "split", "ratelimit", "run")
+SERVING = ("proxy", "sidecar", "shard", "redis-shard", "split", "ratelimit", "cache", "run")
 
 
 # --------------------------------------------------------------------------
@@ -274,13 +275,14 @@ def plan(argv: list[str], cwd: Path, certs: Certificates) -> Plan:
     """Read the command line with distpat's own parser and configuration, as the process will."""
     args = build_parser().parse_args(argv)
     result = Plan()
-    if args.command in ("proxy", "sidecar", "shard", "split", "ratelimit", "run"):
+    if args.command in ("proxy", "sidecar", "shard", "split", "ratelimit", "cache", "run"):
         options = {
             "proxy": OPTIONS,
             "sidecar": SIDECAR_OPTIONS,
             "shard": HTTP_SHARD_OPTIONS,
             "split": SPLIT_OPTIONS,
             "ratelimit": RATELIMIT_OPTIONS,
+            "cache": (*OPTIONS, *CACHE_OPTIONS),
         }.get(args.command, ())
         flags = flag_values(args, options)
         with _chdir(cwd):
@@ -293,6 +295,8 @@ def plan(argv: list[str], cwd: Path, certs: Certificates) -> Plan:
                 config, _ = build_split_config(flags, environ={}, config_file=args.config)
             elif args.command == "ratelimit":
                 config, _ = build_ratelimit_config(flags, environ={}, config_file=args.config)
+            elif args.command == "cache":
+                config, _ = build_cache_config(flags, environ={}, config_file=args.config)
             elif args.command == "run":
                 config, _ = load_pipeline(args.config, environ={})
             else:
