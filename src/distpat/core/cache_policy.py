@@ -47,6 +47,7 @@ from distpat.core.cache_control import (
     parse_directives,
     parse_http_date,
 )
+from distpat.core.fields import HOP_BY_HOP
 from distpat.core.stage import Request
 
 __all__ = [
@@ -81,21 +82,7 @@ HEURISTIC_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414
 UNDERSTOOD = HEURISTIC_STATUSES | frozenset({302, 303, 307})
 """The final statuses this cache stores when a response's freshness allows it."""
 
-_NOT_STORED_FIELDS = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-authenticate",
-        b"proxy-authentication-info",
-        b"content-length",
-        b"age",
-    }
-)
+_NOT_STORED_FIELDS = HOP_BY_HOP | frozenset({b"proxy-authentication-info", b"content-length", b"age"})
 """Fields a stored response keeps no copy of: hop-by-hop ones (3.1), Content-Length (the engine
 frames every answer itself) and Age (computed per answer)."""
 
