@@ -205,7 +205,10 @@ def test_t_checks_everything_and_binds_nothing(tmp_path: Path, held_port: int) -
             "distpat: error: --max-object-bytes (2097152 bytes) exceeds --max-bytes",
         ),
         ((*argv, "--coalesce-timeout", "-1"), "distpat: error: --coalesce-timeout must be a positive"),
-        ((*argv, "--store", "disk"), "distpat: error: --store must be memory or redis://[:password@]host[:port][/db], not 'disk'"),
+        (
+            (*argv, "--store", "disk"),
+            "distpat: error: --store must be memory or redis://[:password@]host[:port][/db], not 'disk'",
+        ),
         ((*argv, "--purge-from", "x"), "distpat: error: --purge-from: address 'x'"),
     ):
         done = distpat("cache", "-t", *bad)
@@ -282,7 +285,11 @@ def test_the_documented_stage_table_loads(tmp_path: Path) -> None:
             "max_object_bytes (2048 bytes) exceeds max_bytes (1024 bytes)",
         ),
         ('purge_from = ["x"]\n', ", key 'purge_from'", "address 'x': not an IPv4 or IPv6 address"),
-        ('store = "redis"\n', ", key 'store'", "must be memory or redis://[:password@]host[:port][/db], not 'redis'"),
+        (
+            'store = "redis"\n',
+            ", key 'store'",
+            "must be memory or redis://[:password@]host[:port][/db], not 'redis'",
+        ),
         ('max_bytes = "lots"\n', ", key 'max_bytes'", "must be a size in bytes"),
         ('heuristic_freshness = "yes"\n', ", key 'heuristic_freshness'", "must be one of on, off"),
     ],
