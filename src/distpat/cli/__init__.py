@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from distpat import __version__
-from distpat.cli import cache, proxy, ratelimit, redis_shard, ring, run, shard, sidecar, split
+from distpat.cli import cache, leaf, proxy, ratelimit, redis_shard, ring, run, scatter, shard, sidecar, split
 from distpat.errors import DistpatError
 
 __all__ = ["build_parser", "main"]
@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     split.register(sub)
     ratelimit.register(sub)
     cache.register(sub)
+    leaf.register(sub)
+    scatter.register(sub)
     run.register(sub)
     return parser
 

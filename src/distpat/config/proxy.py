@@ -170,6 +170,7 @@ def proxy_config(
     mirror_max_in_flight: int = 64,
     pool_balance: tuple[tuple[str, str], ...] = (),
     redis: str | None = None,
+    local_only: bool = False,
 ) -> ProxyConfig:
     """The :class:`ProxyConfig` for resolved option values (see :func:`resolve_options`).
 
@@ -180,7 +181,7 @@ def proxy_config(
         raise ConfigError(
             "no listen address: give --listen HOST:PORT (or DISTPAT_LISTEN, or listen in --config)"
         )
-    if not values["upstream"] and not pools:
+    if not values["upstream"] and not pools and not local_only:
         raise ConfigError("no upstream: give --upstream http://HOST:PORT at least once")
     settings = EngineSettings(
         max_header_bytes=values["max_header_bytes"],
@@ -227,4 +228,5 @@ def proxy_config(
         mirror_max_in_flight=mirror_max_in_flight,
         pool_balance=pool_balance,
         redis=redis,
+        local_only=local_only,
     )

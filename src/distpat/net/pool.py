@@ -25,8 +25,9 @@ class UpstreamGroup:
         balance: str = "round_robin",
         clock: Callable[[], float] = time.monotonic,
         name: str = "default",
+        allow_empty: bool = False,
     ) -> None:
-        if not upstreams:
+        if not upstreams and not allow_empty:  # empty: a server whose stages answer everything
             raise ConfigError("at least one upstream is needed")
         if balance not in ("round_robin", "least_outstanding"):
             raise ConfigError(f"balance must be round_robin or least_outstanding, not {balance!r}")

@@ -64,6 +64,9 @@ class ProxyConfig:
     redis: str | None = None
     """``redis://[:password@]host:port[/db]``: where stages' Calls go (net/resp_client.py); None:
     a Call's continuation gets ``unavailable``."""
+    local_only: bool = False
+    """The stages answer every request themselves (a search leaf): no upstream is needed, and a
+    request that reached the default pool anyway would be answered 502."""
 
 
 Reloaded = tuple["ProxyConfig", Callable[[], None] | None]
@@ -369,7 +372,9 @@ class ProxyServer:
             balance = own.get(name, config.balance)
             pools[name] = UpstreamGroup(members, balance=balance, name=name)
         if "default" not in pools:
-            if not pools:
+            if not pools and config.local_only:
+                pools["default"] = UpstreamGroup([], name="default", allow_empty=True)
+            elif not pools:
                 raise ConfigError("no upstreams: give --upstream, or pools the stages forward to")
             pools["default"] = next(iter(pools.values()))  # a lone named pool is the default too
         used = {name for stage in config.stages for name in stage.pools}
