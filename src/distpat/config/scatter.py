@@ -14,13 +14,20 @@ from typing import Any
 
 from distpat.config.options import Kind, Option, resolve_options
 from distpat.config.proxy import OPTIONS, proxy_config
+from distpat.config.stages import StageTable, register
 from distpat.config.units import parse_duration
 from distpat.core.scatter_stage import ScatterStage
 from distpat.errors import ConfigError
 from distpat.net.proxy import ProxyConfig
 from distpat.net.upstream import parse_upstream_url
 
-__all__ = ["SCATTER_OPTIONS", "build_scatter_config", "parse_hedge"]
+__all__ = [
+    "SCATTER_OPTIONS",
+    "SCATTER_STAGE_KEYS",
+    "build_scatter_config",
+    "build_scatter_stage",
+    "parse_hedge",
+]
 
 
 def _leaf(text: str, what: str) -> str:
@@ -126,3 +133,42 @@ def build_scatter_config(
     )
     config = proxy_config({**values, "upstream": ()}, pools=tuple(pools), local_only=True)
     return replace(config, stages=(stage,)), values
+
+
+# -- a pipeline file's [[stage]] table --------------------------------------------------------
+
+SCATTER_STAGE_KEYS = ("shards", "deadline", "hedge_after", "hedge_max_percent", "need")
+
+
+def build_scatter_stage(table: StageTable) -> ScatterStage:
+    """``[[stage]] kind = "scatter"``: ``shards`` names a pool per shard (its upstreams the replicas,
+    in order), and the command's ``deadline``, ``hedge_after``, ``hedge_max_percent``, ``need``."""
+    names = table.get("shards")
+    if not isinstance(names, list) or not names:
+        raise table.error("shards", 'needs a list of pools, one per shard, such as ["shard-0", "shard-1"]')
+    shards = []
+    for i, name in enumerate(names):
+        pool = table.pool(f"shards[{i}]", name)
+        shards.append((pool, tuple("{}:{}".format(*parse_upstream_url(u)) for u in table.pools[pool])))
+    option = {o.name: o for o in SCATTER_OPTIONS}
+    hedge_after, percentile = parse_hedge(table.option(option["hedge_after"]))
+    need = table.option(option["need"])
+    try:
+        return ScatterStage(
+            shards,
+            deadline=table.option(option["deadline"]),
+            hedge_after=hedge_after,
+            hedge_percentile=percentile,
+            hedge_max_percent=float(table.option(option["hedge_max_percent"])),
+            need=need if need in ("all", "any") else int(need),
+        )
+    except ConfigError as exc:
+        raise table.error(None, str(exc)) from None
+
+
+register(
+    "scatter",
+    build_scatter_stage,
+    keys=SCATTER_STAGE_KEYS,
+    summary="scatter/gather: a query to one replica of every shard, hedged, merged top-k, partial said",
+)

@@ -142,5 +142,6 @@ def _shown(value: object) -> str:
 # The kinds distpat ships: each module registers its own when imported.
 import distpat.config.cache  # noqa: E402  "cache"
 import distpat.config.ratelimit  # noqa: E402  "ratelimit"
+import distpat.config.scatter  # noqa: E402  "scatter"
 import distpat.config.shard  # noqa: E402  "shard"
 import distpat.config.split  # noqa: E402, F401  "split"
