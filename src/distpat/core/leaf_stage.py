@@ -4,7 +4,8 @@ The stage answers every request locally (it has no upstream): ``GET /search?q=WO
 the shard's top ``K`` hits as JSON (the contract of docs/scatter-gather.md: ``hits`` of ``id``,
 ``score``, ``snippet``, best first, ties by id; ``shard``, ``docs``), ``GET /stats`` with the
 shard's size, anything else 404 or 405, bad parameters 400, each as a JSON ``{"error": ...}``.
-The index is built once, at start (:mod:`distpat.core.search`).
+The index is built once, at start (:mod:`distpat.core.search`); as it never changes, the answers
+of the last :data:`ANSWERS` distinct queries are kept and given again as they are.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from distpat.core.stage import Answer, Effect, Request, Stage, Tick
 __all__ = ["MAX_K", "LeafStage", "error_answer", "query_args"]
 
 MAX_K = 1000
+ANSWERS = 4096
+"""Answers a leaf keeps, by (query, k): its index is immutable, so a repeated query costs nothing."""
 _JSON = b"application/json"
 
 
@@ -54,6 +57,7 @@ class LeafStage(Stage):
         self.max_k = max_k
         stats = {"shard": shard, "docs": len(index), "terms": index.terms}
         self._stats = Answer(200, json.dumps(stats).encode() + b"\n", content_type=_JSON)
+        self._answers: dict[tuple[str, int], Answer] = {}
 
     def on_request(self, request: Request, tick: Tick) -> Effect | None:
         path = request.path
@@ -72,7 +76,13 @@ class LeafStage(Stage):
         args = query_args(request, self.max_k)
         if isinstance(args, Answer):
             return args
-        q, k = args
-        hits = self.index.search(q, k)
-        body = {"hits": [h.as_json() for h in hits], "shard": self.shard, "docs": len(self.index)}
-        return Answer(200, json.dumps(body).encode() + b"\n", content_type=_JSON)
+        answer = self._answers.get(args)
+        if answer is None:  # the index never changes: an answer, once made, stands (bounded)
+            q, k = args
+            hits = self.index.search(q, k)
+            body = {"hits": [h.as_json() for h in hits], "shard": self.shard, "docs": len(self.index)}
+            answer = Answer(200, json.dumps(body).encode() + b"\n", content_type=_JSON)
+            if len(self._answers) >= ANSWERS:
+                self._answers.clear()
+            self._answers[args] = answer
+        return answer

@@ -42,6 +42,8 @@ WINDOW = 1000
 """Latencies kept per shard for a percentile hedge."""
 MIN_SAMPLES = 20
 """Below this many latencies the percentile hedge uses ``hedge_after`` (or 10 ms)."""
+RECOMPUTE = 64
+"""Queries between two computations of the percentile hedge's delay."""
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _JSON = b"application/json"
 
@@ -87,6 +89,8 @@ class ScatterStage(Stage):
         self.buckets = [[0] * (len(LATENCY_BUCKETS) + 1) for _ in self.shards]
         self.sent = 0
         self.hedges = 0
+        self._delay: float | None = None
+        self._delay_at = 0
         self.counts: dict[str, int] = {}
 
     def __repr__(self) -> str:
@@ -96,9 +100,17 @@ class ScatterStage(Stage):
         self.counts[what] = self.counts.get(what, 0) + n
 
     def hedge_delay(self) -> float | None:
-        """When a request is hedged: the fixed delay, or the largest of the shards' percentiles."""
+        """When a request is hedged: the fixed delay, or the largest of the shards' percentiles
+        (computed again every :data:`RECOMPUTE` queries, not per query)."""
         if self.hedge_percentile is None:
             return self.hedge_after
+        if self._delay is not None and self.sent - self._delay_at < RECOMPUTE * len(self.shards):
+            return self._delay
+        self._delay, self._delay_at = self._percentile(), self.sent
+        return self._delay
+
+    def _percentile(self) -> float | None:
+        assert self.hedge_percentile is not None
         fallback = self.hedge_after if self.hedge_after is not None else 0.010
         worst = 0.0
         for window in self.latencies:
