@@ -334,7 +334,8 @@ def test_a_post_that_fails_deletes_nothing() -> None:
 
 
 def purged(answer: Effect | None) -> bytes:
-    assert isinstance(answer, Answer) and answer.status == 200, answer
+    assert isinstance(answer, Answer), answer
+    assert answer.status == 200
     return answer.body
 
 
