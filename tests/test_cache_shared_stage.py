@@ -373,11 +373,6 @@ def test_a_purge_from_elsewhere_is_refused_without_a_call() -> None:
     assert answer.status == 405
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cache_stage.py _purge: a PURGE naming several tags (X-Purge-Tag: t1, t2) bans them "
-    "locally only; Redis keeps them and the next lookup brings them back",
-)
 def test_a_purge_of_several_tags_reaches_redis() -> None:
     stage = cache()
     req = request()

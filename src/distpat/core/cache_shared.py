@@ -100,19 +100,26 @@ class SharedStore:
         """Delete URLs' entries in Redis (an invalidation; fire-and-forget)."""
         return Call((b"DEL", *(hash_key(k) for k in keys)), None, self.timeout)
 
-    def purge(self, how: str, what: bytes, local: int, answer: Callable[[int], Effect]) -> Call:
-        """A client's PURGE (``how``: ``key``, ``prefix`` or ``tag``), answered with the count
-        Redis gives (or, when Redis fails, the ``local`` count)."""
+    def purge(self, how: str, what: list[bytes], local: int, answer: Callable[[int], Effect]) -> Call:
+        """A client's PURGE (``how``: ``key``, ``prefix`` or ``tag``; several tags are banned one
+        call after another), answered with the count Redis gives, never less than the ``local``
+        one (which is all there is when Redis fails)."""
         command = {"key": purge_command, "prefix": ban_prefix_command, "tag": ban_tag_command}[how]
 
-        def counted(result: CallResult) -> Effect:
-            if result.error is not None:
-                self._count("redis_error")
-                return answer(local)
-            try:
-                return answer(max(local, read_count(result.value)))
-            except CacheStoreError:
-                self._count("redis_error")
-                return answer(local)
+        def step(index: int, total: int) -> Call:
+            def counted(result: CallResult) -> Effect:
+                got = 0
+                if result.error is not None:
+                    self._count("redis_error")
+                else:
+                    try:
+                        got = read_count(result.value)
+                    except CacheStoreError:
+                        self._count("redis_error")
+                if index + 1 < len(what):
+                    return step(index + 1, total + got)
+                return answer(max(local, total + got))
 
-        return Call(command(what, load=True), counted, self.timeout)
+            return Call(command(what[index], load=True), counted, self.timeout)
+
+        return step(0, 0)

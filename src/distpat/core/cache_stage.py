@@ -340,16 +340,16 @@ class CacheStage(Stage):
         if tag is not None:
             tags = tag.replace(b",", b" ").split()
             count = sum(self.store.ban_tag(t) for t in tags)
-            kind, what = "tag", tags[0] if len(tags) == 1 else b""
+            kind, names = "tag", tags
         elif how == b"prefix":
             count = self.store.ban_prefix(what)
-            kind = "prefix"
+            kind, names = "prefix", [what]
         else:
             count = self.store.purge(what)
-            kind = "key"
+            kind, names = "key", [what]
         self._count("purge")
-        if self.shared is not None and what:
-            return self.shared.purge(kind, what, count, _purged)
+        if self.shared is not None and names:
+            return self.shared.purge(kind, names, count, _purged)
         return _purged(count)
 
     # -- the response --------------------------------------------------------------------------
