@@ -102,8 +102,13 @@ class Injector:
         self.rng = random.Random(seed)
         self.requests = 0
         self.slowed = 0
+        self.tasks: set[asyncio.Task[None]] = set()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:  # the loop keeps only a weak reference to a connection's task
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
         up_reader, up_writer = await asyncio.open_connection(HOST, self.upstream)
         try:
             while True:
