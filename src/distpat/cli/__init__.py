@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from distpat import __version__
-from distpat.cli import cache, proxy, ratelimit, redis_shard, ring, run, shard, sidecar, split
+from distpat.cli import cache, proxy, ratelimit, redis_shard, ring, run, scatter, shard, sidecar, split
 from distpat.errors import DistpatError
 
 __all__ = ["build_parser", "main"]
@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
             "TLS-terminating sidecar (sidecar), a Redis sharding ambassador that reads "
             "twemproxy's configuration (redis-shard), an HTTP sharding ambassador placing keys as "
             "nginx's hash ... consistent does (shard), an experiment router (split), a rate "
-            "limiter (ratelimit) and pipelines of stages from a file (run). Each command has its "
+            "limiter (ratelimit), a cache (cache), a scatter/gather root (scatter) and pipelines of "
+            "stages from a file (run). Each command has its "
             "own --help."
         ),
     )
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     split.register(sub)
     ratelimit.register(sub)
     cache.register(sub)
+    scatter.register(sub)
     run.register(sub)
     return parser
 
