@@ -152,7 +152,7 @@ def test_the_options_are_the_proxys_and_the_mirror_bound() -> None:
         # the stage tables
         (
             GOOD + "[[stage]]\nname = 'x'\n",
-            '[[stage]] 2: needs kind = "..." (one of cache, ratelimit, shard, split)',
+            '[[stage]] 2: needs kind = "..." (one of cache, ratelimit, scatter, shard, split)',
         ),
         (
             GOOD + "[[stage]]\nkind = 'splt'\n",
