@@ -1,4 +1,4 @@
-"""``distpat scatter``: the scatter/gather root of a sharded search (the book's chapter 7) as a process."""
+"""``distpat scatter``: the scatter/gather root (Designing Distributed Systems, chapter 7) as a process."""
 
 from __future__ import annotations
 
@@ -6,34 +6,36 @@ import argparse
 
 from distpat.cli.flags import add_options, add_test_flag, apply_logging, configuration_ok, flag_values
 from distpat.cli.proxy import add_config_flag, loop_factory, serve
-from distpat.config.scatter import ALL_OPTIONS, build_scatter_config
+from distpat.config.scatter import SCATTER_OPTIONS, build_scatter_config
 
 __all__ = ["register"]
-
-_FLAGS = ALL_OPTIONS
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "scatter",
-        help="scatter/gather root: a query sent to every shard's leaf, hedged, merged, partial answers said",
+        help="scatter/gather root: a query to every shard's leaves, slow ones hedged, the top k merged",
         description=(
-            "Send each GET /search?q=WORDS&k=K to one replica of every shard (--leaf, once per shard, "
-            "its replicas comma-separated) at once; after --hedge-after (ms, or pNN of the shards' "
-            "latencies) a request still out goes to the shard's next replica, the first answer wins, "
-            "hedges stay under --hedge-max-percent of requests. At --deadline the root answers with "
-            "the merged top K of what came, saying which shards failed or were late; --need all makes "
-            "a partial answer a 502/504. Takes the flags of `distpat proxy` but --upstream."
+            "Answer GET /search?q=WORDS&k=K by asking one replica of every shard (--leaf URL[,URL...], "
+            "once per shard) at once and merging their hits, by score then id. By --deadline the "
+            "answer goes out with what came back, saying how many shards answered, failed or timed "
+            "out (partial: true); --need all|any|N says how many must answer for a 200 (else 502, or "
+            "504 when the missing ones only timed out). --hedge-after MS|pNN sends a slow shard's "
+            "request again to its next replica, the first answer winning, under --hedge-max-percent "
+            "of the requests sent. --merge concat:FIELD, topk:FIELD:KEY or sum:FIELD fans out any "
+            "GET of a JSON API instead. Takes every flag of `distpat proxy` but --upstream. Every "
+            "flag can also be a DISTPAT_<FLAG> variable or a key of the TOML file named by --config "
+            "(top level or a [scatter] table)."
         ),
     )
     add_config_flag(p, "scatter")
     add_test_flag(p)
-    add_options(p, _FLAGS)
+    add_options(p, SCATTER_OPTIONS)
     p.set_defaults(run=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    flags = flag_values(args, _FLAGS)
+    flags = flag_values(args, SCATTER_OPTIONS)
     config, values = build_scatter_config(flags, config_file=args.config)
     if args.test_config:
         loop_factory(values["loop"])

@@ -138,7 +138,10 @@ def _pools(source: str, raw: object, balances: dict[str, str]) -> dict[str, tupl
     return pools
 
 
-def _stages(source: str, raw: object, pools: Mapping[str, tuple[str, ...]]) -> tuple[Stage, ...]:
+def _stages(
+    source: str, raw: object, pools: Mapping[str, tuple[str, ...]], added: dict[str, tuple[str, ...]]
+) -> tuple[Stage, ...]:
+    """The stages of the file; the pools they make themselves go into ``added``."""
     tables = raw if isinstance(raw, list) else None
     if tables is None or not all(isinstance(t, dict) for t in tables):
         raise ConfigError(
@@ -153,7 +156,9 @@ def _stages(source: str, raw: object, pools: Mapping[str, tuple[str, ...]]) -> t
             raise ConfigError(f'{source}: [[stage]] {index}: needs kind = "..." (one of {known})')
         name = table.get("name", "")
         values = {k: v for k, v in table.items() if k not in ("kind", "name")}
-        entry = StageTable(source, index, kind, name if isinstance(name, str) else "", values, pools)
+        entry = StageTable(
+            source, index, kind, name if isinstance(name, str) else "", values, {**pools, **added}
+        )
         if not isinstance(name, str):
             raise entry.error("name", f"must be a string, not {name!r}")
         if name:
@@ -162,13 +167,14 @@ def _stages(source: str, raw: object, pools: Mapping[str, tuple[str, ...]]) -> t
             except ConfigError as exc:
                 raise entry.error("name", str(exc)) from None
         stage = build_stage(entry)
+        added.update(entry.added)
         label = stage.name or f"{kind}-{index}"
         if label in names:
             raise entry.error("name", f"{label!r} is the name of [[stage]] {names[label]} already")
         names[label] = index
         stage.name = label
         for pool in stage.pools:
-            if pool not in pools:
+            if pool not in pools and pool not in added:
                 raise entry.error(None, f"uses pool {pool!r}, which no [pools.{pool}] table defines")
         stages.append(stage)
     return tuple(stages)
@@ -201,7 +207,9 @@ def load_pipeline(
     every_pool = dict(pools)
     if upstreams:
         every_pool["default"] = upstreams
-    stages = _stages(source, raw.get("stage", []), every_pool)
+    added: dict[str, tuple[str, ...]] = {}
+    stages = _stages(source, raw.get("stage", []), every_pool, added)
+    pools.update(added)
     if not upstreams and not (pools and stages):
         raise ConfigError(
             f"{source}: nothing to forward to: give upstream = [...] (or a [pools.default] table) for "

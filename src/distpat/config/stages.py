@@ -40,6 +40,9 @@ class StageTable:
     """Its keys beside ``kind`` and ``name``, as read from the TOML."""
     pools: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """The file's pools (``[pools.NAME]``): name and upstream URLs."""
+    added: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Pools the stage brings itself (:meth:`add_pool`: a scatter stage's shards given as URLs),
+    added to the file's by the loader."""
 
     @property
     def where(self) -> str:
@@ -67,6 +70,13 @@ class StageTable:
         if key not in self.values:
             return option.default
         return read_toml_value(option, self.values[key], f"{self.where}, key {key!r}")
+
+    def add_pool(self, key: str, name: str, urls: tuple[str, ...]) -> str:
+        """A pool of this stage's own, named ``name``, of ``urls``; refused when the name is taken."""
+        if name in self.pools or name in self.added:
+            raise self.error(key, f"the pool {name!r} this stage makes is defined already: rename the stage")
+        self.added[name] = urls
+        return name
 
     def pool(self, key: str, name: object) -> str:
         """``name`` as one of the file's pools."""

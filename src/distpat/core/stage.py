@@ -499,7 +499,8 @@ class Outcome(NamedTuple):
 class Stat(NamedTuple):
     """One sample a stage reports for ``/metrics`` (:meth:`Stage.stats`): read at scrape time,
     never per request. ``name`` is the metric family's (``distpat_ratelimit_decisions``; a
-    counter's without ``_total``), ``kind`` is ``"counter"`` or ``"gauge"``."""
+    counter's without ``_total``), ``kind`` is ``"counter"``, ``"gauge"`` or ``"histogram"`` (its
+    samples named in full: ``NAME_bucket`` with an ``le`` label, ``NAME_sum``, ``NAME_count``)."""
 
     name: str
     help: str
