@@ -163,6 +163,9 @@ class Route:
     delayed: int = 0
 
 
+_CONNECTIONS: set[asyncio.Task[Any]] = set()  # the injector's connection tasks, held strongly
+
+
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Bytes from ``reader`` to ``writer`` until either end closes."""
     try:
@@ -181,6 +184,10 @@ async def _injected(
     """One client connection: each request head (and Content-Length body) read whole, counted, held
     for ``delay`` seconds if the route's random draw falls under ``share``, then sent upstream; the
     answers come back as bytes."""
+    task = asyncio.current_task()
+    if task is not None:  # held here too, not only by the loop (which may hold it weakly)
+        _CONNECTIONS.add(task)
+        task.add_done_callback(_CONNECTIONS.discard)
     try:
         up_r, up_w = await asyncio.open_connection(LOOPBACK, route.upstream)
     except OSError:
