@@ -417,8 +417,13 @@ class PageRun:
             (self.cwd / name).write_text(self.ports.rewrite(text))
         examples = ROOT / "examples"
         (self.cwd / "examples").mkdir()
-        for path in examples.iterdir():
-            (self.cwd / "examples" / path.name).write_text(self.ports.rewrite(path.read_text()))
+        for path in examples.rglob("*"):
+            copy = self.cwd / "examples" / path.relative_to(examples)
+            if path.is_dir():
+                copy.mkdir(parents=True, exist_ok=True)
+            else:
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                copy.write_text(self.ports.rewrite(path.read_text()))
         (self.cwd / "certs").mkdir()
 
     async def run(self) -> list[str]:
