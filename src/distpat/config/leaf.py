@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from distpat.config.options import Kind, Option, resolve_options
+from distpat.config.options import Kind, Option, checked_by, resolve_options
 from distpat.config.proxy import OPTIONS, proxy_config
 from distpat.core.leaf_stage import MAX_K, LeafStage
 from distpat.core.search import CorpusStats, Index, parse_shard, shard_of
@@ -27,17 +27,16 @@ __all__ = ["LEAF_OPTIONS", "build_leaf_config", "read_corpus"]
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 
 
-def _shard(text: str, what: str) -> str:
-    try:
-        parse_shard(text)
-    except ConfigError as exc:
-        raise ConfigError(f"{what}: {exc}") from None
-    return text
-
-
 LEAF_OPTIONS: tuple[Option, ...] = (
     Option("corpus", Kind.TEXT, None, "the directory of text documents (required)", "DIR"),
-    Option("shard", Kind.TEXT, "0/1", "this leaf's shard of the corpus: I/N", "I/N", check=_shard),
+    Option(
+        "shard",
+        Kind.TEXT,
+        "0/1",
+        "this leaf's shard of the corpus: I/N",
+        "I/N",
+        check=checked_by(parse_shard),
+    ),
     Option("max_k", Kind.COUNT, MAX_K, "the most hits a query may ask for (k)", "N", minimum=1),
 )
 

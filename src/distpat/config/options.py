@@ -247,6 +247,20 @@ def _check_toml_type(option: Option, value: Any, where: str) -> None:
 # -- checks shared by the tables ----------------------------------------------------------
 
 
+def checked_by(parse: Callable[[str], object]) -> Callable[[Any, str], str]:
+    """An ``Option.check`` that lets ``parse`` judge the text (its ConfigError given again with
+    the option's name in front) and keeps the text as it is."""
+
+    def check(text: Any, what: str) -> str:
+        try:
+            parse(text)
+        except ConfigError as exc:
+            raise ConfigError(f"{what}: {exc}") from None
+        return str(text)
+
+    return check
+
+
 def choice(*choices: str) -> Callable[[Any, str], str]:
     def check(value: Any, what: str) -> str:
         if value not in choices:

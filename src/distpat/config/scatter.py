@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from distpat.config.options import Kind, Option, hostport, read_value, resolve_options
+from distpat.config.options import Kind, Option, checked_by, hostport, read_value, resolve_options
 from distpat.config.proxy import OPTIONS, proxy_config
 from distpat.config.stages import StageTable, register
 from distpat.core.scatter_merge import parse_merge
@@ -100,14 +100,6 @@ def _need(value: Any, what: str) -> str:
     raise ConfigError(f"{what} must be all, any or a number of shards, not {value!r}")
 
 
-def _merge(value: str, what: str) -> str:
-    try:
-        parse_merge(value)
-    except ConfigError as exc:
-        raise ConfigError(f"{what}: {exc}") from None
-    return value
-
-
 def _percent(value: float, what: str) -> float:
     if not 0 <= value <= 100:
         raise ConfigError(f"{what} must be 0 to 100, not {value!r}")
@@ -157,7 +149,7 @@ _ROOT: tuple[Option, ...] = (
         "search",
         "how answers merge: search (GET /search, the top k hits), concat:FIELD, topk:FIELD:KEY, sum:FIELD",
         "NAME",
-        check=_merge,
+        check=checked_by(parse_merge),
     ),
 )
 

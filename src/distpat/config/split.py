@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from distpat.config.options import Kind, Option, hostport, resolve_options
+from distpat.config.options import Kind, Option, checked_by, hostport, resolve_options
 from distpat.config.proxy import OPTIONS, proxy_config
 from distpat.config.stages import StageTable, register
 from distpat.core.keys import KeySource
@@ -78,12 +78,11 @@ def parse_variant(text: str, what: str) -> tuple[str, str, str]:
     return name, percent, url
 
 
-def _key(text: str, what: str) -> str:
-    try:
-        KeySource.parse(text, allowed=SPLIT_KEY_KINDS)  # checked; kept as text
-    except ConfigError as exc:
-        raise ConfigError(f"{what}: {exc}") from None
-    return text
+def _parse_key(text: str) -> KeySource:
+    return KeySource.parse(text, allowed=SPLIT_KEY_KINDS)
+
+
+_key = checked_by(_parse_key)
 
 
 def _cookie_name(text: str, what: str) -> str:
@@ -102,12 +101,7 @@ def _field(text: str, what: str) -> str:
     return text
 
 
-def _percent(text: str, what: str) -> str:
-    try:
-        parse_percent(text)
-    except ConfigError as exc:
-        raise ConfigError(f"{what}: {exc}") from None
-    return text
+_percent = checked_by(parse_percent)
 
 
 def _url(url: str, what: str) -> str:
