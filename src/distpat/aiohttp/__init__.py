@@ -23,6 +23,7 @@ from distpat.aiohttp.pools import Upstream, UpstreamPool, UpstreamPools
 from distpat.aiohttp.proxy import ProxySettings, proxy_handler
 from distpat.aiohttp.ratelimit import RateLimitMiddleware, ratelimit_middleware
 from distpat.aiohttp.routers import SHARD_POOL, VARIANT, SplitMiddleware, shard_handler, split_middleware
+from distpat.aiohttp.scatter import scatter_handler
 from distpat.aiohttp.state import (
     CLIENT_SESSION,
     FORWARD,
@@ -55,6 +56,7 @@ __all__ = [
     "client_context",
     "pipeline_middleware",
     "proxy_handler",
+    "scatter_handler",
     "ratelimit_middleware",
     "setup",
     "shard_handler",
