@@ -449,11 +449,12 @@ server {{
     )
 
 
-def shown_command(argv: Sequence[str], workdir: Path) -> str:
+def shown_command(argv: Sequence[str], workdir: Path | None = None) -> str:
     """``argv`` for a report: the repository and the run's temporary directory left out of its paths,
     so that the output describes the benchmark, not the machine it ran in."""
     text = shlex.join(argv)
-    text = text.replace(str(workdir), "$TMP")
+    if workdir is not None:
+        text = text.replace(str(workdir), "$TMP")
     return text.replace(str(Path(__file__).resolve().parents[1]) + "/", "")
 
 

@@ -170,7 +170,7 @@ def ensure_suite(npm: str, suite_dir: Path, timeout: float) -> Path:
         return package_dir
     suite_dir.mkdir(parents=True, exist_ok=True)
     argv = [npm, "install", "--no-audit", "--no-fund", "--prefix", str(suite_dir), f"{SUITE}@{SUITE_VERSION}"]
-    print(f"installing the suite: {shlex.join(argv)}", flush=True)
+    print(f"installing the suite: {shown_command([Path(npm).name, *argv[1:]])}", flush=True)
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
