@@ -15,19 +15,21 @@ from distpat.core.cache_policy import (
     Fields,
     Stored,
     Use,
-    client_not_modified,
     current_age,
-    freshen,
-    invalidated_targets,
     make_stored,
     response_directives,
-    selected_by_304,
     stale_if_error_allows,
     storable,
     usable,
-    validators,
     vary_names,
     vary_values,
+)
+from distpat.core.cache_validation import (
+    client_not_modified,
+    freshen,
+    invalidated_targets,
+    selected_by_304,
+    validators,
 )
 from distpat.core.stage import Request
 

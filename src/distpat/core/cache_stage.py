@@ -34,30 +34,32 @@ response was not stored.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
+from distpat.core.cache_answers import hit_status, not_modified, only_if_cached, purged, stored_answer
 from distpat.core.cache_policy import (
     CachePolicy,
     Stored,
     Use,
-    client_not_modified,
     current_age,
-    freshen,
-    invalidated_targets,
-    is_unsafe,
     make_stored,
     request_directives,
     response_directives,
-    selected_by_304,
     stale_if_error_allows,
     storable,
     usable,
-    validators,
     vary_values,
 )
 from distpat.core.cache_shared import SharedStore
 from distpat.core.cache_store import Entry, MemoryStore
+from distpat.core.cache_validation import (
+    client_not_modified,
+    freshen,
+    invalidated_targets,
+    is_unsafe,
+    selected_by_304,
+    validators,
+)
 from distpat.core.real_ip import TrustedProxies
 from distpat.core.stage import (
     ALL_FIELDS,
@@ -98,10 +100,6 @@ _READS = frozenset(
         b"x-purge-tag",
     }
 )
-_NOT_MODIFIED_FIELDS = frozenset(
-    {b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary", b"last-modified"}
-)
-"""What a 304 answered from the store carries (RFC 9110 section 15.4.5)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,10 +134,6 @@ class _Note:
         self.joined = False
         self.write: Call | None = None
         """A write to the shared store to send once the request is over (from on_done)."""
-
-
-def _purged(count: int) -> Answer:
-    return Answer(200, b'{"purged": %d}\n' % count, content_type=b"application/json")
 
 
 def _keeps_stale(stored: Stored) -> bool:
@@ -221,7 +215,7 @@ class CacheStage(Stage):
                 self._count("stale" if use is not Use.FRESH else "hit")
                 return self._hit(entry, request, now)
             if req.only_if_cached:
-                return self._gateway_timeout()
+                return only_if_cached()
             if use is Use.VALIDATE:
                 note = _Note("validate", key, now, entry)
                 note.status = b"distpat; fwd=request" if no_cache else b"distpat; fwd=stale"
@@ -229,7 +223,7 @@ class CacheStage(Stage):
                 self._count("revalidation")
                 return Forward(add=validators(entry.stored), drop=_CONDITIONALS, capture=self.capture)
         elif req.only_if_cached:
-            return self._gateway_timeout()
+            return only_if_cached()
         note = _Note("miss", key, now, entry)
         note.status = b"distpat; fwd=request" if no_cache else b"distpat; fwd=uri-miss"
         request.notes[self.name] = note
@@ -282,48 +276,21 @@ class CacheStage(Stage):
                 return self._hit(entry, request, now, collapsed=True)
         return self._fetch
 
-    def _gateway_timeout(self) -> Answer:
-        return Answer(
-            504,
-            b"504 Gateway Timeout: only-if-cached, and nothing usable is stored\n",
-            headers=((b"Cache-Status", b"distpat; fwd=miss; detail=only-if-cached"),),
-            reason="only-if-cached with nothing stored",
-        )
-
     def _hit(self, entry: Entry, request: Request, now: float, *, collapsed: bool = False) -> Answer:
         self.store.touch(entry)
         stored = entry.stored
         age = current_age(stored, now)
         whole = int(age) if age < 2**31 else 2**31
         if client_not_modified(stored, request):
-            return self._not_modified(stored, whole)
+            return not_modified(stored, whole)
+        if collapsed:  # a coalesced miss's waiter: said so, and not kept as the prebuilt hit
+            return stored_answer(entry, whole, hit_status(stored, whole) + b"; collapsed")
         memo = entry.memo
-        if memo is not None and memo[0] == whole and not collapsed:
+        if memo is not None and memo[0] == whole:
             return memo[1]  # type: ignore[return-value]
-        answer = self._answer(entry, whole, b"; collapsed" if collapsed else b"")
-        if not collapsed:
-            entry.memo = (whole, answer)
+        answer = stored_answer(entry, whole)
+        entry.memo = (whole, answer)
         return answer
-
-    def _answer(self, entry: Entry, age: int, extra: bytes) -> Answer:
-        stored = entry.stored
-        ttl = math.floor(stored.lifetime - age) if stored.lifetime - age > -(2**31) else -(2**31)
-        content_type = b""
-        headers: list[tuple[bytes, bytes]] = []
-        for name, value in stored.headers:
-            if name.lower() == b"content-type":
-                content_type = value
-            else:
-                headers.append((name, value))
-        headers.append((b"Age", b"%d" % age))
-        headers.append((b"Cache-Status", b"distpat; hit; ttl=%d%s" % (ttl, extra)))
-        return Answer(stored.status, entry.body, tuple(headers), content_type)
-
-    def _not_modified(self, stored: Stored, age: int) -> Answer:
-        headers = [(n, v) for n, v in stored.headers if n.lower() in _NOT_MODIFIED_FIELDS]
-        headers.append((b"Age", b"%d" % age))
-        headers.append((b"Cache-Status", b"distpat; hit"))
-        return Answer(304, b"", tuple(headers), b"")
 
     def _purge(self, request: Request, host: bytes) -> Answer | Call:
         if self.purge_from is None or not self.purge_from.trusts(request.client):
@@ -349,8 +316,8 @@ class CacheStage(Stage):
             kind, names = "key", [what]
         self._count("purge")
         if self.shared is not None and names:
-            return self.shared.purge(kind, names, count, _purged)
-        return _purged(count)
+            return self.shared.purge(kind, names, count, purged)
+        return purged(count)
 
     # -- the response --------------------------------------------------------------------------
 
@@ -379,14 +346,10 @@ class CacheStage(Stage):
         now = tick.wall
         if entry is not None and status >= 500 and stale_if_error_allows(entry.stored, request, now):
             self._count("stale_if_error")
-            stale = self._answer(entry, int(current_age(entry.stored, now)), b"")
-            headers = tuple(
-                (n, b"distpat; fwd=stale; fwd-status=%d; detail=stale-if-error" % status)
-                if n == b"Cache-Status"
-                else (n, v)
-                for n, v in stale.headers
+            age = int(current_age(entry.stored, now))
+            return stored_answer(
+                entry, age, b"distpat; fwd=stale; fwd-status=%d; detail=stale-if-error" % status
             )
-            return Answer(stale.status, stale.body, headers, stale.content_type)
         if note.kind == "validate" and entry is not None and status == 304:
             if selected_by_304(entry.stored, response.headers, asked=True):
                 updated = freshen(entry.stored, response.headers, request, note.requested, now, self.policy)
@@ -396,15 +359,10 @@ class CacheStage(Stage):
                     note.write = self.shared.write(entry.key, updated, entry.body, now)
             self.store.touch(entry)
             age = int(current_age(entry.stored, now))
+            validated = b"distpat; fwd=stale; fwd-status=304"
             if client_not_modified(entry.stored, request):
-                answer = self._not_modified(entry.stored, age)
-            else:
-                answer = self._answer(entry, age, b"")
-            headers = tuple(
-                (n, b"distpat; fwd=stale; fwd-status=304") if n == b"Cache-Status" else (n, v)
-                for n, v in answer.headers
-            )
-            return Answer(answer.status, answer.body, headers, answer.content_type)
+                return not_modified(entry.stored, age, validated)
+            return stored_answer(entry, age, validated)
         if request.method != b"GET":
             return Amend(add=((b"Cache-Status", note.status),))
         directives = response_directives(response.headers, self.policy)
